@@ -1,0 +1,100 @@
+"""Argument validation shared by the NumPy, TensorFlow and PyTorch implementations.
+
+Every public function checks its arguments here, so the three frameworks reject bad input with
+the same message: the argument's name, the allowed range and the value that was given.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Sequence, Tuple, Union
+
+DATA_FORMATS = ("channels_last", "channels_first")
+SEEDS = ("valid", "padded")
+NORMALIZE = ("batch", "rate")
+SHARE_AXES = ("batch", "channels")
+GAMMAS = ("exact", "paper")
+
+BlockSize = Union[int, Sequence[int]]
+
+
+def check_rate(rate, name: str = "rate") -> float:
+    """Return ``rate`` as a float, or raise ValueError unless it is a number in [0, 1]."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {rate!r}")
+    rate = float(rate)
+    if not 0.0 <= rate <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {rate!r}")
+    return rate
+
+
+def check_data_format(data_format: str) -> str:
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+    return data_format
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_share(share) -> Tuple[str, ...]:
+    """Normalize ``share`` (a name, a sequence of names, or None) to a sorted tuple of names."""
+    if share is None:
+        return ()
+    if isinstance(share, str):
+        share = (share,)
+    share = tuple(share)
+    for s in share:
+        check_choice(s, "share", SHARE_AXES)
+    return tuple(sorted(set(share)))
+
+
+def check_n_spatial(rank: int, name: str = "x") -> int:
+    """Number of spatial axes of a (batch, channels, *spatial) input of the given rank."""
+    if rank not in (3, 4, 5):
+        raise ValueError(
+            f"{name} must have rank 3, 4 or 5 (batch, channels and 1 to 3 spatial axes), "
+            f"got rank {rank}")
+    return rank - 2
+
+
+def check_block_size(block_size: BlockSize, n_spatial: int, name: str = "block_size") -> Tuple[int, ...]:
+    """Return one positive int per spatial axis, or raise ValueError naming ``name``."""
+    if isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool):
+        sizes = (int(block_size),) * n_spatial
+    else:
+        try:
+            sizes = tuple(block_size)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a sequence of {n_spatial} ints, "
+                            f"got {block_size!r}") from None
+        if len(sizes) != n_spatial:
+            raise ValueError(f"{name} must have one entry per spatial axis ({n_spatial}), "
+                             f"got {block_size!r}")
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+                raise TypeError(f"{name} entries must be ints, got {block_size!r}")
+        sizes = tuple(int(s) for s in sizes)
+    for s in sizes:
+        if s < 1:
+            raise ValueError(f"{name} must be >= 1 on every axis, got {block_size!r}")
+    return sizes
+
+
+def check_spatial_shape(spatial_shape, name: str = "spatial_shape") -> Tuple[int, ...]:
+    if isinstance(spatial_shape, numbers.Integral):
+        spatial_shape = (spatial_shape,)
+    spatial_shape = tuple(int(s) for s in spatial_shape)
+    if not 1 <= len(spatial_shape) <= 3:
+        raise ValueError(f"{name} must have 1, 2 or 3 entries, got {spatial_shape!r}")
+    if any(s < 1 for s in spatial_shape):
+        raise ValueError(f"{name} entries must be >= 1, got {spatial_shape!r}")
+    return spatial_shape
+
+
+def check_float_dtype_name(dtype_name: str, name: str = "x") -> None:
+    """Raise TypeError unless the dtype's name is a floating-point type."""
+    if not ("float" in dtype_name or dtype_name in ("half", "bfloat16", "double")):
+        raise TypeError(f"{name} must have a floating-point dtype, got {dtype_name}")
