@@ -1,0 +1,68 @@
+"""Pictures of masks for the book and the exercises (needs matplotlib, imported lazily)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def show_masks(masks: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None, *,
+               ncols: Optional[int] = None, size: float = 2.2, cmap: str = "gray",
+               suptitle: Optional[str] = None, grid: bool = True):
+    """Draw 2-D masks side by side (kept = white, dropped = black) and return the figure.
+
+    Each mask is squeezed to 2-D; pass ``mask[0, 0]`` or similar for batched masks.
+    """
+    plt = _plt()
+    masks = [np.squeeze(np.asarray(m, dtype=float)) for m in masks]
+    for m in masks:
+        if m.ndim != 2:
+            raise ValueError(f"each mask must squeeze to 2-D, got shape {m.shape}")
+    n = len(masks)
+    ncols = ncols or n
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        m = masks[k]
+        ax.imshow(m, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        if grid and max(m.shape) <= 32:
+            ax.set_xticks(np.arange(-0.5, m.shape[1], 1), minor=True)
+            ax.set_yticks(np.arange(-0.5, m.shape[0], 1), minor=True)
+            ax.grid(which="minor", color="tab:gray", linewidth=0.4)
+            ax.tick_params(which="minor", length=0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_heatmap(values: np.ndarray, title: str = "", *, cmap: str = "viridis",
+                 colorbar_label: str = "", annotate: bool = False, fmt: str = "{:.3f}", ax=None):
+    """Draw a 2-D array as a heat map with a colour bar; returns the axes."""
+    plt = _plt()
+    values = np.asarray(values, dtype=float)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3.5))
+    im = ax.imshow(values, cmap=cmap, interpolation="nearest")
+    cbar = ax.figure.colorbar(im, ax=ax)
+    if colorbar_label:
+        cbar.set_label(colorbar_label)
+    if annotate:
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6, color="w")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
