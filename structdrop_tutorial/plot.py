@@ -66,3 +66,42 @@ def show_heatmap(values: np.ndarray, title: str = "", *, cmap: str = "viridis",
     ax.set_xticks([])
     ax.set_yticks([])
     return ax
+
+
+def show_images(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None, *,
+                ncols: Optional[int] = None, size: float = 2.2, cmap: str = "viridis",
+                vmin: Optional[float] = None, vmax: Optional[float] = None,
+                suptitle: Optional[str] = None, colorbar: bool = False):
+    """Draw 2-D arrays of any values side by side on one shared colour scale; returns the figure.
+
+    Unlike :func:`show_masks` (0/1 masks), this is for feature maps and dropout outputs. The
+    colour scale is shared so that a zeroed region and a scaled survivor are comparable across
+    panels; ``vmin``/``vmax`` default to the smallest and largest value over all images.
+    """
+    plt = _plt()
+    images = [np.squeeze(np.asarray(m, dtype=float)) for m in images]
+    for m in images:
+        if m.ndim != 2:
+            raise ValueError(f"each image must squeeze to 2-D, got shape {m.shape}")
+    lo = min(float(m.min()) for m in images) if vmin is None else vmin
+    hi = max(float(m.max()) for m in images) if vmax is None else vmax
+    n = len(images)
+    ncols = ncols or n
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    im = None
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.axis("off")
+            continue
+        im = ax.imshow(images[k], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    if colorbar and im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    return fig

@@ -1,0 +1,206 @@
+"""The NumPy reference: exact masks, statistics and edge cases."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import structdrop_tutorial as sd
+from structdrop_tutorial import numpy as sdn
+from helpers import brute_force_keep_mask, five_sigma_fraction_bound
+
+
+def test_dropout_mask_scale_and_noise_shape():
+    x = np.arange(1, 25, dtype=np.float64).reshape(2, 3, 4)
+    u = np.random.default_rng(0).random((2, 1, 4))
+    y = sdn.dropout(x, 0.5, (None, 1, None), uniform=u)
+    keep = u >= 0.5
+    np.testing.assert_array_equal(y, x * keep * 2.0)
+    # one draw per (sample, last axis) shared along the middle axis
+    assert np.all((y == 0).all(axis=1) | (y != 0).all(axis=1))
+
+
+def test_bernoulli_two_ways_agree():
+    u = np.random.default_rng(1).random(10_000)
+    np.testing.assert_array_equal(sdn.bernoulli_compare(u, 0.7), sdn.bernoulli_relu_sign(u, 0.7))
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("rank", [3, 4, 5])
+def test_spatial_dropout_drops_whole_channels_and_ignores_values(fmt, rank):
+    rng = np.random.default_rng(rank)
+    shape = (4, 6) + (5,) * (rank - 2) if fmt == "channels_first" else (4,) + (5,) * (rank - 2) + (6,)
+    x = rng.normal(size=shape)
+    y1 = sdn.spatial_dropout(x, 0.5, fmt, seed=3)
+    y2 = sdn.spatial_dropout(-x, 0.5, fmt, seed=3)   # same noise, values flipped
+    np.testing.assert_array_equal(y1 == 0, y2 == 0)  # the mask never looks at values
+    axes = sd.spatial_axes(rank, fmt)
+    dropped = (y1 == 0).all(axis=axes)
+    kept = (y1 != 0).all(axis=axes)
+    assert np.all(dropped | kept)
+    np.testing.assert_allclose(y1[y1 != 0], 2 * x[y1 != 0])
+
+
+def test_spatial_dropout_rate_is_binomial():
+    x = np.ones((500, 4, 4, 40), np.float32)
+    y = sdn.spatial_dropout(x, 0.3, seed=0)
+    frac = (y[:, 0, 0, :] == 0).mean()   # 20,000 independent channel draws
+    assert abs(frac - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 20_000)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n_spatial=st.integers(1, 3), seeds=st.sampled_from(["valid", "padded"]),
+       fmt=st.sampled_from(["channels_last", "channels_first"]))
+def test_keep_mask_equals_painting_blocks(data, n_spatial, seeds, fmt):
+    spatial = tuple(data.draw(st.integers(1, 9)) for _ in range(n_spatial))
+    block = tuple(min(data.draw(st.integers(1, 6)), n) for n in spatial)
+    grid = tuple(n - b + 1 if seeds == "valid" else n + b - 1 for n, b in zip(spatial, block))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    batch, ch = 2, 3
+    shape = (batch, ch) + grid if fmt == "channels_first" else (batch,) + grid + (ch,)
+    u = rng.random(shape)
+    gamma = data.draw(st.sampled_from([0.05, 0.2, 0.6]))
+    keep = sdn.dropblock_keep_mask(u, gamma, block, fmt, seeds)
+    for b in range(batch):
+        for c in range(ch):
+            sl = (b, c) if fmt == "channels_first" else (b, Ellipsis, c)
+            ref = brute_force_keep_mask(u[sl] < gamma, block, seeds)
+            np.testing.assert_array_equal(keep[sl], ref)
+
+
+@pytest.mark.parametrize("seeds", ["valid", "padded"])
+@pytest.mark.parametrize("spatial, block", [((14, 14), 7), ((9, 13), 4), ((20,), 6), ((6, 7, 8), (3, 2, 4))])
+def test_realized_drop_fraction_matches_expectation(spatial, block, seeds):
+    """Mean over 4,000 independent maps within 5 sigma of the exact expected fraction."""
+    x = np.ones((100, 40) + spatial, np.float32)
+    y = sdn.dropblock(x, 0.15, block, "channels_first", seeds=seeds, seed=7)
+    g = sd.exact_gamma(0.15, block, spatial, seeds)
+    expected = sd.expected_drop_fraction(g, block, spatial, seeds)
+    assert expected == pytest.approx(0.15, abs=1e-9)
+    assert abs((y == 0).mean() - expected) < five_sigma_fraction_bound(expected, 4000)
+
+
+def test_paper_gamma_realizes_less_than_requested():
+    x = np.ones((100, 40, 14, 14), np.float32)
+    y = sdn.dropblock(x, 0.1, 7, "channels_first", gamma="paper", seed=11)
+    expected = sd.expected_drop_fraction(sd.paper_gamma(0.1, 7, (14, 14)), 7, (14, 14))
+    assert abs((y == 0).mean() - expected) < five_sigma_fraction_bound(expected, 4000)
+    assert expected < 0.0930  # exact: the paper's formula falls short of the 0.1 requested
+
+
+def test_padded_seeds_drop_every_unit_equally_often():
+    x = np.ones((2000, 1, 10, 10))
+    y = sdn.dropblock(x, 0.2, 4, "channels_first", seeds="padded", normalize="rate", seed=5)
+    per_unit = (y == 0).mean(axis=(0, 1))   # 2,000 independent draws per unit
+    assert np.all(np.abs(per_unit - 0.2) < 5 * np.sqrt(0.2 * 0.8 / 2000))
+    # and the 1/(1-rate) scale makes every unit unbiased
+    assert np.all(np.abs(y.mean(axis=(0, 1)) - 1) < 5 * np.sqrt(0.2 / 0.8 / 2000))
+
+
+def test_batch_normalization_preserves_the_mean_exactly():
+    x = np.ones((8, 5, 12, 12), np.float32)
+    y = sdn.dropblock(x, 0.3, 3, "channels_first", seed=2)
+    assert y.mean() == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("share, mask_shape", [((), (4, 6)), ("channels", (4, 1)), ("batch", (1, 6)),
+                                               (("batch", "channels"), (1, 1))])
+def test_share(share, mask_shape):
+    x = np.ones((4, 6, 10, 10))
+    y = sdn.dropblock(x, 0.3, 3, "channels_first", share=share, seed=1)
+    zero = (y == 0)
+    if mask_shape[0] == 1:
+        assert np.all(zero == zero[:1])
+    if mask_shape[1] == 1:
+        assert np.all(zero == zero[:, :1])
+    assert zero.any()
+
+
+def test_all_dropped_gives_zeros_not_nan():
+    x = np.ones((2, 3, 8, 8), np.float16)
+    y = sdn.dropblock(x, 0.5, 3, "channels_first", gamma=1.0)
+    assert y.dtype == np.float16 and np.all(y == 0) and not np.isnan(y).any()
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, **k: sdn.dropout(x, 0.4, **k),
+    lambda x, **k: sdn.spatial_dropout(x, 0.4, **k),
+    lambda x, **k: sdn.dropblock(x, 0.4, 3, **k),
+])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_edges(fn, dtype):
+    x = np.random.default_rng(0).normal(size=(3, 9, 9, 4)).astype(dtype)
+    before = x.copy()
+    assert fn(x, training=False) is x
+    y = fn(x, seed=0)
+    assert y.dtype == dtype and y.shape == x.shape and not np.isnan(y).any()
+    np.testing.assert_array_equal(x, before)  # never modified
+    fn(x, seed=0, inplace=True)
+    np.testing.assert_array_equal(x, y)      # unless asked
+    empty = np.zeros((0, 9, 9, 4), dtype)
+    assert fn(empty, seed=0).shape == empty.shape
+
+
+def test_rate_zero_and_one():
+    x = np.ones((2, 8, 8, 3))
+    assert sdn.dropblock(x, 0.0, 3) is x
+    assert np.all(sdn.dropblock(x, 1.0, 3) == 0)
+    assert np.all(sdn.dropout(x, 1.0) == 0)
+    assert np.all(sdn.drop_path(x, 1.0) == 0)
+
+
+def test_block_larger_than_map_is_spatial_dropout():
+    x = np.ones((50, 7, 7, 8))
+    u = np.random.default_rng(0).random((50, 1, 1, 8))
+    y = sdn.dropblock(x, 0.3, 20, uniform=u, normalize="rate")
+    ref = sdn.spatial_dropout(x, 0.3, uniform=u)
+    np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda x: sdn.dropblock(x, 1.1, 3), ValueError, r"rate must be in \[0, 1\]"),
+    (lambda x: sdn.dropblock(x, 0.1, 0), ValueError, "block_size must be >= 1"),
+    (lambda x: sdn.dropblock(x, 0.1, 3, "NCHW"), ValueError, "data_format must be one of"),
+    (lambda x: sdn.dropblock(x, 0.1, 3, seeds="same"), ValueError, "seeds must be one of"),
+    (lambda x: sdn.dropblock(x, 0.1, 3, share="pixels"), ValueError, "share must be one of"),
+    (lambda x: sdn.dropblock(x, 0.1, 3, normalize="mean"), ValueError, "normalize must be one of"),
+    (lambda x: sdn.dropblock(x[0, 0], 0.1, 3), ValueError, "rank 3, 4 or 5"),
+    (lambda x: sdn.dropblock(x.astype(np.int32), 0.1, 3), TypeError, "floating-point"),
+    (lambda x: sdn.dropblock(x, 0.1, 3, uniform=np.zeros((1, 2))), ValueError, "uniform must have shape"),
+    (lambda x: sdn.dropout(x, 0.1, (2, 3)), ValueError, "noise_shape must have"),
+    (lambda x: sdn.drop_path(x, 0.1, mode="layer"), ValueError, "mode must be one of"),
+])
+def test_errors_name_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(np.ones((2, 8, 8, 3)))
+
+
+def test_cutout_patch_is_clipped_at_the_border():
+    x = np.ones((3, 10, 10, 2))
+    u = np.array([[0.0, 0.0], [0.55, 0.55], [0.99, 0.5]])   # centres (0,0), (5,5), (9,5)
+    y = sdn.cutout(x, 4, uniform=u)
+    zero = (y[..., 0] == 0)
+    assert np.all((y == 0).all(axis=-1) == zero)  # same patch in every channel
+    assert zero[0].sum() == 4 and zero[0, :2, :2].all()      # 2x2 survives of a 4x4 patch
+    assert zero[1].sum() == 16 and zero[1, 3:7, 3:7].all()
+    assert zero[2].sum() == 12 and zero[2, 7:, 3:7].all()
+    assert sdn.cutout(x, 4, training=False) is x
+
+
+def test_drop_path_per_sample_and_batch_axis():
+    x = np.ones((6, 4, 8))   # sequence-first (L, N, D): the batch is axis 1
+    u = np.array([0.9, 0.1, 0.6, 0.2]).reshape(1, 4, 1)
+    y = sdn.drop_path(x, 0.5, batch_axis=1, uniform=u)
+    np.testing.assert_array_equal(y[0, :, 0], [2, 0, 2, 0])
+    assert np.all(y == y[:1, :, :1])
+    yb = sdn.drop_path(x, 0.5, mode="batch", uniform=np.full((1, 1, 1), 0.2))
+    assert np.all(yb == 0)
+
+
+def test_dropconnect_is_unbiased_and_identity_at_inference():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(5, 7)), rng.normal(size=(7, 3)), rng.normal(size=3)
+    np.testing.assert_allclose(sdn.dropconnect_dense(x, w, b, 0.3, training=False), x @ w + b)
+    u = rng.random((7, 3))
+    np.testing.assert_allclose(sdn.dropconnect_dense(x, w, b, 0.3, uniform=u),
+                               x @ (w * (u >= 0.3) / 0.7) + b)
+    mean = np.mean([sdn.dropconnect_dense(x, w, b, 0.3, seed=s) for s in range(4000)], axis=0)
+    np.testing.assert_allclose(mean, x @ w + b, atol=0.25)

@@ -1,0 +1,47 @@
+import pytest
+
+import structdrop_tutorial as sd
+
+
+@pytest.mark.parametrize("kind, shape, fmt, expected", [
+    ("dropout", (3, 4, 5), "channels_last", (3, 4, 5)),
+    ("spatial", (8, 50, 300), "channels_last", (8, 1, 300)),       # SpatialDropout1D
+    ("spatial", (8, 300, 50), "channels_first", (8, 300, 1)),
+    ("timestep", (8, 50, 300), "channels_last", (8, 50, 1)),       # whole positions
+    ("timestep", (8, 300, 50), "channels_first", (8, 1, 50)),
+    ("spatial", (2, 28, 28, 16), "channels_last", (2, 1, 1, 16)),
+    ("spatial", (2, 16, 28, 28), "channels_first", (2, 16, 1, 1)),
+    ("spatial", (2, 4, 5, 6, 3), "channels_last", (2, 1, 1, 1, 3)),
+    ("spatial", (None, None, None, 16), "channels_last", (None, 1, 1, 16)),
+    ("timestep", (None, None, 64), "channels_last", (None, None, 1)),
+])
+def test_noise_shape(kind, shape, fmt, expected):
+    assert sd.noise_shape(kind, shape, fmt) == expected
+
+
+def test_all_noise_shapes_of_3_4_5():
+    shapes = sd.all_noise_shapes((3, 4, 5))
+    assert len(shapes) == 8 and (1, 1, 1) in shapes and (3, 4, 5) in shapes and (3, 1, 5) in shapes
+    assert len(sd.all_noise_shapes((3, 1, 5))) == 4  # an axis of size 1 adds no choice
+
+
+@pytest.mark.parametrize("args, match", [
+    (("channel", (2, 3, 4)), "kind must be one of"),
+    (("spatial", (2, 3)), "rank 3, 4 or 5"),
+    (("timestep", (2, 3, 4, 5)), "rank 3"),
+    (("spatial", (2, 3, 4), "NHWC"), "data_format must be one of"),
+])
+def test_noise_shape_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        sd.noise_shape(*args)
+
+
+def test_axes_and_seed_grid_shape():
+    assert sd.spatial_axes(4, "channels_last") == (1, 2)
+    assert sd.spatial_axes(5, "channels_first") == (2, 3, 4)
+    assert sd.channel_axis(3, "channels_last") == 2
+    assert sd.spatial_dims((2, 3, 14, 20), "channels_first") == (14, 20)
+    assert sd.seed_grid_shape((2, 14, 20, 8), (7, 5), "channels_last") == (2, 8, 16, 8)
+    assert sd.seed_grid_shape((2, 8, 14, 20), (7, 5), "channels_first", "padded",
+                              ("batch", "channels")) == (1, 1, 20, 24)
+    assert sd.seed_grid_shape((None, None, 16, 8), (3, 3), "channels_last") == (None, None, 14, 8)
