@@ -9,7 +9,7 @@ export TF_ENABLE_ONEDNN_OPTS ?= 0
 export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: book test test-package test-notebooks test-grader test-book env clean
+.PHONY: book test env chromium clean
 
 env: $(STAMP)
 
@@ -23,13 +23,20 @@ $(STAMP): requirements.txt pyproject.toml
 
 ## Build the book into _build/html (notebooks are committed executed; nothing re-runs).
 book: $(STAMP)
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . -W --keep-going
 
-## Everything CI checks: package tests, notebooks under strict nbval, the grader, the book build.
-test: $(STAMP)
-	$(PY) -m pytest tests -q -p no:randomly
+## Everything CI checks: package and grader tests (every solution at full marks, every exercise
+## at zero), strict nbval on every executed notebook, the book build with -W, and the built pages
+## rendered in headless Chromium.
+test: $(STAMP) chromium
+	$(PY) -m pytest tests -q
 	$(PY) -m pytest -q --nbval --nbval-current-env --nbval-cell-timeout=600 book solutions
 	$(MAKE) book
+	$(PY) scripts/check_book_render.py _build/html
+
+## Headless Chromium (Debian's package) for the render check.
+chromium:
+	@command -v chromium > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }
 
 clean:
 	rm -rf _build

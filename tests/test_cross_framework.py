@@ -1,0 +1,80 @@
+"""NumPy, TensorFlow and PyTorch give identical masks and outputs from the same noise."""
+import numpy as np
+import pytest
+
+import structdrop_tutorial as sd
+from structdrop_tutorial import numpy as sdn
+
+torch = pytest.importorskip("torch")
+tf = pytest.importorskip("tensorflow")
+from structdrop_tutorial import tensorflow as sdtf  # noqa: E402
+from structdrop_tutorial import torch as sdt  # noqa: E402
+
+CASES = [  # (spatial, block): odd and even blocks, square and non-square maps, 1-D to 3-D
+    ((14, 14), 7), ((14, 14), 4), ((9, 13), (3, 6)), ((12,), 5), ((12,), 2), ((5, 6, 7), (3, 2, 4)),
+]
+
+
+def layout(spatial, fmt, batch=2, ch=3):
+    return (batch, ch) + spatial if fmt == "channels_first" else (batch,) + spatial + (ch,)
+
+
+@pytest.mark.parametrize("seeds", ["valid", "padded"])
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("spatial, block", CASES)
+def test_keep_mask_identical(spatial, block, fmt, seeds):
+    blk = sd.clip_block(block, spatial)
+    grid = sd.seed_grid_shape(layout(spatial, fmt), blk, fmt, seeds)
+    u = np.random.default_rng(len(spatial) * 100 + sum(blk)).random(grid)
+    ref = sdn.dropblock_keep_mask(u, 0.08, blk, fmt, seeds)
+    got_t = sdt.dropblock_keep_mask(torch.from_numpy(u), 0.08, blk, fmt, seeds)
+    got_tf = sdtf.dropblock_keep_mask(tf.constant(u), 0.08, blk, fmt, seeds)
+    np.testing.assert_array_equal(np.asarray(got_t.cpu().numpy(), bool), ref)
+    np.testing.assert_array_equal(np.asarray(got_tf.numpy(), bool), ref)
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("share", [(), "channels", ("batch", "channels")])
+def test_dropblock_outputs_identical(fmt, share):
+    spatial, block = (10, 11), (3, 4)
+    x = np.random.default_rng(0).normal(size=layout(spatial, fmt))
+    grid = sd.seed_grid_shape(x.shape, block, fmt, "valid", share)
+    u = np.random.default_rng(1).random(grid)
+    ref = sdn.dropblock(x, 0.2, block, fmt, share=share, uniform=u)
+    got_t = sdt.dropblock(torch.from_numpy(x), 0.2, block, fmt, share=share, uniform=u)
+    got_tf = sdtf.dropblock(tf.constant(x), 0.2, block, fmt, share=share, uniform=u)
+    np.testing.assert_allclose(got_t.numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(got_tf.numpy(), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_spatial_dropout_and_dropout_identical(fmt):
+    x = np.random.default_rng(2).normal(size=layout((6, 5), fmt, 4, 7))
+    u = np.random.default_rng(3).random(sd.noise_shape("spatial", x.shape, fmt))
+    ref = sdn.spatial_dropout(x, 0.4, fmt, uniform=u)
+    np.testing.assert_allclose(sdt.spatial_dropout(torch.from_numpy(x), 0.4, fmt, uniform=u).numpy(), ref)
+    np.testing.assert_allclose(sdtf.spatial_dropout(tf.constant(x), 0.4, fmt, uniform=u).numpy(), ref)
+    u2 = np.random.default_rng(4).random(x.shape)
+    ref2 = sdn.dropout(x, 0.4, uniform=u2)
+    np.testing.assert_allclose(sdt.dropout(torch.from_numpy(x), 0.4, uniform=u2).numpy(), ref2)
+    np.testing.assert_allclose(sdtf.dropout(tf.constant(x), 0.4, uniform=u2).numpy(), ref2)
+
+
+def test_family_identical():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4, 9, 9, 3))
+    u = rng.random((4, 2))
+    ref = sdn.cutout(x, 4, uniform=u)
+    np.testing.assert_allclose(sdtf.cutout(tf.constant(x), 4, uniform=u).numpy(), ref)
+    xt = torch.from_numpy(x)
+    np.testing.assert_allclose(sdt.cutout(xt, 4, "channels_last", uniform=u).numpy(), ref)
+    up = rng.random((4, 1, 1, 1))
+    ref = sdn.drop_path(x, 0.3, uniform=up)
+    np.testing.assert_allclose(sdt.drop_path(xt, 0.3, uniform=up).numpy(), ref)
+    np.testing.assert_allclose(sdtf.drop_path(tf.constant(x), 0.3, uniform=up).numpy(), ref)
+    xd, w, b, uw = rng.normal(size=(5, 6)), rng.normal(size=(6, 2)), rng.normal(size=2), rng.random((6, 2))
+    ref = sdn.dropconnect_dense(xd, w, b, 0.3, uniform=uw)
+    got_t = sdt.dropconnect_dense(torch.from_numpy(xd), torch.from_numpy(w), torch.from_numpy(b), 0.3, uniform=uw)
+    got_tf = sdtf.dropconnect_dense(tf.constant(xd), tf.constant(w), tf.constant(b), 0.3, uniform=uw)
+    np.testing.assert_allclose(got_t.numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(got_tf.numpy(), ref, rtol=1e-12)

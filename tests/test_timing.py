@@ -1,0 +1,198 @@
+"""Tests of structdrop_tutorial.timing with fake clocks and fake callables (no wall-clock asserts)."""
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from structdrop_tutorial import timing
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+
+
+class FakeWork:
+    """A callable whose calls advance a fake clock: the first ``slow`` calls take ``slow_time``."""
+
+    def __init__(self, slow=1, slow_time=100.0, time_per_call=1.0):
+        self.now = 0.0
+        self.calls = 0
+        self.slow, self.slow_time, self.time_per_call = slow, slow_time, time_per_call
+
+    def clock(self):
+        return self.now
+
+    def __call__(self):
+        self.calls += 1
+        self.now += self.slow_time if self.calls <= self.slow else self.time_per_call
+        return self.calls
+
+
+def test_import_does_not_import_frameworks():
+    code = ("import sys, structdrop_tutorial.timing; "
+            "print('torch' in sys.modules, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_measurement_median_iqr():
+    m = timing.Measurement((5.0, 1.0, 2.0, 3.0, 4.0), number=3, warmup=1, label="x", device="d")
+    assert m.median == 3.0
+    assert m.runs == 5
+    assert m.quartiles == (2.0, 4.0)
+    assert m.iqr == 2.0
+    assert m.ratio(timing.Measurement((1.5,))) == 2.0
+    assert "median" in str(m) and "d" in str(m)
+    with pytest.raises(ValueError):
+        timing.Measurement(())
+
+
+def test_time_callable_excludes_warmup_and_uses_median():
+    work = FakeWork(slow=2, slow_time=100.0, time_per_call=1.0)
+    m = timing.time_callable(work, warmup=2, repeat=7, number=3, clock=work.clock)
+    assert m.times == (1.0,) * 7
+    assert m.median == 1.0 and m.number == 3 and m.warmup == 2
+    assert work.calls == 2 + 7 * 3
+
+
+def test_time_callable_median_not_mean():
+    durations = iter([0.0, 1.0, 1.0, 50.0, 1.0, 1.0])  # one outlier run among the recorded ones
+
+    class Work:
+        now = 0.0
+
+        def __call__(self):
+            Work.now += next(durations)
+
+    m = timing.time_callable(Work(), warmup=1, repeat=5, number=1, clock=lambda: Work.now)
+    assert m.median == 1.0
+    assert max(m.times) == 50.0
+
+
+def test_time_callable_syncs_before_every_clock_read():
+    work = FakeWork(slow=0)
+    events = []
+
+    def clock():
+        events.append("clock")
+        return work.now
+
+    def sync(result):
+        events.append("sync")
+
+    m = timing.time_callable(work, warmup=1, repeat=4, number=2, clock=clock, sync=sync)
+    assert m.runs == 4
+    # every clock reading is immediately preceded by a sync
+    for i, e in enumerate(events):
+        if e == "clock":
+            assert events[i - 1] == "sync"
+    assert events.count("clock") == 2 * 4
+    assert events[0] == "sync"  # the warm-up call was synchronized too
+
+
+def test_time_callable_autorange_calibration_not_recorded():
+    work = FakeWork(slow=0, time_per_call=0.001)
+    m = timing.time_callable(work, warmup=0, min_run_time=1.0, min_runs=3, clock=work.clock)
+    assert m.number >= 50  # grew until one run takes >= min_run_time / 20
+    assert m.runs >= 3 and sum(m.times) * m.number >= 1.0 - 1e-9
+    assert m.median == pytest.approx(0.001)
+
+
+def test_time_callable_validates():
+    with pytest.raises(ValueError, match="warmup"):
+        timing.time_callable(lambda: None, warmup=-1)
+    with pytest.raises(ValueError, match="repeat"):
+        timing.time_callable(lambda: None, repeat=0)
+
+
+def test_time_numpy_and_tensorflow_fake_clock():
+    work = FakeWork(slow=1)
+    m = timing.time_numpy(work, warmup=1, repeat=3, number=1, clock=work.clock)
+    assert m.times == (1.0, 1.0, 1.0)
+    work = FakeWork(slow=2, slow_time=30.0)  # trace + compile on the first two calls
+    seen = []
+    m = timing.time_tensorflow(work, warmup=2, repeat=3, number=2, clock=work.clock,
+                               sync=seen.append)
+    assert m.median == 1.0
+    assert 6 in seen  # the result of the last call of a run was waited for
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_time_torch_fake_clock_excludes_warmup_and_syncs():
+    work = FakeWork(slow=3, slow_time=1000.0, time_per_call=0.01)
+    syncs = []
+    m = timing.time_torch(work, warmup=3, min_run_time=0.05, clock=work.clock,
+                          sync=lambda: syncs.append(1), label="fake")
+    assert m.median == pytest.approx(0.01)
+    assert max(m.times) < 1.0  # no warm-up call recorded
+    assert len(syncs) >= 2 * m.runs  # the Timer's clock synchronizes at every reading
+    with pytest.raises(ValueError, match="method"):
+        timing.time_torch(work, method="fast", clock=work.clock, sync=lambda: None)
+
+
+def test_sweep_runs_every_case_in_order(capsys):
+    out = timing.sweep([3, 1, 2], lambda c: c * 10, desc="t")
+    assert out == [30, 10, 20]
+    assert timing.sweep([1], lambda c: c, progress=False) == [1]
+
+
+def test_bandwidth_floor():
+    # 1e6 float32 elements, read x and mask, write y: 12 MB at 12 GB/s -> 1 ms
+    assert timing.bandwidth_floor_seconds(10**6, 4, 2, 1, 12e9) == pytest.approx(1e-3)
+    assert timing.masked_multiply_bytes(10, 4, 4) == 120
+    assert timing.masked_multiply_bytes(10, 4, 1, backward=True) == 180
+    with pytest.raises(ValueError, match="bandwidth"):
+        timing.bandwidth_floor_seconds(10, bandwidth=0)
+
+
+def test_measure_bandwidth_numpy_small():
+    bw = timing.measure_bandwidth(n_bytes=2**20, min_run_time=0.01)
+    assert bw.bytes_per_second > 0 and bw.bytes_moved == 2 * 2**20
+    with pytest.raises(ValueError, match="backend"):
+        timing.measure_bandwidth(backend="cupy")
+
+
+def test_committed_timings_load():
+    for name in timing.timing_files():
+        rows = timing.load_timings([name])
+        assert rows, name
+        for row in rows:
+            assert row["device"] and row["op"] and row["pass"] in ("fwd", "fwd+bwd")
+            assert row["median_s"] > 0
+
+
+# --------------------------------------------------------------------------- benchmark smoke tests
+def _run_bench(script, tmp_path, *extra):
+    out = tmp_path / f"{script}.csv"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--tiny",
+                           "--out", str(out), *extra], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["median_s"]) > 0 for r in rows)
+    assert {r["pass"] for r in rows} <= {"fwd", "fwd+bwd"}
+    return rows, proc.stdout
+
+
+def test_bench_numpy_smoke(tmp_path):
+    rows, stdout = _run_bench("bench_numpy.py", tmp_path)
+    assert any(r["op"] == "floor" for r in rows)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_bench_torch_smoke(tmp_path):
+    rows, stdout = _run_bench("bench_torch.py", tmp_path)
+    assert {"fwd", "fwd+bwd"} <= {r["pass"] for r in rows}
+    assert "not installed" in stdout or "found" in stdout
+
+
+@pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
+def test_bench_tensorflow_smoke(tmp_path):
+    rows, stdout = _run_bench("bench_tensorflow.py", tmp_path)
+    assert {"fwd", "fwd+bwd"} <= {r["pass"] for r in rows}
