@@ -1,0 +1,348 @@
+"""Structured dropout for PyTorch tensors: the functional API.
+
+The names, arguments and results match :mod:`structdrop_tutorial.numpy` (the reference), except
+that the default layout is ``"channels_first"`` -- ``(batch, channels, *spatial)`` -- as
+everywhere in PyTorch. Given the same ``uniform=`` noise the two modules return identical
+masks and outputs; without it, fresh noise is drawn on the input's device from ``seed`` (an int
+or a :class:`torch.Generator`; ``None`` uses PyTorch's global generator).
+
+Masks never require gradients; the gradient of every function with respect to ``x`` is the
+mask times the scale. DropBlock without ``uniform`` uses a fast sampler (see
+:mod:`structdrop_tutorial.torch._fast`) that draws only the seeds instead of one uniform per
+seed position; with ``uniform`` it follows the reference step by step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
+                       check_float_dtype_name, check_n_spatial, check_rate, check_share)
+from ..gamma import clip_block, resolve_gamma
+from ..shapes import noise_shape as _noise_shape, seed_grid_shape, spatial_axes
+from ._fast import bernoulli_positions, masked_scale, seeds_to_dropped
+
+__all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
+           "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
+
+Seed = Union[None, int, torch.Generator]
+
+
+# --------------------------------------------------------------------------- helpers
+def _as_float_tensor(x, name: str = "x") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    check_float_dtype_name(str(x.dtype).replace("torch.", ""), name)
+    return x
+
+
+def _generator(seed: Seed, device) -> Optional[torch.Generator]:
+    """A generator for ``device``: the one given, a fresh one seeded with an int, or None."""
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be None, an int or a torch.Generator, got {seed!r}")
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def _uniform(shape, seed: Seed, uniform, device, name: str = "uniform") -> torch.Tensor:
+    """The noise tensor: ``uniform`` checked against ``shape`` and moved to ``device``, or fresh draws."""
+    shape = tuple(int(s) for s in shape)
+    if uniform is None:
+        return torch.rand(shape, generator=_generator(seed, device), device=device)
+    uniform = torch.as_tensor(uniform, device=device)
+    if tuple(uniform.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(uniform.shape)}")
+    return uniform
+
+
+def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
+    """``x * keep * scale`` in x's dtype; ``keep`` broadcasts against ``x``."""
+    if keep.numel() == x.numel():  # full-size mask: keep 1 byte per unit for backward
+        return masked_scale(x, ~keep, scale, inplace)
+    factor = keep.to(x.dtype) * scale  # small broadcast mask: a plain multiply is cheapest
+    return x.mul_(factor) if inplace else x * factor
+
+
+def _zeros(x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    if inplace:
+        with torch.no_grad():
+            return x.zero_() if not x.requires_grad else x.mul_(0)
+    # Multiplying by a zero scale keeps the graph connected (gradient zero, never NaN).
+    return masked_scale(x, torch.ones((), dtype=torch.bool, device=x.device).expand(x.shape), 0.0)
+
+
+def bernoulli_compare(uniform, keep_prob):
+    """Keep mask by comparison: 1.0 where ``uniform < keep_prob``, else 0.0 (float32)."""
+    return (torch.as_tensor(uniform) < keep_prob).to(torch.float32)
+
+
+def bernoulli_relu_sign(uniform, keep_prob):
+    """The same Bernoulli mask as ``relu(sign(keep_prob - uniform))`` (float32).
+
+    ``sign`` is +1 where ``uniform < keep_prob``, -1 above and 0 on a tie; ``relu`` maps -1 and 0
+    to 0, so for continuous noise this equals :func:`bernoulli_compare`.
+    """
+    u = torch.as_tensor(uniform).to(torch.float64)
+    return torch.relu(torch.sign(keep_prob - u)).to(torch.float32)
+
+
+# --------------------------------------------------------------------------- dropout
+def dropout(x, rate, noise_shape=None, *, training=True, seed: Seed = None, uniform=None,
+            inplace=False):
+    """Inverted dropout with a Keras-style noise shape.
+
+    Args:
+        x: floating-point tensor of any shape.
+        rate: probability of dropping a unit (or a whole slice), in [0, 1].
+        noise_shape: shape of the mask, broadcast against ``x``; ``None`` entries take x's
+            size; ``None`` means ``x.shape`` (i.i.d. dropout).
+        training: when False, ``x`` is returned unchanged.
+        seed: None, an int or a :class:`torch.Generator` on x's device.
+        uniform: optional U[0, 1) noise of shape ``noise_shape``; a unit is dropped where
+            ``uniform < rate``.
+        inplace: write the result into ``x``.
+
+    Returns:
+        ``x * mask / (1 - rate)``: same shape, dtype and device as ``x``.
+    """
+    rate = check_rate(rate)
+    x = _as_float_tensor(x)
+    if noise_shape is None:
+        shape = tuple(x.shape)
+    else:
+        shape = tuple(x.shape[a] if s is None else int(s) for a, s in enumerate(noise_shape))
+        if len(shape) != x.ndim or any(s not in (1, n) for s, n in zip(shape, x.shape)):
+            raise ValueError(f"noise_shape must have x's rank {x.ndim} with each entry 1 or the "
+                             f"size of x on that axis {tuple(x.shape)}, got {tuple(noise_shape)}")
+    if not training or rate == 0.0:
+        return x
+    if rate == 1.0:
+        return _zeros(x, inplace)
+    keep = _uniform(shape, seed, uniform, x.device) >= rate
+    return _keep_scaled(x, keep, 1.0 / (1.0 - rate), inplace)
+
+
+def spatial_dropout(x, rate, data_format="channels_first", *, training=True, seed: Seed = None,
+                    uniform=None, inplace=False):
+    """Spatial dropout (Tompson et al. 2015): whole channels of each sample are dropped.
+
+    Args:
+        x: tensor of rank 3, 4 or 5: ``(N, C, *spatial)`` (``"channels_first"``, default) or
+            ``(N, *spatial, C)`` (``"channels_last"``). Unlike ``torch.nn.Dropout2d`` the rank
+            is checked, never guessed: a rank-3 input has one spatial axis.
+        rate: probability of dropping a channel of a sample, in [0, 1].
+        uniform: optional noise of shape ``(N, C, 1, ...)`` (the ``"spatial"`` noise shape).
+
+    Returns:
+        Tensor of x's shape and dtype; survivors are scaled by ``1 / (1 - rate)``.
+    """
+    check_data_format(data_format)
+    x = _as_float_tensor(x)
+    check_n_spatial(x.ndim)
+    return dropout(x, rate, _noise_shape("spatial", tuple(x.shape), data_format), training=training,
+                   seed=seed, uniform=uniform, inplace=inplace)
+
+
+# --------------------------------------------------------------------------- DropBlock
+def _window_or(a: torch.Tensor, axis: int, b: int) -> torch.Tensor:
+    """OR over every window of ``b`` consecutive entries along ``axis`` (n -> n - b + 1)."""
+    width = 1
+    while 2 * width <= b:
+        n = a.shape[axis]
+        a = a.narrow(axis, 0, n - width) | a.narrow(axis, width, n - width)
+        width *= 2
+    if width < b:
+        n, shift = a.shape[axis], b - width
+        a = a.narrow(axis, 0, n - shift) | a.narrow(axis, shift, n - shift)
+    return a
+
+
+def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_first", seeds="valid"):
+    """The deterministic core of DropBlock: seeds from noise, blocks from seeds.
+
+    Args:
+        uniform: one U[0, 1) draw per seed position (tensor or array), shaped like the input
+            but with each spatial axis ``map - block + 1`` long (``seeds="valid"``) or
+            ``map + block - 1`` (``seeds="padded"``).
+        gamma: seed probability; a seed is where ``uniform < gamma``.
+        block_size: int or one int per spatial axis, already clipped to the map.
+        data_format: ``"channels_first"`` (default) or ``"channels_last"``.
+        seeds: ``"valid"`` (seed ``s`` drops ``s .. s + b - 1``) or ``"padded"`` (seed ``s``
+            drops ``s - b + 1 .. s``, clipped to the map).
+
+    Returns:
+        Boolean keep mask (True = kept) with the map's spatial size, on uniform's device.
+    """
+    check_choice(seeds, "seeds", SEEDS)
+    check_data_format(data_format)
+    uniform = torch.as_tensor(uniform)
+    n_spatial = check_n_spatial(uniform.ndim, "uniform")
+    block = check_block_size(block_size, n_spatial)
+    dropped = uniform < gamma
+    for axis, b in zip(spatial_axes(uniform.ndim, data_format), block):
+        if seeds == "valid":
+            pad_shape = list(dropped.shape)
+            pad_shape[axis] = b - 1
+            pad = dropped.new_zeros(pad_shape)
+            dropped = torch.cat([pad, dropped, pad], dim=axis)
+        elif uniform.shape[axis] - b + 1 < b:
+            raise ValueError(f"block_size {block_size} does not fit a map of "
+                             f"{uniform.shape[axis] - b + 1} from a padded seed grid")
+        dropped = _window_or(dropped, axis, b)
+    return ~dropped
+
+
+def _batch_scale(dropped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``mask.numel() / kept`` as a 0-d tensor (0 when nothing is kept), computed without a sync."""
+    total = dropped.numel()
+    kept = total - torch.count_nonzero(dropped)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    kept = kept.to(acc)
+    return torch.where(kept > 0, total / kept.clamp_min(1), torch.zeros((), dtype=acc, device=kept.device))
+
+
+def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact", seeds="valid",
+              share=(), normalize="batch", training=True, seed: Seed = None, uniform=None,
+              inplace=False):
+    """DropBlock (Ghiasi et al. 2018, arXiv:1810.12890) over 1, 2 or 3 spatial axes.
+
+    Args:
+        x: tensor of rank 3, 4 or 5, ``(N, C, *spatial)`` or ``(N, *spatial, C)``.
+        rate: target fraction of dropped units, in [0, 1].
+        block_size: int or one int per spatial axis; clipped to the map per axis. Even sizes
+            work (blocks are indexed by their first unit).
+        data_format: ``"channels_first"`` (default) or ``"channels_last"``.
+        gamma: ``"exact"`` (expected drop fraction equals ``rate``), ``"paper"`` (the paper's
+            formula) or a number used as the seed probability.
+        seeds: ``"valid"`` (blocks inside the map, as in the paper) or ``"padded"``.
+        share: ``()`` (one mask per sample and channel, as in the paper), or any of
+            ``"channels"`` and ``"batch"`` to share the mask over those axes.
+        normalize: ``"batch"`` scales by ``mask.numel() / kept`` (zeros when all is dropped) or
+            ``"rate"`` by ``1 / (1 - rate)``.
+        training, seed, uniform, inplace: as in :func:`dropout`. ``uniform`` has the shape
+            :func:`structdrop_tutorial.shapes.seed_grid_shape` gives and selects the reference
+            path; without it the seeds are drawn sparsely (same distribution, much faster).
+
+    Returns:
+        Tensor of x's shape, dtype and device.
+    """
+    rate = check_rate(rate)
+    check_data_format(data_format)
+    check_choice(seeds, "seeds", SEEDS)
+    check_choice(normalize, "normalize", NORMALIZE)
+    share = check_share(share)
+    x = _as_float_tensor(x)
+    n_spatial = check_n_spatial(x.ndim)
+    axes = spatial_axes(x.ndim, data_format)
+    spatial = tuple(int(x.shape[a]) for a in axes)
+    check_block_size(block_size, n_spatial)
+    if not training or rate == 0.0:
+        return x
+    if rate == 1.0:
+        return _zeros(x, inplace)
+    if 0 in spatial:
+        return x if inplace else x.clone()
+    block = clip_block(block_size, spatial)
+    g = resolve_gamma(gamma, rate, block, spatial, seeds)
+    grid = seed_grid_shape(tuple(x.shape), block, data_format, seeds, share)
+    with torch.no_grad():
+        if uniform is not None:
+            u = _uniform(grid, seed, uniform, x.device)
+            dropped = ~dropblock_keep_mask(u, g, block, data_format, seeds)
+        else:
+            total = math.prod(grid)
+            flat = bernoulli_positions(total, g, _generator(seed, x.device), x.device)
+            dropped = seeds_to_dropped(flat, grid, axes, block, spatial, seeds)
+        if normalize == "batch":
+            scale = _batch_scale(dropped, x.dtype)
+        else:
+            scale = 1.0 / (1.0 - rate)
+    return masked_scale(x, dropped, scale, inplace)
+
+
+# --------------------------------------------------------------------------- the family
+def cutout(x, size, data_format="channels_first", *, fill=0.0, training=True, seed: Seed = None,
+           uniform=None):
+    """Cutout (DeVries & Taylor 2017): one patch per sample set to ``fill`` in every channel.
+
+    The centre is uniform over the whole map, so the patch may hang over the border and is
+    clipped there; it covers ``c - size // 2 .. c - size // 2 + size - 1`` per axis. No rescaling.
+    ``uniform`` has shape ``(N, n_spatial)``; the centre is ``floor(uniform * map)``.
+    """
+    check_data_format(data_format)
+    x = _as_float_tensor(x)
+    n_spatial = check_n_spatial(x.ndim)
+    size = check_block_size(size, n_spatial, "size")
+    if not training:
+        return x
+    axes = spatial_axes(x.ndim, data_format)
+    u = _uniform((x.shape[0], n_spatial), seed, uniform, x.device)
+    if not u.is_floating_point():
+        u = u.to(torch.float64)
+    inside = torch.ones((x.shape[0],) + (1,) * (x.ndim - 1), dtype=torch.bool, device=x.device)
+    for k, (axis, s) in enumerate(zip(axes, size)):
+        n = x.shape[axis]
+        start = torch.floor(u[:, k] * n).to(torch.long) - s // 2
+        pos = torch.arange(n, device=x.device)
+        along = (pos >= start[:, None]) & (pos < start[:, None] + s)  # (N, n)
+        shape = [x.shape[0]] + [1] * (x.ndim - 1)
+        shape[axis] = n
+        inside = inside & along.reshape(shape)
+    return torch.where(inside, torch.as_tensor(fill, dtype=x.dtype, device=x.device), x)
+
+
+def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed: Seed = None,
+              uniform=None, scale=True):
+    """Stochastic depth / DropPath (Huang et al. 2016) for a residual branch's output.
+
+    ``mode="sample"`` drops the branch for each sample independently (mask shape 1 on every axis
+    but ``batch_axis``); ``mode="batch"`` drops it for the whole batch. ``scale=True`` divides
+    survivors by ``1 - rate``; with ``scale=False`` multiply by ``1 - rate`` at inference instead.
+    """
+    rate = check_rate(rate)
+    check_choice(mode, "mode", ("sample", "batch"))
+    x = _as_float_tensor(x)
+    if x.ndim < 1:
+        raise ValueError("x must have at least one axis (the batch)")
+    if not -x.ndim <= batch_axis < x.ndim:
+        raise ValueError(f"batch_axis must be in [{-x.ndim}, {x.ndim - 1}], got {batch_axis}")
+    shape = [1] * x.ndim
+    if mode == "sample":
+        shape[batch_axis] = x.shape[batch_axis]
+    if not training or rate == 0.0:
+        return x
+    if rate == 1.0:
+        return _zeros(x, False)
+    keep = _uniform(tuple(shape), seed, uniform, x.device) >= rate
+    factor = keep.to(x.dtype) * (1.0 / (1.0 - rate) if scale else 1.0)
+    return x * factor
+
+
+def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Seed = None,
+                      uniform=None):
+    """A dense layer with DropConnect (Wan et al. 2013): the mask falls on the weights.
+
+    ``x`` is ``(..., in)`` and ``kernel`` is ``(in, out)`` (the transpose of
+    ``nn.Linear.weight``). One weight mask is drawn per call, shared by the batch, and survivors
+    are scaled by ``1 / (1 - rate)`` so that inference is the plain layer. ``uniform`` has the
+    kernel's shape.
+    """
+    rate = check_rate(rate)
+    x = _as_float_tensor(x)
+    kernel = _as_float_tensor(kernel, "kernel")
+    if kernel.ndim != 2 or x.shape[-1] != kernel.shape[0]:
+        raise ValueError(f"kernel must have shape (x.shape[-1], units) = ({x.shape[-1]}, units), "
+                         f"got {tuple(kernel.shape)}")
+    if training and rate > 0.0:
+        if rate == 1.0:
+            kernel = kernel * 0.0
+        else:
+            keep = _uniform(kernel.shape, seed, uniform, kernel.device) >= rate
+            kernel = kernel * (keep.to(kernel.dtype) * (1.0 / (1.0 - rate)))
+    out = x @ kernel
+    return out if bias is None else out + bias
