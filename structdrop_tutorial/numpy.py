@@ -19,6 +19,7 @@ import numpy as np
 
 from ._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
                       check_float_dtype_name, check_n_spatial, check_rate, check_share)
+from . import _sparse_seeds
 from .gamma import clip_block, resolve_gamma
 from .shapes import channel_axis, noise_shape as _noise_shape, seed_grid_shape, spatial_axes
 
@@ -209,7 +210,10 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
         normalize: ``"batch"`` scales by ``mask.size / mask.sum()`` (the paper; an all-dropped
             mask gives zeros) or ``"rate"`` scales by ``1 / (1 - rate)``.
         training, seed, uniform, inplace: as in :func:`dropout`; ``uniform`` has the shape
-            given by :func:`structdrop_tutorial.shapes.seed_grid_shape`.
+            given by :func:`structdrop_tutorial.shapes.seed_grid_shape`. Without ``uniform``,
+            sparse masks (``gamma * block area <= 1``, the usual case) take a fast path with
+            the same distribution: only the seeds are drawn (geometric gaps of a Bernoulli
+            process) and their blocks are written by index (see ``_sparse_seeds``).
 
     Returns:
         Array of x's shape and dtype.
@@ -232,7 +236,14 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
         return x if inplace else x.copy()
     block = clip_block(block_size, spatial)
     g = resolve_gamma(gamma, rate, block, spatial, seeds)
-    u = _uniform(seed_grid_shape(x.shape, block, data_format, seeds, share), seed, uniform)
+    grid = seed_grid_shape(x.shape, block, data_format, seeds, share)
+    if uniform is None and _sparse_seeds.use_sparse(g, block):
+        # Fast path, same distribution: draw only the (rare) seeds, paint their blocks.
+        return _sparse_seeds.sparse_dropblock(x, g, block, data_format, seeds, grid,
+                                              None if normalize == "batch" else rate,
+                                              _rng(seed), inplace)
+    # Reference path: one uniform per seed position, then OR over block windows.
+    u = _uniform(grid, seed, uniform)
     keep = dropblock_keep_mask(u, g, block, data_format, seeds)
     scale = _batch_scale(keep) if normalize == "batch" else 1.0 / (1.0 - rate)
     return _scaled(x, keep, scale, inplace)
