@@ -32,7 +32,7 @@ import timeit
 from typing import Any, Callable, Iterable, Sequence
 
 __all__ = ["Measurement", "Bandwidth", "time_numpy", "time_torch", "time_tensorflow", "time_callable",
-           "sweep", "bandwidth_floor_seconds", "masked_multiply_bytes", "measure_bandwidth",
+           "time_interleaved", "sweep", "bandwidth_floor_seconds", "masked_multiply_bytes", "measure_bandwidth",
            "cpu_name", "torch_device_name", "tensorflow_device_name", "machine_summary",
            "timing_files", "load_timings"]
 
@@ -204,6 +204,56 @@ def time_callable(fn: Callable[[], Any], *, warmup: int = 1, repeat: int | None 
         elif (total >= min_run_time and len(times) >= min_runs) or len(times) >= max_runs:
             break
     return Measurement(tuple(times), number=number, warmup=warmup, label=label, device=device)
+
+
+def time_interleaved(fns: dict, *, warmup: int = 1, rounds: int = 15, number: int = 1,
+                     clock: Callable[[], float] = time.perf_counter,
+                     sync: Callable[[Any], Any] | None = None, device: str = "",
+                     min_run_time: float | None = None) -> dict:
+    """Time several callables round-robin so that each sees the same machine load.
+
+    On a shared or throttling machine the absolute speed drifts from second to second; the
+    ratio of two ops measured minutes apart then says more about the drift than about the ops.
+    Here every round runs each callable once (``number`` calls, synchronized like
+    :func:`time_callable`), so the floor and the op are measured side by side and their
+    medians' ratio is robust.
+
+    Args:
+        fns: ``{label: zero-argument callable}``; the order is the order within a round.
+        warmup: warm-up calls of each callable before the first round (not recorded).
+        rounds: recorded rounds (runs per callable); with ``min_run_time`` set, rounds go on
+            until the slowest callable has that many seconds recorded (at least ``rounds``).
+        number, clock, sync: as in :func:`time_callable`.
+        device: stored in the results.
+
+    Returns:
+        ``{label: Measurement}`` in the order of ``fns``.
+    """
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if rounds < 1 or number < 1:
+        raise ValueError(f"rounds and number must be >= 1, got {rounds} and {number}")
+    do_sync = sync if sync is not None else (lambda result: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            do_sync(fn())
+    times = {label: [] for label in fns}
+    done = 0
+    while True:
+        for label, fn in fns.items():
+            do_sync(None)
+            start = clock()
+            result = None
+            for _ in range(number):
+                result = fn()
+            do_sync(result)
+            times[label].append((clock() - start) / number)
+        done += 1
+        if done >= rounds and (min_run_time is None or
+                               max(sum(t) for t in times.values()) * number >= min_run_time):
+            break
+    return {label: Measurement(tuple(t), number=number, warmup=warmup, label=label, device=device)
+            for label, t in times.items()}
 
 
 # --------------------------------------------------------------------------- per framework

@@ -196,3 +196,26 @@ def test_bench_torch_smoke(tmp_path):
 def test_bench_tensorflow_smoke(tmp_path):
     rows, stdout = _run_bench("bench_tensorflow.py", tmp_path)
     assert {"fwd", "fwd+bwd"} <= {r["pass"] for r in rows}
+
+
+def test_time_interleaved_round_robin_and_sync():
+    order = []
+    clock_now = [0.0]
+
+    def make(label, cost):
+        def fn():
+            order.append(label)
+            clock_now[0] += cost
+            return label
+        return fn
+
+    syncs = []
+    out = timing.time_interleaved({"floor": make("floor", 1.0), "op": make("op", 3.0)},
+                                  warmup=2, rounds=4, clock=lambda: clock_now[0],
+                                  sync=syncs.append)
+    assert order[:4] == ["floor", "floor", "op", "op"]  # warm-up first
+    assert order[4:] == ["floor", "op"] * 4  # then alternating rounds
+    assert out["op"].ratio(out["floor"]) == 3.0 and out["floor"].runs == 4
+    assert "op" in syncs and None in syncs
+    with pytest.raises(ValueError, match="rounds"):
+        timing.time_interleaved({"a": lambda: None}, rounds=0)
