@@ -10,7 +10,7 @@ This module produces a mask with exactly the same distribution in two steps:
    ``m`` such gaps lists the first ``m`` seeds in order. ``m`` is over-allocated (about the mean
    count plus eight standard deviations) and must depend only on shapes, never on gamma, so that
    XLA sees static sizes: a ``tf.switch_case`` picks the smallest of a few size tiers
-   (``n / 4, n / 16, ..., n / 4 ** 8``, plus 64) that is large enough for the current gamma,
+   (``n / 4, n / 16, ..., n / 4 ** 5``, plus 64) that is large enough for the current gamma,
    and the dense reference runs instead when none is (large gamma). In the rare event that the
    ``m`` seeds end before the grid does, the dense reference runs too, so the result is exact
    in every case, not just with high probability.
@@ -33,7 +33,7 @@ import math
 import tensorflow as tf
 
 #: Tiers of over-allocated seed counts: ``n // 4 ** k + 64`` for k = 1 .. TIERS.
-TIERS = 8
+TIERS = 5
 _SIGMAS = 8.0
 
 
@@ -80,8 +80,22 @@ def bernoulli_positions(n, gamma, seed, m):
     return tf.cumsum(tf.cast(gaps, tf.int64)) - 1
 
 
+def in_xla_context():
+    """Whether the graph being built will be compiled by XLA (``jit_compile=True``)."""
+    if tf.executing_eagerly():
+        return False
+    try:
+        from tensorflow.python.ops import control_flow_util
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except Exception:  # pragma: no cover - private API moved: int32 is always correct
+        return True
+
+
 def _count_dtype(requested):
-    return tf.uint8 if math.prod(requested) < 256 else tf.int32
+    """uint8 running sums where the block's area stays below 256 (XLA has no uint8 cumsum)."""
+    if math.prod(requested) < 256 and not in_xla_context():
+        return tf.uint8
+    return tf.int32
 
 
 def keep_mask_from_positions(positions, valid, grid, mask_shape, block, spatial_axes, seeds,
