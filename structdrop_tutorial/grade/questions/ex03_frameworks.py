@@ -10,7 +10,6 @@ PyTorch and TensorFlow are imported inside the checkers, so loading the registry
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -153,10 +152,12 @@ def check_tf_spatial_dropout(answer):
         except Exception as exc:
             lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
             msg = lines[-1][:240] if lines else ""
+            if not msg.startswith(type(exc).__name__):
+                msg = f"{type(exc).__name__}: {msg}"
             graph_cases.append(Property(
                 label, False,
                 f"x of shape {shape} traced with TensorSpec {tuple(spec_x.shape.as_list())}: "
-                f"raised {msg if msg.startswith(type(exc).__name__) else type(exc).__name__ + ': ' + msg} (use tf.shape(x) or x.shape.rank, not "
+                f"raised {msg} (use tf.shape(x) or x.shape.rank, not "
                 "Python ints of the batch size)"))
             continue
         graph_cases.append(compare_arrays(label, got,
