@@ -1,0 +1,74 @@
+"""A Keras callback that ramps drop rates up linearly, as the DropBlock paper does.
+
+Ghiasi et al. (2018, arXiv:1810.12890) found that a fixed keep probability from the first step
+hurts training and lowered it linearly from 1 to its target. In drop-rate terms the rate of every
+scheduled layer is ``target * min(step / total_steps, 1)`` (see
+:func:`structdrop_tutorial.schedule.linear_rate`), where ``step`` counts *training* batches only:
+``predict`` and ``evaluate`` never advance it.
+"""
+from __future__ import annotations
+
+import keras
+
+from ..schedule import linear_rate
+
+__all__ = ["LinearRateSchedule"]
+
+
+def _scheduled_layers(model):
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = flatten(include_self=False, recursive=True) if flatten else model.layers
+    return [layer for layer in layers if hasattr(layer, "rate_variable") and hasattr(layer, "rate")]
+
+
+@keras.saving.register_keras_serializable(package="structdrop")
+class LinearRateSchedule(keras.callbacks.Callback):
+    """Set each layer's ``rate_variable`` to ``layer.rate * min(step / total_steps, 1)``.
+
+    Args:
+        total_steps: training batches over which the rate grows from 0 to the layer's target
+            ``rate`` (0: the target from the first step).
+        layers: the layers to schedule; default every layer of the model (nested ones too)
+            that has a ``rate_variable``.
+        start_step: steps already taken (to resume a schedule).
+
+    The rate is set in ``on_train_batch_begin`` (so the batch trains with the rate of its step)
+    and the step counter advances in ``on_train_batch_end``. The counter survives several
+    ``fit`` calls. Attribute ``step`` holds the number of training batches seen.
+    """
+
+    def __init__(self, total_steps, layers=None, start_step=0):
+        super().__init__()
+        if int(total_steps) < 0:
+            raise ValueError(f"total_steps must be >= 0, got {total_steps!r}")
+        if int(start_step) < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step!r}")
+        self.total_steps = int(total_steps)
+        self.step = int(start_step)
+        self._layers = None if layers is None else list(layers)
+
+    def scheduled_layers(self):
+        """The layers this callback drives."""
+        if self._layers is not None:
+            return self._layers
+        return _scheduled_layers(self.model) if self.model is not None else []
+
+    def current_rate(self, layer):
+        """The rate ``layer`` gets at the current step."""
+        return linear_rate(self.step, self.total_steps, layer.rate)
+
+    def _apply(self):
+        for layer in self.scheduled_layers():
+            layer.rate_variable.assign(self.current_rate(layer))
+
+    def on_train_begin(self, logs=None):
+        self._apply()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+
+    def get_config(self):
+        return {"total_steps": self.total_steps, "start_step": self.step}
