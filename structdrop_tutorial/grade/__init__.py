@@ -11,7 +11,7 @@ Instructors grade a batch of submitted notebooks, each in its own kernel::
     python -m structdrop_tutorial.grade submissions/*.ipynb --out grades.csv --feedback-dir feedback
 
 Questions live in ``structdrop_tutorial/grade/questions/exNN_<topic>.py``; each module defines
-``QUESTIONS: list[Question]``. They are discovered by :func:`questions`.
+``QUESTIONS: list[Question]``. They are discovered by :func:`all_questions`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 from .core import Property, Question, Result, grade
 
-__all__ = ["check", "score", "last_result", "totals", "questions", "question", "exercises", "exercise_questions",
+__all__ = ["check", "score", "last_result", "totals", "all_questions", "question", "exercises", "exercise_questions",
            "Property", "Question", "Result", "registry_errors"]
 
 _REGISTRY: Optional[Dict[str, Question]] = None
@@ -68,7 +68,7 @@ def registry_errors() -> Dict[str, str]:
     return dict(_ERRORS)
 
 
-def questions() -> Dict[str, Question]:
+def all_questions() -> Dict[str, Question]:
     """Every question, by id, in exercise order."""
     return dict(_load())
 

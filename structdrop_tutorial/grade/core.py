@@ -25,6 +25,7 @@ import copy
 import math
 import signal
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -166,23 +167,40 @@ def grade(question: Question, answer: Any, time_limit_s: Optional[float] = None)
 
 @contextmanager
 def time_limit(seconds: Optional[float]):
-    """Raise :class:`GradeTimeout` in the block after ``seconds`` (SIGALRM; main thread only)."""
+    """Raise :class:`GradeTimeout` in the block after ``seconds`` (SIGALRM; main thread only).
+
+    Yields a token; the exception raised by this block's own alarm has it as ``args[0]``, so
+    that a handler can tell its own time-out from an enclosing block's (which it re-raises).
+    """
+    token = object()  # identifies this block's alarm (GradeTimeout.args[0])
     usable = (seconds is not None and seconds > 0 and hasattr(signal, "setitimer")
               and threading.current_thread() is threading.main_thread())
     if not usable:
-        yield
+        yield token
+        return
+
+    # Nested limits: an inner limit never extends an outer one, and the outer timer is
+    # re-armed with what is left of it when the inner block ends.
+    outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    old = signal.getsignal(signal.SIGALRM)
+    if outer_left > 0 and outer_left <= seconds:
+        yield token  # the outer limit comes first: let it fire (with the outer token)
         return
 
     def on_alarm(signum, frame):
-        raise GradeTimeout()
+        raise GradeTimeout(token)
 
-    old = signal.signal(signal.SIGALRM, on_alarm)
+    start = time.monotonic()
+    signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield token
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        if outer_left > 0:
+            left = outer_left - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
 
 
 # --------------------------------------------------------------------------- formatting
@@ -270,13 +288,16 @@ def call_safely(name: str, fn: Callable, *args, time_limit_s: Optional[float] = 
     """
     if not callable(fn):
         return None, Property(name, False, f"expected a function, got {describe(fn)}")
+    token = None
     try:
-        with time_limit(time_limit_s):
+        with time_limit(time_limit_s) as token:
             return fn(*args, **kwargs), None
     except NotImplementedError as exc:
         msg = f" ({exc})" if str(exc) else ""
         return None, Property(name, False, f"not implemented yet{msg}")
-    except GradeTimeout:
+    except GradeTimeout as exc:
+        if not exc.args or exc.args[0] is not token:
+            raise  # an enclosing limit ran out: let its owner report it
         return None, Property(name, False, f"did not return within {time_limit_s:g} s")
     except Exception as exc:
         return None, Property(name, False, f"raised {_exc_line(exc)}{_where(exc)}")

@@ -2,8 +2,8 @@
 
 For every submission the runner
 
-1. copies the notebook's directory to a temporary directory (the kernel's working directory),
-   so that a submission that deletes files harms only its own copy;
+1. copies the notebook alone into a fresh temporary directory, the kernel's working directory,
+   so that a submission that deletes files there harms only its own copy;
 2. builds a notebook of: an injected first cell (caps each cell's printed output, neutralizes
    ``exit()``), the submission's code cells, and one injected grading cell per question of the
    notebook's exercise (``metadata.structdrop.exercise``, else the ``exNN`` in the file name);
@@ -120,6 +120,16 @@ def _kernel_env() -> Dict[str, str]:
     return env
 
 
+def _grade_cell_timeout(check_timeout: float) -> int:
+    """nbclient's limit for a grading cell: the in-kernel limit plus time to import and report.
+
+    The check itself stops at ``check_timeout`` (SIGALRM inside the kernel); this outer limit
+    only fires when the answer blocks the signal (a C call that never returns, or code that
+    swallows the time-out), and then the kernel is restarted without that grading cell.
+    """
+    return int(max(check_timeout, 1) + 20)
+
+
 @dataclass
 class _Cell:
     source: str
@@ -172,7 +182,7 @@ async def _run_once(cells: List[_Cell], cwd: str, kernel_name: str, cell_timeout
         async with client.async_setup_kernel(env=_kernel_env()):
             for i, (cell, spec) in enumerate(zip(nb.cells, cells)):
                 if spec.role == "grade":
-                    client.timeout = int(max(check_timeout, 1) * 2 + 30)
+                    client.timeout = _grade_cell_timeout(check_timeout)
                 else:
                     left = total_timeout - (time.monotonic() - start)
                     if left <= 0:
@@ -274,9 +284,11 @@ def grade_notebook(path, *, cell_timeout: float = CELL_TIMEOUT_S,
     tmp = tempfile.mkdtemp(prefix="structdrop-grade-")
     try:
         for attempt in range(max_reruns + 1):
+            # A fresh working directory holding only a copy of the notebook: whatever the
+            # submission deletes or writes there is thrown away with it.
             work = os.path.join(tmp, f"run{attempt}")
-            shutil.copytree(path.parent, work, symlinks=True,
-                            ignore=shutil.ignore_patterns(".ipynb_checkpoints", ".git"))
+            os.makedirs(work)
+            shutil.copy2(path, os.path.join(work, path.name))
             kept = [i for i in range(len(cells)) if i not in removed]
             run_cells = [cells[i] for i in kept]
             res.runs += 1
@@ -296,7 +308,8 @@ def grade_notebook(path, *, cell_timeout: float = CELL_TIMEOUT_S,
                 removed[orig] = (f"{label} stopped the kernel (os._exit, a crash or running out "
                                  "of memory); the notebook was run again without it")
             elif kind == "timeout":
-                limit = cell_timeout if cells[orig].role != "grade" else check_timeout
+                limit = (cell_timeout if cells[orig].role != "grade"
+                         else _grade_cell_timeout(check_timeout))
                 removed[orig] = (f"{label} did not finish within its time limit ({limit:g} s); "
                                  "the notebook was run again without it")
             else:

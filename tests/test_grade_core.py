@@ -1,0 +1,255 @@
+"""The grader's in-process parts: registry, check/score, helpers, time limits, generator, CSV.
+
+Everything here runs without a Jupyter kernel and takes a few seconds.
+"""
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from structdrop_tutorial import grade
+from structdrop_tutorial.grade import core, make_exercises, runner
+from structdrop_tutorial.grade.core import Property, Question, Result
+
+REPO = Path(__file__).resolve().parents[1]
+SOLUTIONS = sorted((REPO / "solutions").glob("ex[0-9][0-9]_*.ipynb"))
+
+
+# --------------------------------------------------------------------------- registry
+def test_registry_loads_every_question_module():
+    assert grade.registry_errors() == {}
+    qs = grade.all_questions()
+    assert qs, "no questions found"
+    for qid, q in qs.items():
+        assert qid == q.id and qid.startswith(q.exercise + ".")
+        assert q.points > 0 and q.answer_name.isidentifier() and q.hint and q.title
+
+
+@pytest.mark.parametrize("exercise", sorted({q.exercise for q in grade.all_questions().values()}))
+def test_each_exercise_has_three_graded_questions(exercise):
+    assert len(grade.exercise_questions(exercise)) >= 3
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_each_solution_notebook_has_questions_and_metadata(path):
+    nb = nbformat.read(str(path), as_version=4)
+    ex = nb.metadata["structdrop"]["exercise"]
+    assert path.name.startswith(ex + "_")
+    assert grade.exercise_questions(ex), f"no question module for {ex}"
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "nbval-ignore-output" in first.metadata.get("tags", [])
+    assert "google.colab" in first.source and "%pip install" in first.source
+    sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for q in grade.exercise_questions(ex):
+        assert f'check("{q.id}", {q.answer_name})' in sources, f"{q.id} is never checked"
+
+
+def test_unknown_question_lists_the_known_ones():
+    with pytest.raises(KeyError, match="ex05.paper_gamma"):
+        grade.question("ex05.no_such_question")
+
+
+# --------------------------------------------------------------------------- anti-constant
+def _raiser(*args, **kwargs):
+    raise RuntimeError("boom")
+
+
+CONSTANTS = [None, 0, 0.5, (1, 1, 1), np.zeros((2, 3, 3, 2)), lambda *a, **k: None,
+             lambda *a, **k: 0.25, lambda *a, **k: np.ones((2, 4, 4, 3), dtype=bool),
+             lambda *a, **k: (1, 1), _raiser]
+
+
+@pytest.mark.parametrize("qid", sorted(grade.all_questions()))
+def test_no_question_passes_with_a_constant(qid, capsys):
+    q = grade.question(qid)
+    for answer in CONSTANTS:
+        result = core.grade(q, answer, time_limit_s=30)
+        assert not result.passed, f"{qid} passed with {answer!r}"
+        assert result.points == 0
+
+
+# --------------------------------------------------------------------------- check / score
+def test_check_prints_report_and_score_adds_up(capsys):
+    from structdrop_tutorial.gamma import coverage_counts, paper_gamma
+
+    assert grade.check("ex05.paper_gamma", paper_gamma) is None
+    out = capsys.readouterr().out
+    assert "ex05.paper_gamma" in out and "PASSED" in out and "2/2 points" in out
+    grade.check("ex05.coverage_counts", lambda b, s: np.zeros(s, dtype=int))
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "[FAIL]" in out and "hint:" in out and "expected" in out
+    assert grade.last_result("ex05.paper_gamma").passed
+    t = grade.totals("ex05")
+    assert t["points"] == 2 and t["max_points"] == 9
+    grade.score("ex05")
+    out = capsys.readouterr().out
+    assert "ex05: 2/9 points" in out and "not checked" in out
+    grade.check("ex05.coverage_counts", lambda b, s: coverage_counts(b, s))
+    assert grade.totals("ex05")["points"] == 4
+
+
+def test_not_implemented_is_reported_as_such(capsys):
+    def stub(*args):
+        raise NotImplementedError("pad the seeds")
+    grade.check("ex04.keep_mask", stub)
+    out = capsys.readouterr().out
+    assert "not implemented yet (pad the seeds)" in out
+
+
+def test_mutating_the_input_fails(capsys):
+    def apply_in_place(x, keep):
+        x *= keep
+        x *= x.dtype.type(keep.size / max(keep.sum(), 1))
+        return x
+    grade.check("ex04.apply_mask", apply_in_place)
+    out = capsys.readouterr().out
+    assert "modified in place" in out and "0/2 points" in out
+
+
+def test_wrong_shape_and_type_are_explained():
+    from structdrop_tutorial.gamma import coverage_counts
+    r = core.grade(grade.question("ex05.coverage_counts"), lambda b, s: coverage_counts(b, s)[1:])
+    assert not r.passed and "expected shape" in r.report()
+    r = core.grade(grade.question("ex05.paper_gamma"), lambda *a: "0.1")
+    assert not r.passed and "expected a float" in r.report()
+
+
+def test_infinite_loop_in_an_answer_is_stopped():
+    def forever(*args):
+        while True:
+            pass
+    t0 = time.monotonic()
+    r = core.grade(grade.question("ex05.paper_gamma"), forever, time_limit_s=1.0)
+    assert time.monotonic() - t0 < 10
+    assert not r.passed and "1 s" in r.report()
+
+
+def test_nested_time_limits_keep_the_outer_one():
+    def checker(answer):
+        _, fail = core.call_safely("inner", answer, time_limit_s=30)
+        return [fail or Property("inner", True)]
+
+    def forever(*args):
+        while True:
+            pass
+    q = Question("ex99.t", 1, "t", checker, "hint", "title")
+    t0 = time.monotonic()
+    r = core.grade(q, forever, time_limit_s=0.5)
+    assert time.monotonic() - t0 < 5 and "within 0.5 s" in r.report()
+
+
+def test_result_round_trips_through_json():
+    r = Result("ex01.a", "t", 3, [Property("p", True, "d"), Property("q", False, "e")], "h")
+    back = Result.from_dict(r.to_dict())
+    assert back.report() == r.report() and back.points == 0 and repr(back) == repr(r)
+
+
+def test_compare_arrays_states_tolerance_and_differences():
+    p = core.compare_arrays("x", np.array([1.0, 2.0]), np.array([1.0, 2.5]), atol=1e-6)
+    assert not p.passed and "atol=1e-06" in p.detail and "at (1,)" in p.detail
+    assert core.compare_arrays("x", [1.0, 2.0], np.array([1.0, 2.0 + 1e-9]), atol=1e-6).passed
+
+
+# --------------------------------------------------------------------------- generator
+SOURCE = '''def f(x):
+    y = 1
+    # BEGIN SOLUTION (hint: add (one) to x)
+    return x + 1
+    # END SOLUTION
+
+# BEGIN SOLUTION
+value = 3
+# END SOLUTION
+print("kept")'''
+
+
+def test_strip_solution_replaces_regions_at_their_indentation():
+    out = make_exercises.strip_solution(SOURCE)
+    assert out == ('def f(x):\n    y = 1\n    raise NotImplementedError(\'add (one) to x\')\n\n'
+                   'raise NotImplementedError(\'your code here\')\nprint("kept")')
+    compile(out, "<exercise>", "exec")
+
+
+@pytest.mark.parametrize("bad", ["# BEGIN SOLUTION\nx = 1", "x = 1\n# END SOLUTION",
+                                 "# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION"])
+def test_strip_solution_rejects_unbalanced_markers(bad):
+    with pytest.raises(make_exercises.SolutionMarkerError):
+        make_exercises.strip_solution(bad)
+
+
+def _tiny_solution(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["structdrop"] = {"exercise": "ex05"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"),
+                nbformat.v4.new_code_cell(SOURCE, execution_count=1, outputs=[
+                    nbformat.v4.new_output("stream", name="stdout", text="kept\n")]),
+                nbformat.v4.new_code_cell("secret = 42", metadata={"tags": ["solution-only"]})]
+    sol = tmp_path / "solutions"
+    sol.mkdir()
+    nbformat.write(nb, str(sol / "ex05_tiny.ipynb"))
+    return sol
+
+
+def test_generator_writes_and_checks(tmp_path):
+    sol = _tiny_solution(tmp_path)
+    ex = tmp_path / "exercises"
+    assert make_exercises.main([str(sol), str(ex), "--check"]) == 1  # missing
+    assert make_exercises.main([str(sol), str(ex)]) == 0
+    nb = nbformat.read(str(ex / "ex05_tiny.ipynb"), as_version=4)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code"]
+    code = nb.cells[1]
+    assert code.outputs == [] and code.execution_count is None
+    assert "NotImplementedError('add (one) to x')" in code.source and "x + 1" not in code.source
+    assert nb.metadata["structdrop"] == {"exercise": "ex05"}
+    assert make_exercises.main([str(sol), str(ex), "--check"]) == 0
+    (ex / "ex05_tiny.ipynb").write_text((ex / "ex05_tiny.ipynb").read_text() + " ")
+    assert make_exercises.main([str(sol), str(ex), "--check"]) == 1
+    (ex / "ex09_orphan.ipynb").write_text("{}")
+    problems = make_exercises.generate(sol, ex, check=True)
+    assert any("orphan" in p for p in problems)
+
+
+def test_committed_exercises_match_the_solutions():
+    """exercises/ is exactly what the generator makes from solutions/ (run it to fix)."""
+    proc = subprocess.run([sys.executable, "-m", "structdrop_tutorial.grade.make_exercises",
+                           str(REPO / "solutions"), str(REPO / "exercises"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- CSV / feedback
+def test_csv_and_feedback_without_kernels(tmp_path):
+    a = runner.SubmissionResult("sub/a/ex05_x.ipynb", "ex05", results=[
+        Result("ex05.paper_gamma", "t", 2, [Property("p", True)]),
+        Result("ex05.exact_gamma", "t", 3, [Property("p", False, "wrong")], hint="bisect")],
+        events=["code cell 2 raised ValueError: no"])
+    b = runner.SubmissionResult("sub/b/ex05_x.ipynb", None, error="cannot tell which exercise")
+    ids = runner.write_csv([a, b], tmp_path / "g.csv")
+    assert ids == ["ex05.exact_gamma", "ex05.paper_gamma"]
+    rows = list(csv.DictReader(open(tmp_path / "g.csv")))
+    assert rows[0]["ex05.paper_gamma"] == "2" and rows[0]["ex05.exact_gamma"] == "0"
+    assert rows[0]["total"] == "2" and rows[0]["max_total"] == "5"
+    assert "ValueError" in rows[0]["notes"] and rows[1]["notes"] == "cannot tell which exercise"
+    text = a.feedback()
+    assert "Total: 2/5 points" in text and "hint: bisect" in text and "ValueError" in text
+    used = set()
+    assert runner.feedback_name(a.path, used) == "ex05_x.txt"
+    assert runner.feedback_name(b.path, used) == "ex05_x_2.txt"
+
+
+def test_unknown_exercise_is_reported_not_raised(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "homework.ipynb"
+    nbformat.write(nb, str(path))
+    r = runner.grade_notebook(path)
+    assert r.error and "which exercise" in r.error and r.points == 0
+    bad = tmp_path / "ex01_broken.ipynb"
+    bad.write_text("not json")
+    r = runner.grade_notebook(bad)
+    assert r.error and "could not read" in r.error
