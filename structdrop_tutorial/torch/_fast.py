@@ -106,8 +106,70 @@ def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: 
     return buf[tuple(crop)]
 
 
+def seeds_to_dropped_separable(flat_seeds: torch.Tensor, grid_shape: Sequence[int],
+                               axes: Sequence[int], block: Sequence[int],
+                               spatial: Sequence[int]) -> torch.Tensor:
+    """Valid-seed "dropped" mask, painted separably: rows by writes, the other axes by ORs.
+
+    Each seed writes its block's extent along the *last* spatial axis (``b`` writes per seed)
+    into a buffer whose other spatial axes are padded by ``b - 1`` on both sides; a window OR of
+    width ``b`` along each of those axes (a stride-1 max pool on booleans, done by doubling
+    shifts) then grows the rows into blocks. The ORs run on the buffer reinterpreted as wider
+    integers where the innermost size allows it (bitwise OR is bytewise), so they touch 2, 4 or
+    8 units per operation. The result equals :func:`seeds_to_dropped` with ``seeds="valid"``.
+    """
+    device = flat_seeds.device
+    last = axes[-1]
+    buf_shape = list(grid_shape)
+    for a, b, n in zip(axes, block, spatial):
+        buf_shape[a] = n if a == last else n + b - 1
+    buf = torch.zeros(buf_shape, dtype=torch.bool, device=device)
+    if flat_seeds.numel():
+        buf_strides = _contiguous_strides(buf_shape)
+        rest = flat_seeds
+        base = torch.zeros_like(flat_seeds)
+        pad = {a: b - 1 for a, b in zip(axes, block) if a != last}
+        for d in range(len(grid_shape) - 1, -1, -1):
+            n = int(grid_shape[d])
+            coord = rest % n
+            rest = rest // n
+            if d in pad:
+                coord = coord + pad[d]
+            base += coord * buf_strides[d]
+        b_last = block[-1]
+        step = torch.arange(b_last, dtype=torch.long, device=device) * buf_strides[last]
+        index = (base[:, None] + step[None, :]).reshape(-1)
+        buf.view(-1).index_fill_(0, index, True)
+    inner = buf_shape[-1]
+    word = next(w for w, dt in ((8, torch.int64), (4, torch.int32), (2, torch.int16), (1, None))
+                if inner % w == 0)
+    out = buf
+    for a, b in zip(axes, block):
+        if a == last or b == 1:
+            continue
+        view = out.view(torch.uint8)
+        if word > 1:
+            view = view.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[word])
+        view = _window_or(view, a, b)
+        out = view.view(torch.uint8).view(torch.bool) if word > 1 else view.view(torch.bool)
+    return out
+
+
+def _window_or(a: torch.Tensor, axis: int, b: int) -> torch.Tensor:
+    """OR over every window of ``b`` consecutive entries along ``axis`` (n -> n - b + 1)."""
+    width = 1
+    while 2 * width <= b:
+        n = a.shape[axis]
+        a = torch.bitwise_or(a.narrow(axis, 0, n - width), a.narrow(axis, width, n - width))
+        width *= 2
+    if width < b:
+        n, shift = a.shape[axis], b - width
+        a = torch.bitwise_or(a.narrow(axis, 0, n - shift), a.narrow(axis, shift, n - shift))
+    return a
+
+
 class MaskedScale(torch.autograd.Function):
-    """``y = where(dropped, 0, x * scale)`` saving only the boolean mask for the backward pass.
+    """``y = where(dropped, 0, x) * scale`` saving only the boolean mask for the backward pass.
 
     Autograd of ``x * float_mask`` keeps the float mask (the input's element size per unit);
     this keeps 1 byte per unit (or less when the mask is broadcast over shared axes). The
@@ -118,9 +180,9 @@ class MaskedScale(torch.autograd.Function):
     def forward(ctx, x, dropped, scale, inplace):
         if inplace:
             ctx.mark_dirty(x)
-            out = x.mul_(scale).masked_fill_(dropped, 0)
+            out = x.masked_fill_(dropped, 0).mul_(scale)
         else:
-            out = torch.mul(x, scale).masked_fill_(dropped, 0)
+            out = torch.where(dropped, 0, x).mul_(scale)
         ctx.save_for_backward(dropped, scale if isinstance(scale, torch.Tensor) else None)
         ctx.scale = None if isinstance(scale, torch.Tensor) else scale
         return out
@@ -131,7 +193,7 @@ class MaskedScale(torch.autograd.Function):
         scale = scale_t if scale_t is not None else ctx.scale
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        return torch.mul(grad, scale).masked_fill_(dropped, 0), None, None, None
+        return torch.where(dropped, 0, grad).mul_(scale), None, None, None
 
 
 def masked_scale(x: torch.Tensor, dropped: torch.Tensor, scale, inplace: bool = False) -> torch.Tensor:

@@ -13,6 +13,7 @@ seed position; with ``uniform`` it follows the reference step by step.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Union
 
@@ -22,7 +23,8 @@ from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_d
                        check_float_dtype_name, check_n_spatial, check_rate, check_share)
 from ..gamma import clip_block, resolve_gamma
 from ..shapes import noise_shape as _noise_shape, seed_grid_shape, spatial_axes
-from ._fast import bernoulli_positions, masked_scale, seeds_to_dropped
+from ._fast import (bernoulli_positions, masked_scale, seeds_to_dropped,
+                    seeds_to_dropped_separable)
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
            "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
@@ -197,6 +199,19 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_first"
     return ~dropped
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_gamma(gamma, rate, block, spatial, seeds):
+    return resolve_gamma(gamma, rate, block, spatial, seeds)
+
+
+def _gamma(gamma, rate, block, spatial, seeds) -> float:
+    """:func:`resolve_gamma`, memoized: the exact gamma is a bisection worth caching per shape."""
+    try:
+        return _cached_gamma(gamma, rate, block, spatial, seeds)
+    except TypeError:  # unhashable gamma (e.g. a 0-d array): no caching
+        return resolve_gamma(gamma, rate, block, spatial, seeds)
+
+
 def _batch_scale(dropped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``mask.numel() / kept`` as a 0-d tensor (0 when nothing is kept), computed without a sync."""
     total = dropped.numel()
@@ -248,7 +263,7 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     if 0 in spatial:
         return x if inplace else x.clone()
     block = clip_block(block_size, spatial)
-    g = resolve_gamma(gamma, rate, block, spatial, seeds)
+    g = _gamma(gamma, rate, block, spatial, seeds)
     grid = seed_grid_shape(tuple(x.shape), block, data_format, seeds, share)
     with torch.no_grad():
         if uniform is not None:
@@ -257,7 +272,10 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
         else:
             total = math.prod(grid)
             flat = bernoulli_positions(total, g, _generator(seed, x.device), x.device)
-            dropped = seeds_to_dropped(flat, grid, axes, block, spatial, seeds)
+            if seeds == "valid":
+                dropped = seeds_to_dropped_separable(flat, grid, axes, block, spatial)
+            else:
+                dropped = seeds_to_dropped(flat, grid, axes, block, spatial, seeds)
         if normalize == "batch":
             scale = _batch_scale(dropped, x.dtype)
         else:

@@ -1,0 +1,244 @@
+"""Benchmark the PyTorch structured dropout against the floor ``x * mask`` (issue 5).
+
+Every figure is a ratio to a floor measured in the same run, because absolute times on a
+shared CPU mean little:
+
+* DropBlock's floor is ``x * mask`` forward (+ backward) with a ready-made float mask of x's
+  shape: what any implementation must at least do once the mask exists.
+* Spatial dropout's floor is ``x * mask`` with a ready-made ``(N, C, 1, 1)`` mask.
+
+Each op is timed forward only (under ``torch.no_grad``) and forward+backward
+(``torch.autograd.grad`` of the output with a fixed upstream gradient, so nothing accumulates).
+Timings use :func:`structdrop_tutorial.timing.time_torch` (``torch.utils.benchmark`` with
+warm-up and the median of repeated blocks). The measurement runs ``--rounds`` times with the ops
+interleaved; the reported median and IQR pool the runs, and the ratio is the median over rounds
+of (op median / floor median) from the same round.
+
+Memory: the bytes autograd saves for the backward pass, per input element (via
+``torch.autograd.graph.saved_tensors_hooks``), and the peak resident memory of one
+forward+backward in a fresh process relative to the floor's (the floor's mask is created inside
+the measured window, since a layer has to hold it until the backward pass).
+
+torchvision's ``drop_block2d`` and timm's ``DropBlock2d`` are measured when importable.
+
+Usage::
+
+    python benchmarks/bench_torch.py --csv timings_torch.csv           # 2 threads, 3 shapes
+    python benchmarks/bench_torch.py --quick                           # one small shape
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from structdrop_tutorial import timing  # noqa: E402
+from structdrop_tutorial import torch as sdt  # noqa: E402
+
+SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
+QUICK_SHAPES = [(8, 64, 28, 28)]
+BLOCK, RATE = 7, 0.1
+COLUMNS = ["framework", "op", "shape", "mode", "median_s", "iqr_s", "ratio_to_floor", "floor_op",
+           "device", "torch_version", "threads", "saved_bytes_per_element", "peak_ratio"]
+
+
+# --------------------------------------------------------------------------- the ops
+def make_ops(shape, seed=0):
+    """Name -> (callable(x) -> y, floor name). Masks of the floors are made here, once."""
+    gen = torch.Generator().manual_seed(seed)
+    n, c = shape[:2]
+    dense_mask = (torch.rand(shape, generator=gen) >= RATE).float() / (1 - RATE)
+    spatial_mask = (torch.rand((n, c, 1, 1), generator=gen) >= RATE).float() / (1 - RATE)
+    ops = {
+        "floor x*mask": (lambda x: x * dense_mask, None),
+        "floor x*mask[N,C,1,1]": (lambda x: x * spatial_mask, None),
+        "structdrop dropblock": (
+            lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen), "floor x*mask"),
+        "structdrop dropblock normalize=rate": (
+            lambda x: sdt.dropblock(x, RATE, BLOCK, normalize="rate", seed=gen), "floor x*mask"),
+        "structdrop spatial_dropout": (
+            lambda x: sdt.spatial_dropout(x, RATE, seed=gen), "floor x*mask[N,C,1,1]"),
+        "torch F.dropout2d": (
+            lambda x: torch.nn.functional.dropout2d(x, RATE, training=True),
+            "floor x*mask[N,C,1,1]"),
+    }
+    try:
+        from torchvision.ops import drop_block2d
+        ops["torchvision drop_block2d"] = (lambda x: drop_block2d(x, RATE, BLOCK), "floor x*mask")
+    except ImportError:
+        pass
+    try:
+        from timm.layers import DropBlock2d
+        layer = DropBlock2d(RATE, BLOCK).train()
+        ops["timm DropBlock2d"] = (layer, "floor x*mask")
+    except ImportError:
+        pass
+    return ops
+
+
+def available_references():
+    found = {}
+    for name in ("torchvision", "timm"):
+        try:
+            module = __import__(name)
+            found[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            found[name] = None
+    return found
+
+
+# --------------------------------------------------------------------------- memory
+def saved_bytes_per_element(fn, x):
+    """Bytes autograd keeps for the backward pass (distinct storages), per element of x."""
+    seen = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor) and t.data_ptr() != x.data_ptr():
+            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(x)
+    del y
+    return sum(seen.values()) / x.numel()
+
+
+_PEAK_CHILD = r"""
+import json, sys, torch
+sys.path.insert(0, {root!r})
+from structdrop_tutorial import torch as sdt
+torch.set_num_threads({threads})
+shape, op = {shape!r}, {op!r}
+def rss_kib(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1])
+x = torch.randn(shape, requires_grad=True)
+g = torch.randn(shape)
+gen = torch.Generator().manual_seed(0)
+base = rss_kib('VmRSS')
+if op == 'floor':
+    mask = (torch.rand(shape, generator=gen) >= {rate}).float() / (1 - {rate})
+    y = x * mask
+else:
+    y = sdt.dropblock(x, {rate}, {block}, seed=gen)
+(gx,) = torch.autograd.grad(y, x, g)
+print(json.dumps({{'peak_kib': rss_kib('VmHWM') - base}}))
+"""
+
+
+def peak_ratio(shape, threads):
+    """Peak RSS growth of one dropblock fwd+bwd over the floor's, each in a fresh process."""
+    out = {}
+    for op in ("floor", "dropblock"):
+        code = _PEAK_CHILD.format(root=str(ROOT), threads=threads, shape=tuple(shape), op=op,
+                                  rate=RATE, block=BLOCK)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        out[op] = json.loads(res.stdout.strip().splitlines()[-1])["peak_kib"]
+    return out["dropblock"] / out["floor"], out
+
+
+# --------------------------------------------------------------------------- timing
+def timed(fn, x, g, mode, threads, min_run_time):
+    if mode == "fwd":
+        def call():
+            with torch.no_grad():
+                return fn(x)
+    else:
+        def call():
+            y = fn(x)
+            return torch.autograd.grad(y, x, g)
+    return timing.time_torch(call, warmup=2, min_run_time=min_run_time, num_threads=threads,
+                             label=mode)
+
+
+def run(shapes, threads, rounds, min_run_time, modes, memory):
+    torch.set_num_threads(threads)
+    device = timing.cpu_name()
+    rows = []
+    for shape in shapes:
+        x = torch.randn(shape, requires_grad=True)
+        g = torch.randn(shape)
+        ops = make_ops(shape)
+        for mode in modes:
+            times = {name: [] for name in ops}
+            medians = {name: [] for name in ops}
+            for _ in range(rounds):
+                for name, (fn, _) in ops.items():
+                    m = timed(fn, x, g, mode, threads, min_run_time)
+                    times[name].extend(m.times)
+                    medians[name].append(m.median)
+            for name, (fn, floor) in ops.items():
+                ref = floor or name
+                ratio = statistics.median(a / b for a, b in zip(medians[name], medians[ref]))
+                pooled = timing.Measurement(tuple(times[name]))
+                row = {"framework": "torch", "op": name, "shape": "x".join(map(str, shape)),
+                       "mode": mode, "median_s": f"{pooled.median:.6g}", "iqr_s": f"{pooled.iqr:.3g}",
+                       "ratio_to_floor": f"{ratio:.3f}", "floor_op": ref, "device": device,
+                       "torch_version": torch.__version__, "threads": threads,
+                       "saved_bytes_per_element": "", "peak_ratio": ""}
+                if mode == "fwd+bwd":
+                    row["saved_bytes_per_element"] = f"{saved_bytes_per_element(fn, x):.4g}"
+                rows.append(row)
+        if memory and "fwd+bwd" in modes:
+            ratio, _ = peak_ratio(shape, threads)
+            for row in rows:
+                if row["shape"] == "x".join(map(str, shape)) and row["op"] == "structdrop dropblock" \
+                        and row["mode"] == "fwd+bwd":
+                    row["peak_ratio"] = f"{ratio:.3f}"
+    return rows
+
+
+def print_table(rows):
+    header = f"{'op':38s} {'shape':16s} {'mode':8s} {'median':>10s} {'ratio':>7s} {'saved B/el':>10s} {'peak':>6s}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['op']:38s} {r['shape']:16s} {r['mode']:8s} {float(r['median_s']) * 1e3:8.2f}ms "
+              f"{float(r['ratio_to_floor']):7.2f} {r['saved_bytes_per_element']:>10s} {r['peak_ratio']:>6s}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--csv", type=Path, help="write the rows to this CSV file")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--min-run-time", type=float, default=0.3)
+    parser.add_argument("--quick", action="store_true", help="one small shape, one round")
+    parser.add_argument("--modes", default="fwd,fwd+bwd")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    args = parser.parse_args(argv)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    rounds = 1 if args.quick else args.rounds
+    refs = available_references()
+    print(f"torch {torch.__version__}, {args.threads} threads, {timing.cpu_name()}")
+    for name, version in refs.items():
+        print(f"{name}: {version if version else 'not installed (not measured)'}")
+    rows = run(shapes, args.threads, rounds, args.min_run_time, args.modes.split(","),
+               memory=not args.no_memory)
+    print_table(rows)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.csv}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
