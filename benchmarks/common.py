@@ -172,10 +172,10 @@ def print_ratios(rows: Sequence[dict], file=None) -> None:
         for op in ops:
             cells = []
             for c in case_names:
-                hit = [r for r in rs if r["op"] == op and r["case"] == c]
+                hit = [r for r in rs if r["op"] == op and r["case"] == c and r.get("ratio")]
                 cells.append(f"{float(hit[0]['ratio']):>19.2f}x" if hit else f"{'-':>20s}")
             print(f"{op:<{width}}" + "".join(cells), file=file)
-        floors = [r for r in rs if r["op"] == "floor"]
+        floors = [r for r in rs if r["op"] in ("floor", "floor x*mask", "floor x * mask")]
         if floors:
             print(f"{'floor (ms)':<{width}}" + "".join(
                 f"{float(r['median_s']) * 1e3:>19.3g} " for r in floors), file=file)

@@ -42,16 +42,97 @@ def default_name() -> str:
     return f"cpu_{slug(cpu_name())}.csv"
 
 
+def supported_options(path: Path) -> str:
+    """The ``--help`` text of a benchmark script (its options differ from script to script)."""
+    proc = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+    return proc.stdout
+
+
+def script_command(path: Path, out: Path, *, quick: bool, tiny: bool, threads: int | None,
+                   progress: bool) -> list:
+    """Command line for one script: ``--out`` or ``--csv``, and the size options it knows."""
+    options = supported_options(path)
+    cmd = [sys.executable, str(path)]
+    cmd += ["--out" if "--out" in options else "--csv", str(out)]
+    if quick and "--quick" in options:
+        cmd.append("--quick")
+    if quick and "--no-memory" in options:
+        cmd.append("--no-memory")  # a smoke run skips the separate peak-memory processes
+    if tiny:
+        if "--tiny" in options:
+            cmd.append("--tiny")
+        elif "--quick" in options and "--quick" not in cmd:
+            cmd.append("--quick")  # the script's small case
+    if threads and "--threads" in options:
+        cmd += ["--threads", str(threads)]
+    if not progress and "--no-progress" in options:
+        cmd.append("--no-progress")
+    return cmd
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(common.DEFAULT_THREADS))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    return env
+
+
+#: Column names used by other scripts -> the names of :data:`common.COLUMNS`.
+ALIASES = {"mode": "pass", "ratio_to_floor": "ratio", "torch_version": "framework_version",
+           "tensorflow_version": "framework_version", "tf_version": "framework_version",
+           "threads_used": "threads"}
+
+
+def normalize(rows: list, framework: str, threads: int) -> list:
+    """Give every row the common columns (pass, ratio, case, device_kind, ...)."""
+    from structdrop_tutorial.timing import cpu_name, machine_summary
+    import datetime
+    import platform
+
+    import numpy as np
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    out = []
+    for row in rows:
+        row = dict(row)
+        for old, new in ALIASES.items():
+            if old in row and not row.get(new):
+                row[new] = row.pop(old)
+        row.setdefault("framework", framework)
+        if not row.get("framework"):
+            row["framework"] = framework
+        if not row.get("case"):
+            row["case"] = row.get("shape", "")
+        if not row.get("ratio") and row.get("floor_median_s") and row.get("median_s"):
+            row["ratio"] = f"{float(row['median_s']) / float(row['floor_median_s']):.3f}"
+        device = row.get("device") or cpu_name()
+        row["device"] = device
+        if not row.get("device_kind"):
+            row["device_kind"] = "cpu" if (device == cpu_name() or "cpu" in device.lower()) else "gpu"
+        defaults = {"threads": threads, "machine": machine_summary()["machine"], "cpu": cpu_name(),
+                    "numpy": np.__version__, "python": platform.python_version(), "date": today,
+                    "rate": common.RATE, "block": common.BLOCK}
+        for key, value in defaults.items():
+            if not row.get(key):
+                row[key] = value
+        out.append(row)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None,
                    help="merged CSV (default: structdrop_tutorial/data/timings/<device>.csv)")
     p.add_argument("--only", nargs="*", default=None, help="frameworks to run (numpy torch tensorflow)")
-    args, passthrough = p.parse_known_args(argv)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(common.DEFAULT_THREADS))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    p.add_argument("--quick", action="store_true", help="few rounds (smoke test)")
+    p.add_argument("--tiny", action="store_true", help="small shapes (CI)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or common.DEFAULT_THREADS)
+    env = child_env()
+    env["OMP_NUM_THREADS"] = str(threads)
     rows, failed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for script, framework in SCRIPTS:
@@ -65,14 +146,16 @@ def main(argv=None) -> int:
                 print(f"[skip] {script}: {framework} not installed")
                 continue
             out = Path(tmp) / f"{framework}.csv"
-            print(f"[run] {script} {' '.join(passthrough)}", flush=True)
-            proc = subprocess.run([sys.executable, str(path), "--out", str(out), *passthrough],
-                                  env=env)
+            cmd = script_command(path, out, quick=args.quick, tiny=args.tiny, threads=threads,
+                                 progress=not args.no_progress)
+            print(f"[run] {' '.join(Path(c).name if c == str(path) else c for c in cmd[1:])}",
+                  flush=True)
+            proc = subprocess.run(cmd, env=env)
             if proc.returncode != 0 or not out.exists():
                 print(f"[fail] {script} exited with {proc.returncode}")
                 failed.append(script)
                 continue
-            rows.extend(common.read_csv(out))
+            rows.extend(normalize(common.read_csv(out), framework, threads))
     if not rows:
         print("no results")
         return 1

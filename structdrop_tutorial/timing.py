@@ -32,7 +32,7 @@ import timeit
 from typing import Any, Callable, Iterable, Sequence
 
 __all__ = ["Measurement", "Bandwidth", "time_numpy", "time_torch", "time_tensorflow", "time_callable",
-           "time_interleaved", "sweep", "bandwidth_floor_seconds", "masked_multiply_bytes", "measure_bandwidth",
+           "time_interleaved", "torch_sync", "tensorflow_sync", "sweep", "bandwidth_floor_seconds", "masked_multiply_bytes", "measure_bandwidth",
            "cpu_name", "torch_device_name", "tensorflow_device_name", "machine_summary",
            "timing_files", "load_timings"]
 
@@ -275,6 +275,18 @@ def _torch_sync(device):
     if device.type == "mps" and mps is not None:
         return mps.synchronize
     return lambda: None
+
+
+def torch_sync(device: Any = None) -> Callable[[Any], None]:
+    """A ``sync(result)`` for :func:`time_callable` / :func:`time_interleaved` that waits for
+    ``device`` (``torch.cuda.synchronize`` on a GPU; nothing on the CPU)."""
+    wait = _torch_sync(device)
+    return lambda result=None: wait()
+
+
+def tensorflow_sync(result: Any = None) -> None:
+    """Wait until TensorFlow's queued work (and ``result``) is done: the ``sync`` for TF code."""
+    _tensorflow_sync(result)
 
 
 def time_torch(fn: Callable[[], Any], *, device: Any = None, warmup: int = 1,

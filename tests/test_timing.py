@@ -166,30 +166,56 @@ def test_committed_timings_load():
 
 
 # --------------------------------------------------------------------------- benchmark smoke tests
-def _run_bench(script, tmp_path, *extra):
+def _run_all_module():
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_bench(script, tmp_path):
+    """Run one benchmark script small and quick, through run_all's command line adapter."""
+    path = ROOT / "benchmarks" / script
+    if not path.exists():
+        pytest.skip(f"benchmarks/{script} not written yet")
+    run_all = _run_all_module()
     out = tmp_path / f"{script}.csv"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--tiny",
-                           "--out", str(out), *extra], capture_output=True, text=True, env=env,
+    cmd = run_all.script_command(path, out, quick=True, tiny=True, threads=2, progress=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=run_all.child_env(),
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = run_all.normalize(list(csv.DictReader(f)), script[6:-3], 2)
     assert rows and all(float(r["median_s"]) > 0 for r in rows)
     assert {r["pass"] for r in rows} <= {"fwd", "fwd+bwd"}
+    assert all(r["ratio"] and float(r["ratio"]) > 0 for r in rows)
     return rows, proc.stdout
 
 
 def test_bench_numpy_smoke(tmp_path):
     rows, stdout = _run_bench("bench_numpy.py", tmp_path)
     assert any(r["op"] == "floor" for r in rows)
+    assert {r["op"] for r in rows} >= {"dropblock", "spatial_dropout"}
+    assert "ratio" in rows[0] and all(float(r["ratio"]) > 0 for r in rows)
+    assert "numpy fwd on" in stdout
+
+
+def test_run_all_merges(tmp_path):
+    out = tmp_path / "all.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only",
+                           "numpy", "--tiny", "--quick", "--no-progress", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["framework"] for r in rows} == {"numpy"}
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
 def test_bench_torch_smoke(tmp_path):
     rows, stdout = _run_bench("bench_torch.py", tmp_path)
     assert {"fwd", "fwd+bwd"} <= {r["pass"] for r in rows}
-    assert "not installed" in stdout or "found" in stdout
 
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
@@ -219,3 +245,9 @@ def test_time_interleaved_round_robin_and_sync():
     assert "op" in syncs and None in syncs
     with pytest.raises(ValueError, match="rounds"):
         timing.time_interleaved({"a": lambda: None}, rounds=0)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_torch_sync_on_cpu_is_a_no_op():
+    sync = timing.torch_sync("cpu")
+    assert sync() is None and sync(object()) is None
