@@ -37,6 +37,7 @@ CASES = {
                                     "        except BaseException:\n            pass"],
                          {"ex05.exact_gamma": 0}, "checking this answer ran past"),
     "prints": (EX05, ["print('x' * 3_000_000)\nfor i in range(200_000):\n    print(i)",
+                      "import os\nos.write(1, b'Z' * 500_000)\nos.write(2, b'Y' * 500_000)",
                       "import sys\nsys.stderr.write('e' * 2_000_000)"],
                [], {}, "printed too much"),
     "wrong_types": (EX04, [], ["def seed_grid(spatial_shape, block_size, seeds='valid'):\n"

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -179,7 +180,11 @@ async def _run_once(cells: List[_Cell], cwd: str, kernel_name: str, cell_timeout
     failure = None
     start = time.monotonic()
     try:
-        async with client.async_setup_kernel(env=_kernel_env()):
+        # The kernel process's own stdout/stderr (not the cells' output, which comes back as
+        # messages) go nowhere: a submission writing to file descriptor 1 cannot flood the
+        # instructor's terminal.
+        async with client.async_setup_kernel(env=_kernel_env(), stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL):
             for i, (cell, spec) in enumerate(zip(nb.cells, cells)):
                 if spec.role == "grade":
                     client.timeout = _grade_cell_timeout(check_timeout)
