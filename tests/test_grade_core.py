@@ -111,6 +111,13 @@ def test_mutating_the_input_fails(capsys):
     assert "modified in place" in out and "0/2 points" in out
 
 
+def test_exit_inside_an_answer_costs_only_that_answer():
+    def leave(*args):
+        raise SystemExit(4)
+    r = core.grade(grade.question("ex05.paper_gamma"), leave)
+    assert not r.passed and "SystemExit: 4" in r.report()
+
+
 def test_wrong_shape_and_type_are_explained():
     from structdrop_tutorial.gamma import coverage_counts
     r = core.grade(grade.question("ex05.coverage_counts"), lambda b, s: coverage_counts(b, s)[1:])

@@ -50,7 +50,9 @@ CASES = {
                            "    x *= x.dtype.type(keep.size / max(keep.sum(), 1))\n    return x"],
                 {"ex04.apply_mask": 0}, "modified in place"),
     "exits": (EX05, ["exit()", "quit()", "import sys\nsys.exit(3)", "raise SystemExit(1)"],
-              [], {}, "SystemExit"),
+              ["def exact_gamma(rate, block_size, spatial_shape):\n"
+               "    import sys\n    sys.exit(0)"],
+              {"ex05.exact_gamma": 0}, "called exit (SystemExit: 0)"),
     "kills_kernel": (EX05, ["import os\nos._exit(1)"],
                      ["def exact_gamma(rate, block_size, spatial_shape):\n"
                       "    import os\n    os._exit(2)"],

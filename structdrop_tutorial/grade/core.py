@@ -158,7 +158,7 @@ def grade(question: Question, answer: Any, time_limit_s: Optional[float] = None)
         props = [Property("time limit", False,
                           f"checking did not finish within {time_limit_s:g} s "
                           "(an infinite loop, or a very slow answer?)")]
-    except Exception as exc:  # the grader must finish whatever the answer does
+    except (Exception, SystemExit) as exc:  # the grader must finish whatever the answer does
         props = [Property("checker", False,
                           f"checking the answer raised {_exc_line(exc)}")]
     result.properties = _tidy(props)
@@ -316,6 +316,9 @@ def call_safely(name: str, fn: Callable, *args, time_limit_s: Optional[float] = 
         if not exc.args or exc.args[0] is not token:
             raise  # an enclosing limit ran out: let its owner report it
         return None, Property(name, False, f"did not return within {time_limit_s:g} s")
+    except SystemExit as exc:
+        return None, Property(name, False, f"called exit (SystemExit: {exc.code!r}) instead of "
+                                           "returning")
     except Exception as exc:
         return None, Property(name, False, f"raised {_exc_line(exc)}{_where(exc)}")
 
