@@ -152,6 +152,12 @@ def sparse_dropblock(x: np.ndarray, gamma: float, block, data_format: str, seeds
     # Same arithmetic as the reference path (x * keep, then * scale), so equal seeds give
     # bit-equal outputs. (Measured: a masked ``where=`` multiply into fresh zeros is slower.)
     out = x if inplace else np.empty_like(x)
+    if keep.size < x.size:
+        # A shared mask (share="channels" / "batch") is smaller than x: scale it first, then a
+        # single broadcast multiply touches x once. x * (k * s) equals (x * k) * s bit for bit
+        # because k is 0 or 1.
+        np.multiply(x, keep * scale, out=out)
+        return out
     np.multiply(x, keep, out=out)
     out *= scale
     return out
