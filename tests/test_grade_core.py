@@ -221,6 +221,19 @@ def test_generator_writes_and_checks(tmp_path):
     assert any("orphan" in p for p in problems)
 
 
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_exercise_notebooks_leak_no_solution(path):
+    ex = REPO / "exercises" / path.name
+    assert ex.exists(), "run: python -m structdrop_tutorial.grade.make_exercises solutions exercises"
+    nb = nbformat.read(str(ex), as_version=4)
+    for cell in nb.cells:
+        assert "SOLUTION" not in cell.source.replace("NotImplementedError", "")
+        assert make_exercises.SOLUTION_ONLY_TAG not in cell.metadata.get("tags", [])
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None
+    assert "NotImplementedError" in "".join(c.source for c in nb.cells)
+
+
 def test_committed_exercises_match_the_solutions():
     """exercises/ is exactly what the generator makes from solutions/ (run it to fix)."""
     proc = subprocess.run([sys.executable, "-m", "structdrop_tutorial.grade.make_exercises",

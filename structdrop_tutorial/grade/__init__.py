@@ -4,11 +4,17 @@ In an exercise notebook::
 
     from structdrop_tutorial.grade import check, score
     check("ex01.noise_shape_for", noise_shape_for)   # prints pass/fail per property
-    score("ex01")                                            # total of the checks run so far
+    score("ex01")                                    # total of the checks run so far
 
 Instructors grade a batch of submitted notebooks, each in its own kernel::
 
     python -m structdrop_tutorial.grade submissions/*.ipynb --out grades.csv --feedback-dir feedback
+
+Exercise notebooks are generated from the solution notebooks (``# BEGIN SOLUTION (hint: ...)``
+... ``# END SOLUTION`` regions become ``raise NotImplementedError``; cells tagged
+``solution-only`` are dropped)::
+
+    python -m structdrop_tutorial.grade.make_exercises solutions exercises [--check]
 
 Questions live in ``structdrop_tutorial/grade/questions/exNN_<topic>.py``; each module defines
 ``QUESTIONS: list[Question]``. They are discovered by :func:`all_questions`.
