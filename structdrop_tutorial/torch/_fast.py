@@ -31,13 +31,14 @@ def _contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
 
 
 def bernoulli_positions(total: int, p: float, generator: Optional[torch.Generator] = None,
-                        device=None) -> torch.Tensor:
+                        device=None, *, batch: Optional[int] = None) -> torch.Tensor:
     """Sorted flat indices of the successes of ``total`` i.i.d. Bernoulli(``p``) trials.
 
     For small ``p`` the gaps between successes are drawn as geometric variables (number of trials
     up to and including the next success), whose running sum gives the positions; this costs
     O(number of successes) rather than O(total). For larger ``p`` one uniform per trial is drawn.
-    Returns an int64 tensor on ``device``.
+    ``batch`` overrides how many gaps are drawn at a time (tests use it to exercise the
+    top-up loop). Returns an int64 tensor on ``device``.
     """
     device = torch.device(device if device is not None else "cpu")
     total = int(total)
@@ -47,7 +48,7 @@ def bernoulli_positions(total: int, p: float, generator: Optional[torch.Generato
         u = torch.rand(total, generator=generator, device=device)
         return torch.nonzero(u < p).reshape(-1)
     mean = total * p
-    n_draw = int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)
+    n_draw = batch or int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)
     gaps = torch.empty(n_draw, dtype=torch.float64, device=device).geometric_(p, generator=generator)
     pos = torch.cumsum(gaps, 0)
     chunks = [pos]

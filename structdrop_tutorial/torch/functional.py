@@ -206,6 +206,9 @@ def _cached_gamma(gamma, rate, block, spatial, seeds):
 
 def _gamma(gamma, rate, block, spatial, seeds) -> float:
     """:func:`resolve_gamma`, memoized: the exact gamma is a bisection worth caching per shape."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and getattr(compiler, "is_compiling", lambda: False)():
+        return resolve_gamma(gamma, rate, block, spatial, seeds)  # dynamo traces plain Python
     try:
         return _cached_gamma(gamma, rate, block, spatial, seeds)
     except TypeError:  # unhashable gamma (e.g. a 0-d array): no caching
