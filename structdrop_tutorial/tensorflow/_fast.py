@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import tensorflow as tf
 
 #: Tiers of over-allocated seed counts: ``n // 4 ** k + 64`` for k = 1 .. TIERS.
@@ -91,115 +92,154 @@ def in_xla_context():
         return True
 
 
-def _count_dtype(requested):
-    """uint8 running sums where the block's area stays below 256 (XLA has no uint8 cumsum)."""
-    if math.prod(requested) < 256 and not in_xla_context():
-        return tf.uint8
-    return tf.int32
+def _block_offsets(requested, n_axes):
+    """Static offsets inside a block: one row per axis, one column per unit of the block."""
+    grids = np.meshgrid(*[np.arange(b) for b in requested], indexing="ij")
+    return [g.reshape(-1).astype(np.int64) for g in grids[:n_axes]]
 
 
-def keep_mask_from_positions(positions, valid, grid, mask_shape, block, spatial_axes, seeds,
-                             requested):
-    """Keep mask (bool, ``mask_shape``) from flat seed positions in the seed grid.
+def block_indices(positions, grid, mask_shape, block, spatial_axes, seeds, requested):
+    """Flat (C-order) indices into ``mask_shape`` of every unit that a seed's block covers.
 
     Args:
-        positions: int64 flat (C-order) indices into the seed grid ``grid``.
-        valid: bool vector: which entries of ``positions`` are seeds (others are ignored).
+        positions: int64 flat indices of seeds in the seed grid ``grid``.
         grid, mask_shape: seed-grid and mask dims (ints or scalar tensors).
         block: block per spatial axis, clipped to the map (ints or scalar tensors).
         spatial_axes: indices of the spatial axes.
-        seeds: ``"valid"`` or ``"padded"``.
-        requested: the static (unclipped) block, which bounds the coverage counts.
+        seeds: ``"valid"`` (seed ``s`` covers ``s .. s + b - 1``) or ``"padded"``
+            (``s - b + 1 .. s``, clipped to the map).
+        requested: the static, unclipped block: every seed gets ``prod(requested)`` entries.
+
+    Returns:
+        ``(index, inside)``: int64 indices of shape ``(len(positions), prod(requested))`` and a
+        bool array of the same shape, False for entries beyond the (clipped) block or the map.
     """
     rank = len(grid)
-    coords = []
     rest = positions
+    coords = [None] * rank
     for a in reversed(range(rank)):
-        d = _i64(grid[a])
-        coords.append(rest % tf.maximum(d, 1))
-        rest = rest // tf.maximum(d, 1)
-    coords = coords[::-1]
-    strides, step = [], tf.constant(1, tf.int64)
+        d = tf.maximum(_i64(grid[a]), 1)
+        coords[a] = rest % d
+        rest = rest // d
+    strides, step = [None] * rank, tf.constant(1, tf.int64)
     for a in reversed(range(rank)):
-        strides.append(step)
+        strides[a] = step
         step = step * _i64(mask_shape[a])
-    strides = strides[::-1]
-    total = step
     base = tf.zeros_like(positions)
     for a in range(rank):
         if a not in spatial_axes:
             base = base + coords[a] * strides[a]
-    starts, ends, end_ok = [], [], []
-    for k, a in enumerate(spatial_axes):
-        s, b, n = coords[a], _i64(block[k]), _i64(mask_shape[a])
-        if seeds == "valid":
-            lo, hi = s, s + b
-        else:
-            lo, hi = tf.maximum(s - b + 1, 0), tf.minimum(s + 1, n)
-        starts.append(lo * strides[a])
-        ends.append(hi * strides[a])
-        end_ok.append(hi < n)  # a -1 at the map's end changes nothing
-    dtype = _count_dtype(requested)
-    one = tf.ones_like(positions, dtype=dtype)
-    minus_one = tf.cast(-1, dtype) if dtype != tf.uint8 else tf.constant(255, tf.uint8)
-    index, update = [], []
-    for corner in itertools.product((0, 1), repeat=len(spatial_axes)):
-        flat = base
-        ok = valid
-        for k, use_end in enumerate(corner):
-            flat = flat + (ends[k] if use_end else starts[k])
-            if use_end:
-                ok = ok & end_ok[k]
-        sign = one if sum(corner) % 2 == 0 else one * minus_one
-        index.append(tf.where(ok, flat, tf.zeros_like(flat)))
-        update.append(tf.where(ok, sign, tf.zeros_like(sign)))
-    index = tf.concat(index, 0)[:, None]
-    update = tf.concat(update, 0)
-    counts = tf.scatter_nd(index, update, tf.reshape(total, [1]))
-    counts = tf.reshape(counts, tf.stack([tf.cast(d, tf.int32) for d in mask_shape]))
-    for a in spatial_axes:
-        counts = tf.cumsum(counts, axis=a)
-    return tf.equal(counts, tf.zeros((), dtype))
+    index = base[:, None]
+    inside = None
+    for k, (a, off) in enumerate(zip(spatial_axes, _block_offsets(requested, len(spatial_axes)))):
+        b, n = _i64(block[k]), _i64(mask_shape[a])
+        start = coords[a] if seeds == "valid" else coords[a] - b + 1
+        unit = start[:, None] + tf.constant(off)[None, :]
+        ok = tf.constant(off)[None, :] < b
+        if seeds == "padded":
+            ok = ok & (unit >= 0) & (unit < n)
+        inside = ok if inside is None else inside & ok
+        index = index + unit * strides[a]
+    return index, inside
 
 
-def _dense_keep(grid, gamma, block, data_format, seeds, seed, spatial):
+def mask_from_positions(positions, valid, grid, mask_shape, block, spatial_axes, seeds,
+                        requested, dtype=tf.float32, compact=None):
+    """0/1 mask (1 = kept) of ``mask_shape`` in ``dtype`` from flat seed positions.
+
+    ``valid`` says which entries of ``positions`` are seeds. With ``compact`` (default: outside
+    XLA) the non-seeds are removed first, so the scatter touches only real blocks; under XLA,
+    whose sizes must be static, every entry is scattered and the non-seeds write a no-op 1
+    with a minimum-scatter.
+    """
+    if compact is None:
+        compact = not in_xla_context()
+    total = _prod64(mask_shape)
+    ones = tf.ones(tf.reshape(total, [1]), dtype)
+    if compact:
+        positions = tf.boolean_mask(positions, valid)
+        index, inside = block_indices(positions, grid, mask_shape, block, spatial_axes, seeds,
+                                      requested)
+        index = tf.boolean_mask(index, inside)
+        flat = tf.tensor_scatter_nd_update(ones, index[:, None], tf.zeros_like(index, dtype))
+    else:
+        index, inside = block_indices(positions, grid, mask_shape, block, spatial_axes, seeds,
+                                      requested)
+        inside = inside & valid[:, None]
+        index = tf.where(inside, index, tf.zeros_like(index))
+        update = tf.where(inside, tf.zeros_like(index, dtype), tf.ones_like(index, dtype))
+        flat = tf.tensor_scatter_nd_min(ones, tf.reshape(index, [-1, 1]), tf.reshape(update, [-1]))
+    return tf.reshape(flat, _shape_list(mask_shape))
+
+
+def keep_mask_from_positions(positions, valid, grid, mask_shape, block, spatial_axes, seeds,
+                             requested, compact=None):
+    """Boolean keep mask from flat seed positions (see :func:`mask_from_positions`)."""
+    m = mask_from_positions(positions, valid, grid, mask_shape, block, spatial_axes, seeds,
+                            requested, tf.float32, compact)
+    return m > 0.5
+
+
+def _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype):
     from .functional import _shape_arg, expand_seeds
     u = tf.random.stateless_uniform(_shape_arg(grid), seed=seed, dtype=tf.float32)
-    return tf.logical_not(expand_seeds(u < tf.cast(gamma, tf.float32), block, data_format, seeds,
-                                       spatial))
+    dropped = expand_seeds(u < tf.cast(gamma, tf.float32), block, data_format, seeds, spatial)
+    return tf.cast(tf.logical_not(dropped), dtype)
 
 
-def sparse_keep_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested):
-    """DropBlock keep mask with sparsely drawn seeds (same distribution as the dense path).
+def _static_int(v):
+    return isinstance(v, (int, np.integer))
+
+
+def sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
+                dtype=tf.float32):
+    """DropBlock 0/1 mask (1 = kept) with sparsely drawn seeds, same distribution as the dense path.
 
     ``grid``/``mask_shape``/``block`` as built by :func:`.functional.dropblock`, ``gamma`` a
-    float or float64 tensor, ``seed`` a (2,) stateless seed.
+    float or float64 tensor, ``seed`` a (2,) stateless seed. Where the grid size and gamma are
+    Python numbers the tier is chosen in Python; otherwise a ``tf.switch_case`` picks it at run
+    time.
     """
     from .functional import _spatial_axes
     rank = len(grid)
     axes = _spatial_axes(rank, data_format)
     spatial = [mask_shape[a] for a in axes]
+
+    def dense():
+        return _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype)
+
+    gap_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+
+    def tier(m, n):
+        def run():
+            pos = bernoulli_positions(n, gamma, gap_seed, m)
+
+            def sparse():
+                return mask_from_positions(pos, pos < n, grid, mask_shape, block, axes, seeds,
+                                           requested, dtype)
+            return tf.cond(pos[-1] >= n, sparse, dense)
+        return run
+
+    if all(_static_int(d) for d in grid) and isinstance(gamma, float):
+        n = math.prod(int(d) for d in grid)
+        mean = n * gamma
+        need = mean + _SIGMAS * math.sqrt(mean * (1.0 - gamma)) + 16.0
+        if gamma <= 0.0:
+            return tf.ones(_shape_list(mask_shape), dtype)
+        sizes = [m for m in (n // 4 ** k + 64 for k in range(1, TIERS + 1)) if m >= need]
+        if not sizes:
+            return dense()
+        return tier(sizes[-1], n)()
     n = _prod64(grid)
     gamma = _f64(gamma)
     need = draws_needed(n, gamma)
     sizes = [n // (4 ** k) + 64 for k in range(1, TIERS + 1)]  # decreasing
     # Branch k (1..TIERS) is the smallest tier that still holds `need` draws; 0 is dense.
-    fits = [tf.cast(_f64(m) >= need, tf.int32) for m in sizes]
-    branch = tf.add_n(fits)
-    gap_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    branch = tf.add_n([tf.cast(_f64(m) >= need, tf.int32) for m in sizes])
+    return tf.switch_case(branch, [dense] + [tier(m, n) for m in sizes])
 
-    def dense():
-        return _dense_keep(grid, gamma, block, data_format, seeds, seed, spatial)
 
-    def tier(m):
-        def run():
-            pos = bernoulli_positions(n, gamma, gap_seed, m)
-            enough = pos[-1] >= n
-
-            def sparse():
-                return keep_mask_from_positions(pos, pos < n, grid, mask_shape, block, axes,
-                                                seeds, requested)
-            return tf.cond(enough, sparse, dense)
-        return run
-
-    return tf.switch_case(branch, [dense] + [tier(m) for m in sizes])
+def _shape_list(dims):
+    if all(_static_int(d) for d in dims):
+        return [int(d) for d in dims]
+    return tf.stack([tf.cast(d, tf.int32) for d in dims])

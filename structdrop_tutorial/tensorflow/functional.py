@@ -164,10 +164,13 @@ def _as_dtype(value, dtype):
 
 
 def _scaled(x, keep, scale):
-    """``x * keep * scale`` in x's dtype, the mask out of autograd (NumPy's order of operations)."""
-    mask = tf.stop_gradient(tf.cast(keep, x.dtype))
-    scale = tf.stop_gradient(_as_dtype(scale, x.dtype))
-    return x * mask * scale
+    """``x * (keep * scale)`` in x's dtype, the mask out of autograd.
+
+    As ``keep`` is 0 or 1, ``x * (keep * s)`` equals NumPy's ``(x * keep) * s`` bit for bit,
+    and the forward and backward passes each cost one multiply by the ready mask.
+    """
+    mask = tf.cast(keep, x.dtype) * _as_dtype(scale, x.dtype)
+    return x * tf.stop_gradient(mask)
 
 
 def _with_training(training, run, x):
@@ -386,11 +389,24 @@ def _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds):
     return _graph_gamma.paper_gamma(r, requested, spatial)
 
 
-def _batch_scale(keep):
-    """``keep.size / count(keep)`` in float64; 0 when everything is dropped (never inf or NaN)."""
-    kept = tf.reduce_sum(tf.cast(keep, tf.int32))
-    size = tf.cast(tf.size(keep), tf.float64)
-    kept = tf.cast(kept, tf.float64)
+def _mask_dtype(dtype):
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _count_kept(mask01, spatial_axes):
+    """Exact number of ones in a 0/1 float mask (float64): float32 sums per map, then float64.
+
+    Per (sample, channel) map the partial sum is an integer below 2 ** 24, so float32 holds it
+    exactly; the maps' sums are added in float64.
+    """
+    per_map = tf.reduce_sum(mask01, axis=list(spatial_axes))
+    return tf.reduce_sum(tf.cast(per_map, tf.float64))
+
+
+def _batch_scale(mask01, spatial_axes):
+    """``mask.size / count(mask)`` in float64; 0 when everything is dropped (never inf or NaN)."""
+    kept = _count_kept(mask01, spatial_axes)
+    size = tf.cast(tf.size(mask01, out_type=tf.int64), tf.float64)
     return tf.where(kept > 0, size / tf.maximum(kept, 1.0), tf.zeros_like(kept))
 
 
@@ -444,23 +460,25 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
         if any(_is_static(n) and n == 0 for n in spatial):
             return tf.identity(x)
         g = _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds)
-        if uniform is not None:
-            u = _given_uniform(uniform, grid)
-            keep = tf.logical_not(expand_seeds(u < _threshold(g, u.dtype), block, data_format,
-                                               seeds, spatial))
-        elif sampler == "dense":
-            u = _draw_uniform(grid, seed)
-            keep = tf.logical_not(expand_seeds(u < _threshold(g, u.dtype), block, data_format,
-                                               seeds, spatial))
+        mdtype = _mask_dtype(x.dtype)
+        if uniform is not None or sampler == "dense":
+            u = _draw_uniform(grid, seed) if uniform is None else _given_uniform(uniform, grid)
+            dropped = expand_seeds(u < _threshold(g, u.dtype), block, data_format, seeds, spatial)
+            mask01 = tf.cast(tf.logical_not(dropped), mdtype)
         else:
             from . import _fast
-            keep = _fast.sparse_keep_mask(grid, mask_shape, g, block, data_format, seeds,
-                                          seed_tensor(seed), requested)
+            mask01 = _fast.sparse_mask(grid, mask_shape, g, block, data_format, seeds,
+                                       seed_tensor(seed), requested, mdtype)
         if normalize == "batch":
-            scale = _batch_scale(keep)
+            scale = _batch_scale(mask01, _spatial_axes(x.shape.rank, data_format))
         else:
             scale = _inverse_keep(rate_s if rate_s is not None else _rate_tensor(rate))
-        return _scaled(x, keep, scale)
+        # x * (keep * scale): equal bit for bit to NumPy's (x * keep) * scale (keep is 0 or 1).
+        if mdtype == x.dtype:
+            mask = mask01 * _as_dtype(scale, x.dtype)
+        else:
+            mask = tf.cast(mask01, x.dtype) * _as_dtype(scale, x.dtype)
+        return x * tf.stop_gradient(mask)
 
     return _with_training(training, run, x)
 
