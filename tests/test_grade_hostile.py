@@ -49,7 +49,8 @@ CASES = {
     "mutates": (EX04, [], ["def apply_mask(x, keep):\n    x *= keep\n"
                            "    x *= x.dtype.type(keep.size / max(keep.sum(), 1))\n    return x"],
                 {"ex04.apply_mask": 0}, "modified in place"),
-    "exits": (EX05, ["exit()", "quit()", "import sys\nsys.exit(3)", "raise SystemExit(1)"],
+    "exits": (EX05, ["exit()", "quit()", "import sys\nsys.exit(3)", "raise SystemExit(1)",
+                     "!touch {mark}\n%pip install --no-such-option"],
               ["def exact_gamma(rate, block_size, spatial_shape):\n"
                "    import sys\n    sys.exit(0)"],
               {"ex05.exact_gamma": 0}, "called exit (SystemExit: 0)"),
@@ -66,7 +67,8 @@ CASES = {
 }
 
 
-def _make(base, inserted, appended, path):
+def _make(base, inserted, appended, path, mark):
+    inserted = [s.replace("{mark}", str(mark)) for s in inserted]
     nb = nbformat.read(str(base), as_version=4)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     nb.cells[code[0]].source = LIGHT_SETUP
@@ -81,7 +83,7 @@ def _make(base, inserted, appended, path):
 def run(tmp_path_factory):
     sub = tmp_path_factory.mktemp("submissions")
     for name, (base, inserted, appended, _, _) in CASES.items():
-        _make(base, inserted, appended, sub / f"{base.stem}__{name}.ipynb")
+        _make(base, inserted, appended, sub / f"{base.stem}__{name}.ipynb", sub / "shell_ran")
     (sub / "precious.txt").write_text("keep me")
     out = tmp_path_factory.mktemp("out")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
@@ -101,6 +103,7 @@ def test_runner_finishes_and_grades_everything(run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(rows) == set(CASES)
     assert (sub / "precious.txt").read_text() == "keep me"
+    assert not (sub / "shell_ran").exists(), "a shell escape ran in the grading kernel"
     assert len(list(sub.glob("*.ipynb"))) == len(CASES)
 
 

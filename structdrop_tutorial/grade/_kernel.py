@@ -3,8 +3,8 @@
 The runner injects two kinds of cells around the submitted notebook's cells:
 
 * a first cell calling :func:`install`, which caps what each cell may print, turns IPython's
-  ``exit()``/``quit()`` into a no-op (they would shut the kernel down between cells), and keeps
-  a reference to the kernel's real output stream;
+  ``exit()``/``quit()`` into a no-op (they would shut the kernel down between cells), skips
+  shell escapes (``!pip install ...``), and keeps a reference to the kernel's real output stream;
 * one last cell per question calling :func:`emit`, which grades the answer found in the
   notebook's namespace and writes the result as JSON on a line starting with :data:`MARKER`
   to the saved stream, so that the submission's own printing cannot drown it by
@@ -58,7 +58,8 @@ class _CappedStream:
 
 
 def install(limit: int = 20000) -> None:
-    """Cap stdout/stderr per cell at ``limit`` characters; make exit()/quit() harmless."""
+    """Cap stdout/stderr per cell at ``limit`` characters; make exit()/quit() and shell
+    commands harmless."""
     from .. import grade as _grade
     _grade.UNDER_RUNNER = True  # check() in the submission defers to the grading cells
     _RAW["stdout"] = sys.stdout
@@ -79,6 +80,15 @@ def install(limit: int = 20000) -> None:
         print("[structdrop grader: exit()/quit() ignored]")
 
     ip.ask_exit = ask_exit
+
+    def no_shell(cmd, *args, **kwargs):
+        print("[structdrop grader: shell commands (!cmd, %pip, %conda) are not run when grading]")
+
+    # `!cmd`, `x = !cmd`, %pip and %conda go through these; a copied `!pip install ...` must not
+    # change the grading environment.
+    ip.system = no_shell
+    ip.system_raw = no_shell
+    ip.getoutput = no_shell
 
 
 def emit(question_id: str, namespace: dict, time_limit_s: Optional[float] = 60.0) -> None:
