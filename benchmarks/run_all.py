@@ -99,6 +99,12 @@ def normalize(rows: list, framework: str, threads: int) -> list:
         for old, new in ALIASES.items():
             if old in row and not row.get(new):
                 row[new] = row.pop(old)
+        # XLA-compiled variants: keep the pass plain ("fwd"/"fwd+bwd") and say it in the op name
+        xla = str(row.get("jit", "")).lower() in ("true", "1", "on", "yes")
+        if row.get("pass", "").lower().endswith(" xla"):
+            row["pass"], xla = row["pass"][:-4].strip(), True
+        if xla and "XLA" not in row.get("op", ""):
+            row["op"] = f"{row['op']} (XLA)"
         row.setdefault("framework", framework)
         if not row.get("framework"):
             row["framework"] = framework
