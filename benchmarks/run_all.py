@@ -115,7 +115,8 @@ def normalize(rows: list, framework: str, threads: int) -> list:
         device = row.get("device") or cpu_name()
         row["device"] = device
         if not row.get("device_kind"):
-            row["device_kind"] = "cpu" if (device == cpu_name() or "cpu" in device.lower()) else "gpu"
+            on_cpu = device == cpu_name() or "cpu" in device.lower()
+            row["device_kind"] = "cpu" if on_cpu else "gpu"
         defaults = {"threads": threads, "machine": machine_summary()["machine"], "cpu": cpu_name(),
                     "numpy": np.__version__, "python": platform.python_version(), "date": today,
                     "rate": common.RATE, "block": common.BLOCK}
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None,
                    help="merged CSV (default: structdrop_tutorial/data/timings/<device>.csv)")
-    p.add_argument("--only", nargs="*", default=None, help="frameworks to run (numpy torch tensorflow)")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="frameworks to run (numpy torch tensorflow)")
     p.add_argument("--quick", action="store_true", help="few rounds (smoke test)")
     p.add_argument("--tiny", action="store_true", help="small shapes (CI)")
     p.add_argument("--threads", type=int, default=None)

@@ -11,10 +11,12 @@ to the number of seeds:
    the seed positions, already sorted (sorted seeds make the later writes sweep memory forward).
 2. :func:`block_flat_indices` turns each seed into the flat indices of the units its block
    covers, by index arithmetic on the mask's strides (clipped to the map for padded seeds).
-3. The caller writes those indices into a mask, or zeroes them in the output directly.
+3. :func:`keep_from_positions` clears those indices in a boolean keep mask, and
+   :func:`sparse_dropblock` applies it exactly as the reference path does.
 
-Given the same seed positions the result is exactly :func:`structdrop_tutorial.numpy.dropblock_keep_mask`'s
-(``tests/test_numpy_fast.py`` checks both this and the statistics of the seeds).
+Given the same seed positions the result is exactly the mask of
+:func:`structdrop_tutorial.numpy.dropblock_keep_mask` (``tests/test_numpy_fast.py`` checks this
+and the statistics of the seeds).
 """
 from __future__ import annotations
 
@@ -82,8 +84,8 @@ def block_flat_indices(positions, grid_shape, block, data_format: str, seeds: st
         grid_shape: the seed grid's shape (see :func:`structdrop_tutorial.shapes.seed_grid_shape`).
         block: block size per spatial axis, already clipped to the map.
         data_format: ``"channels_last"`` or ``"channels_first"``.
-        seeds: ``"valid"`` (seed ``s`` covers ``s .. s + b - 1``) or ``"padded"`` (``s - b + 1 .. s``,
-            clipped to the map).
+        seeds: ``"valid"`` (seed ``s`` covers ``s .. s + b - 1``) or ``"padded"``
+            (``s - b + 1 .. s``, clipped to the map).
         mask_shape: the mask's shape: the grid's, with the map's spatial sizes.
 
     Returns:

@@ -31,8 +31,9 @@ import time
 import timeit
 from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["Measurement", "Bandwidth", "time_numpy", "time_torch", "time_tensorflow", "time_callable",
-           "time_interleaved", "torch_sync", "tensorflow_sync", "sweep", "bandwidth_floor_seconds", "masked_multiply_bytes", "measure_bandwidth",
+__all__ = ["Measurement", "Bandwidth", "time_numpy", "time_torch", "time_tensorflow",
+           "time_callable", "time_interleaved", "torch_sync", "tensorflow_sync", "sweep",
+           "bandwidth_floor_seconds", "masked_multiply_bytes", "measure_bandwidth",
            "cpu_name", "torch_device_name", "tensorflow_device_name", "machine_summary",
            "timing_files", "load_timings"]
 
@@ -445,7 +446,8 @@ class Bandwidth:
     measurement: Measurement
 
     def __str__(self) -> str:
-        return (f"{self.bytes_per_second / 1e9:.1f} GB/s (copy of {self.bytes_moved // 2 / 2**20:.0f} "
+        mib = self.bytes_moved // 2 / 2**20
+        return (f"{self.bytes_per_second / 1e9:.1f} GB/s (copy of {mib:.0f} "
                 f"MiB, median of {self.measurement.runs} runs) on {self.measurement.device}")
 
 
