@@ -93,7 +93,6 @@ def _check_noise_shape_fn(fn):
     props = [is_callable(name, fn)]
     if not props[0].passed:
         return props
-    rng = np.random.default_rng(303)
     n = 0
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
