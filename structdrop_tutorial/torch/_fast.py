@@ -98,7 +98,7 @@ def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: 
             step = torch.arange(b, dtype=torch.long, device=device) * buf_strides[a]
             offsets = (offsets[:, None] + step[None, :]).reshape(-1)
         index = (base[:, None] + offsets[None, :]).reshape(-1)
-        buf.view(-1)[index] = True
+        buf.view(-1).index_fill_(0, index, True)
     if seeds == "valid":
         return buf
     crop = [slice(None)] * len(buf_shape)

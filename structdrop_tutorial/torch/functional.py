@@ -23,8 +23,7 @@ from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_d
                        check_float_dtype_name, check_n_spatial, check_rate, check_share)
 from ..gamma import clip_block, resolve_gamma
 from ..shapes import noise_shape as _noise_shape, seed_grid_shape, spatial_axes
-from ._fast import (bernoulli_positions, masked_scale, seeds_to_dropped,
-                    seeds_to_dropped_separable)
+from ._fast import bernoulli_positions, masked_scale, seeds_to_dropped
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
            "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
@@ -275,10 +274,10 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
         else:
             total = math.prod(grid)
             flat = bernoulli_positions(total, g, _generator(seed, x.device), x.device)
-            if seeds == "valid":
-                dropped = seeds_to_dropped_separable(flat, grid, axes, block, spatial)
-            else:
-                dropped = seeds_to_dropped(flat, grid, axes, block, spatial, seeds)
+            # One scattered write per unit of each block: a single pass over the sparse blocks,
+            # which measured faster here than the separable painter (writes along one axis,
+            # then window ORs over dense buffers), kept in _fast and tested as an alternative.
+            dropped = seeds_to_dropped(flat, grid, axes, block, spatial, seeds)
         if normalize == "batch":
             scale = _batch_scale(dropped, x.dtype)
         else:
