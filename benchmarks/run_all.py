@@ -85,6 +85,10 @@ ALIASES = {"mode": "pass", "ratio_to_floor": "ratio", "torch_version": "framewor
            "threads_used": "threads"}
 
 
+GPU_WORDS = ("nvidia", "gpu", "cuda", "tesla", "geforce", "quadro", "radeon", "instinct",
+             "tpu", "apple m")
+
+
 def normalize(rows: list, framework: str, threads: int) -> list:
     """Give every row the common columns (pass, ratio, case, device_kind, ...)."""
     from structdrop_tutorial.timing import cpu_name, machine_summary
@@ -115,8 +119,7 @@ def normalize(rows: list, framework: str, threads: int) -> list:
         device = row.get("device") or cpu_name()
         row["device"] = device
         if not row.get("device_kind"):
-            on_cpu = device == cpu_name() or "cpu" in device.lower()
-            row["device_kind"] = "cpu" if on_cpu else "gpu"
+            row["device_kind"] = "gpu" if any(k in device.lower() for k in GPU_WORDS) else "cpu"
         defaults = {"threads": threads, "machine": machine_summary()["machine"], "cpu": cpu_name(),
                     "numpy": np.__version__, "python": platform.python_version(), "date": today,
                     "rate": common.RATE, "block": common.BLOCK}

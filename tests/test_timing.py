@@ -251,3 +251,19 @@ def test_time_interleaved_round_robin_and_sync():
 def test_torch_sync_on_cpu_is_a_no_op():
     sync = timing.torch_sync("cpu")
     assert sync() is None and sync(object()) is None
+
+
+def test_run_all_normalizes_other_scripts_columns():
+    run_all = _run_all_module()
+    rows = run_all.normalize([
+        {"framework": "tensorflow", "op": "dropblock", "shape": "2x8x8x4", "mode": "fwd+bwd xla",
+         "jit": "True", "median_s": "0.002", "ratio_to_floor": "2.5", "device": "AMD EPYC"},
+        {"op": "floor x*mask", "shape": "2x4x8x8", "mode": "fwd", "median_s": "0.001",
+         "ratio_to_floor": "1.0", "torch_version": "2.1", "device": "NVIDIA H100 80GB HBM3"},
+    ], "torch", 2)
+    tf_row, torch_row = rows
+    assert tf_row["pass"] == "fwd+bwd" and tf_row["op"] == "dropblock (XLA)"
+    assert tf_row["ratio"] == "2.5" and tf_row["case"] == "2x8x8x4"
+    assert torch_row["framework"] == "torch" and torch_row["framework_version"] == "2.1"
+    assert torch_row["device_kind"] == "gpu" and torch_row["threads"] == 2
+    assert run_all.default_name().endswith(".csv")
