@@ -3,10 +3,11 @@
 Every helper follows the same protocol:
 
 1. **Warm-up** calls run first and are never recorded: the first calls of an op pay for lazy
-   initialization, ``tf.function`` tracing, XLA compilation, cuDNN/oneDNN autotuning and cold caches.
+   initialization, ``tf.function`` tracing, XLA compilation, cuDNN/oneDNN autotuning and cold
+   caches.
 2. **Synchronization** before every clock reading: GPU work is queued asynchronously, so a clock
-   read right after a launch measures the launch, not the work (the "0.03 ms without sync, 1.36 ms
-   with" trap). PyTorch uses :class:`torch.utils.benchmark.Timer`, whose clock synchronizes CUDA;
+   read right after a launch measures the launch, not the work. PyTorch uses
+   :class:`torch.utils.benchmark.Timer` with a clock that synchronizes the device first;
    TensorFlow waits for its devices (``tf.test.experimental.sync_devices``, or ``.numpy()`` of the
    result); NumPy is synchronous.
 3. **Repeated runs**, each of ``number`` calls, and the **median** per-call time with the
