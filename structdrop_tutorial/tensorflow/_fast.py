@@ -38,6 +38,10 @@ TIERS = 5
 _SIGMAS = 8.0
 
 
+def _static_int(v):
+    return isinstance(v, (int, np.integer))
+
+
 def _i64(v):
     return tf.cast(v, tf.int64)
 
@@ -92,91 +96,84 @@ def in_xla_context():
         return True
 
 
-def _block_offsets(requested, n_axes):
-    """Static offsets inside a block: one row per axis, one column per unit of the block."""
-    grids = np.meshgrid(*[np.arange(b) for b in requested], indexing="ij")
-    return [g.reshape(-1).astype(np.int64) for g in grids[:n_axes]]
+def seed_grid_from_positions(positions, valid, grid):
+    """uint8 seed grid of shape ``grid`` with 1 at the flat ``positions`` where ``valid``."""
+    n = _prod64(grid)
+    index = tf.where(valid, positions, tf.zeros_like(positions))
+    ones = tf.where(valid, tf.ones_like(positions, tf.uint8), tf.zeros_like(positions, tf.uint8))
+    flat = tf.scatter_nd(index[:, None], ones, tf.reshape(n, [1]))  # positions are distinct
+    return tf.reshape(flat, _shape_list(grid))
 
 
-def block_indices(positions, grid, mask_shape, block, spatial_axes, seeds, requested):
-    """Flat (C-order) indices into ``mask_shape`` of every unit that a seed's block covers.
+def _take(a, axis, start, stop):
+    index = [slice(None)] * a.shape.rank
+    index[axis] = slice(start, stop)
+    return a[tuple(index)]
 
-    Args:
-        positions: int64 flat indices of seeds in the seed grid ``grid``.
-        grid, mask_shape: seed-grid and mask dims (ints or scalar tensors).
-        block: block per spatial axis, clipped to the map (ints or scalar tensors).
-        spatial_axes: indices of the spatial axes.
-        seeds: ``"valid"`` (seed ``s`` covers ``s .. s + b - 1``) or ``"padded"``
-            (``s - b + 1 .. s``, clipped to the map).
-        requested: the static, unclipped block: every seed gets ``prod(requested)`` entries.
 
-    Returns:
-        ``(index, inside)``: int64 indices of shape ``(len(positions), prod(requested))`` and a
-        bool array of the same shape, False for entries beyond the (clipped) block or the map.
+def window_or(a, axis, b):
+    """OR over every window of ``b`` (static) consecutive entries of a bool tensor along ``axis``.
+
+    Length ``L`` becomes ``L - b + 1``. Windows double (1, 2, 4, ...) and a last overlapping
+    step finishes them, so a block of 7 costs 3 ORs; XLA fuses the slices into one loop.
     """
-    rank = len(grid)
-    rest = positions
-    coords = [None] * rank
-    for a in reversed(range(rank)):
-        d = tf.maximum(_i64(grid[a]), 1)
-        coords[a] = rest % d
-        rest = rest // d
-    strides, step = [None] * rank, tf.constant(1, tf.int64)
-    for a in reversed(range(rank)):
-        strides[a] = step
-        step = step * _i64(mask_shape[a])
-    base = tf.zeros_like(positions)
-    for a in range(rank):
-        if a not in spatial_axes:
-            base = base + coords[a] * strides[a]
-    index = base[:, None]
-    inside = None
-    for k, (a, off) in enumerate(zip(spatial_axes, _block_offsets(requested, len(spatial_axes)))):
-        b, n = _i64(block[k]), _i64(mask_shape[a])
-        start = coords[a] if seeds == "valid" else coords[a] - b + 1
-        unit = start[:, None] + tf.constant(off)[None, :]
-        ok = tf.constant(off)[None, :] < b
-        if seeds == "padded":
-            ok = ok & (unit >= 0) & (unit < n)
-        inside = ok if inside is None else inside & ok
-        index = index + unit * strides[a]
-    return index, inside
+    width = 1
+    while 2 * width <= b:
+        a = tf.logical_or(_take(a, axis, None, -width), _take(a, axis, width, None))
+        width *= 2
+    if width < b:
+        shift = b - width
+        a = tf.logical_or(_take(a, axis, None, -shift), _take(a, axis, shift, None))
+    return a
+
+
+def expand_grid(seed_grid, block, spatial, spatial_axes, seeds, requested):
+    """Dropped units (bool) from a bool seed grid (True = seed): OR over block windows.
+
+    ``valid`` seeds use the requested (static) block with ``b - 1`` zeros of padding on both
+    sides and keep the first ``n`` outputs, which is right whether or not the block was clipped
+    to the map (a clipped block leaves a grid of length 1 whose seed covers the whole axis).
+    ``padded`` seeds need the clipped block's size statically; where the map size is unknown
+    they use the running-sum reference (:func:`.functional.expand_seeds`).
+    """
+    if seeds == "padded" and not all(_static_int(b) for b in block):
+        from .functional import expand_seeds
+        data_format = "channels_first" if spatial_axes[0] == 2 else "channels_last"
+        return expand_seeds(seed_grid, block, data_format, seeds, spatial)
+    out = seed_grid
+    rank = seed_grid.shape.rank
+    for k, axis in enumerate(spatial_axes):
+        if seeds == "valid":
+            b = requested[k]
+            if b > 1:
+                pad = [[0, 0]] * rank
+                pad[axis] = [b - 1, b - 1]
+                out = window_or(tf.pad(out, pad), axis, b)
+                if not (_static_int(spatial[k]) and _static_int(block[k]) and block[k] == b):
+                    out = _take(out, axis, None, spatial[k])
+        else:
+            out = window_or(out, axis, int(block[k]))
+    return out
 
 
 def mask_from_positions(positions, valid, grid, mask_shape, block, spatial_axes, seeds,
-                        requested, dtype=tf.float32, compact=None):
+                        requested, dtype=tf.float32):
     """0/1 mask (1 = kept) of ``mask_shape`` in ``dtype`` from flat seed positions.
 
-    ``valid`` says which entries of ``positions`` are seeds. With ``compact`` (default: outside
-    XLA) the non-seeds are removed first, so the scatter touches only real blocks; under XLA,
-    whose sizes must be static, every entry is scattered and the non-seeds write a no-op 1
-    with a minimum-scatter.
+    ``valid`` says which entries of ``positions`` are seeds. The seeds are scattered into a
+    boolean seed grid (one write per seed) and expanded into blocks by :func:`expand_grid`.
     """
-    if compact is None:
-        compact = not in_xla_context()
-    total = _prod64(mask_shape)
-    ones = tf.ones(tf.reshape(total, [1]), dtype)
-    if compact:
-        positions = tf.boolean_mask(positions, valid)
-        index, inside = block_indices(positions, grid, mask_shape, block, spatial_axes, seeds,
-                                      requested)
-        index = tf.boolean_mask(index, inside)
-        flat = tf.tensor_scatter_nd_update(ones, index[:, None], tf.zeros_like(index, dtype))
-    else:
-        index, inside = block_indices(positions, grid, mask_shape, block, spatial_axes, seeds,
-                                      requested)
-        inside = inside & valid[:, None]
-        index = tf.where(inside, index, tf.zeros_like(index))
-        update = tf.where(inside, tf.zeros_like(index, dtype), tf.ones_like(index, dtype))
-        flat = tf.tensor_scatter_nd_min(ones, tf.reshape(index, [-1, 1]), tf.reshape(update, [-1]))
-    return tf.reshape(flat, _shape_list(mask_shape))
+    spatial = [mask_shape[a] for a in spatial_axes]
+    seed_grid = seed_grid_from_positions(positions, valid, grid) > 0
+    dropped = expand_grid(seed_grid, block, spatial, spatial_axes, seeds, requested)
+    return tf.cast(tf.logical_not(dropped), dtype)
 
 
 def keep_mask_from_positions(positions, valid, grid, mask_shape, block, spatial_axes, seeds,
-                             requested, compact=None):
+                             requested):
     """Boolean keep mask from flat seed positions (see :func:`mask_from_positions`)."""
     m = mask_from_positions(positions, valid, grid, mask_shape, block, spatial_axes, seeds,
-                            requested, tf.float32, compact)
+                            requested, tf.float32)
     return m > 0.5
 
 
@@ -185,10 +182,6 @@ def _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype):
     u = tf.random.stateless_uniform(_shape_arg(grid), seed=seed, dtype=tf.float32)
     dropped = expand_seeds(u < tf.cast(gamma, tf.float32), block, data_format, seeds, spatial)
     return tf.cast(tf.logical_not(dropped), dtype)
-
-
-def _static_int(v):
-    return isinstance(v, (int, np.integer))
 
 
 def sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
