@@ -455,3 +455,14 @@ def test_torch_compile_inductor():
 
 def test_functions_pickle_by_reference():
     assert pickle.loads(pickle.dumps(sdt.dropblock)) is sdt.dropblock
+
+
+def test_rate_one_inplace_keeps_graph():
+    a = torch.randn(2, 3, 4, 4, requires_grad=True)
+    b = a * 1
+    out = sdt.dropblock(b, 1.0, 2, inplace=True)
+    assert out.data_ptr() == b.data_ptr() and torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(a.grad, torch.zeros_like(a))
+    x = torch.randn(2, 3, 4, 4)
+    assert sdt.dropout(x, 1.0, inplace=True) is x and torch.equal(x, torch.zeros_like(x))

@@ -59,8 +59,10 @@ def bernoulli_positions(total: int, p: float, generator: Optional[torch.Generato
         chunks.append(more)
         last = float(more[-1])
     pos = torch.cat(chunks) if len(chunks) > 1 else pos
-    pos = pos[pos <= total]  # positions are 1-based here
-    return pos.to(torch.long) - 1
+    # positions are 1-based and sorted: keep those <= total (a binary search, no boolean mask)
+    n_in = int(torch.searchsorted(pos, torch.tensor([float(total)], dtype=torch.float64,
+                                                    device=device), right=True))
+    return pos[:n_in].to(torch.long) - 1
 
 
 def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: Sequence[int],

@@ -70,11 +70,9 @@ def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: boo
 
 
 def _zeros(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    if inplace:
-        with torch.no_grad():
-            return x.zero_() if not x.requires_grad else x.mul_(0)
-    # Multiplying by a zero scale keeps the graph connected (gradient zero, never NaN).
-    return masked_scale(x, torch.ones((), dtype=torch.bool, device=x.device).expand(x.shape), 0.0)
+    """Zeros shaped like x that stay connected to the graph (gradient zero, never NaN)."""
+    everything = torch.ones((), dtype=torch.bool, device=x.device).expand(x.shape)
+    return masked_scale(x, everything, 0.0, inplace)
 
 
 def bernoulli_compare(uniform, keep_prob):
