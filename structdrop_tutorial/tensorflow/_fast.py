@@ -101,8 +101,9 @@ def seed_grid_from_positions(positions, valid, grid):
     n = _prod64(grid)
     index = tf.where(valid, positions, tf.zeros_like(positions))
     ones = tf.where(valid, tf.ones_like(positions, tf.uint8), tf.zeros_like(positions, tf.uint8))
-    flat = tf.scatter_nd(index[:, None], ones, tf.reshape(n, [1]))  # positions are distinct
-    return tf.reshape(flat, _shape_list(grid))
+    # positions are distinct; one spare entry keeps the scatter legal for an empty grid
+    flat = tf.scatter_nd(index[:, None], ones, tf.reshape(tf.maximum(n, 1), [1]))
+    return tf.reshape(flat[:n], _shape_list(grid))
 
 
 def _take(a, axis, start, stop):
