@@ -66,7 +66,8 @@ def bernoulli_positions(total: int, p: float, generator: Optional[torch.Generato
 
 
 def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: Sequence[int],
-                     block: Sequence[int], spatial: Sequence[int], seeds: str) -> torch.Tensor:
+                     block: Sequence[int], spatial: Sequence[int], seeds: str,
+                     keep: bool = False) -> torch.Tensor:
     """Boolean "dropped" mask (True = dropped) painted from seed positions.
 
     Args:
@@ -76,6 +77,8 @@ def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: 
         seeds: ``"valid"`` (seed ``s`` drops ``s .. s + b - 1``) or ``"padded"`` (seed ``s``
             drops ``s - b + 1 .. s``, clipped to the map).
 
+        keep: return the keep mask (True = kept) instead, painted directly (no inversion pass).
+
     Returns:
         A bool tensor with the map's spatial sizes and the grid's other sizes. For padded seeds
         it is a view into a larger buffer (the part that hangs over the border is cut off).
@@ -84,7 +87,8 @@ def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: 
     buf_shape = list(grid_shape)
     for a, b, n in zip(axes, block, spatial):
         buf_shape[a] = n if seeds == "valid" else n + 2 * (b - 1)
-    buf = torch.zeros(buf_shape, dtype=torch.bool, device=device)
+    make = torch.ones if keep else torch.zeros
+    buf = make(buf_shape, dtype=torch.bool, device=device)
     if flat_seeds.numel():
         buf_strides = _contiguous_strides(buf_shape)
         # Unravel the grid index and re-ravel it in the buffer (which differs on spatial axes).
@@ -100,7 +104,7 @@ def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: 
             step = torch.arange(b, dtype=torch.long, device=device) * buf_strides[a]
             offsets = (offsets[:, None] + step[None, :]).reshape(-1)
         index = (base[:, None] + offsets[None, :]).reshape(-1)
-        buf.view(-1).index_fill_(0, index, True)
+        buf.view(-1).index_fill_(0, index, not keep)
     if seeds == "valid":
         return buf
     crop = [slice(None)] * len(buf_shape)
@@ -172,35 +176,48 @@ def _window_or(a: torch.Tensor, axis: int, b: int) -> torch.Tensor:
 
 
 class MaskedScale(torch.autograd.Function):
-    """``y = where(dropped, 0, x) * scale`` saving only the boolean mask for the backward pass.
+    """``y = x * keep * scale`` saving only the boolean keep mask for the backward pass.
 
     Autograd of ``x * float_mask`` keeps the float mask (the input's element size per unit);
-    this keeps 1 byte per unit (or less when the mask is broadcast over shared axes). The
-    gradient is ``grad * scale`` with dropped units zeroed, i.e. ``mask * scale``.
+    this keeps 1 byte per unit (or less when the mask is broadcast over shared axes) and
+    rebuilds the float mask in the backward pass. The gradient is ``grad * keep * scale``.
+    The product is a fused ``addcmul`` with the mask converted to x's dtype, which measured
+    faster here than ``where`` or ``masked_fill`` (neither is vectorized on CPU).
     """
 
     @staticmethod
-    def forward(ctx, x, dropped, scale, inplace):
+    def forward(ctx, x, keep, scale, inplace):
+        out = _apply(x, keep, scale, inplace)
         if inplace:
             ctx.mark_dirty(x)
-            out = x.masked_fill_(dropped, 0).mul_(scale)
-        else:
-            out = torch.where(dropped, 0, x).mul_(scale)
-        ctx.save_for_backward(dropped, scale if isinstance(scale, torch.Tensor) else None)
+        ctx.save_for_backward(keep, scale if isinstance(scale, torch.Tensor) else None)
         ctx.scale = None if isinstance(scale, torch.Tensor) else scale
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        dropped, scale_t = ctx.saved_tensors
-        scale = scale_t if scale_t is not None else ctx.scale
+        keep, scale_t = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        return torch.where(dropped, 0, grad).mul_(scale), None, None, None
+        scale = scale_t if scale_t is not None else ctx.scale
+        return _apply(grad, keep, scale, False), None, None, None
 
 
-def masked_scale(x: torch.Tensor, dropped: torch.Tensor, scale, inplace: bool = False) -> torch.Tensor:
-    """``x`` with dropped units zeroed and survivors multiplied by ``scale`` (float or 0-d tensor)."""
+def _apply(x: torch.Tensor, keep: torch.Tensor, scale, inplace: bool) -> torch.Tensor:
+    # uint8 -> float converts faster than bool -> float (same bytes, reinterpreted)
+    factor = keep.view(torch.uint8).to(x.dtype)
+    if isinstance(scale, torch.Tensor):  # a device scalar: fold it into the (converted) mask
+        factor.mul_(scale)
+        return x.mul_(factor) if inplace else torch.mul(x, factor)
+    if inplace:
+        return x.mul_(factor).mul_(scale)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    return torch.addcmul(zero, x, factor, value=scale)
+
+
+def masked_scale(x: torch.Tensor, keep: torch.Tensor, scale, inplace: bool = False) -> torch.Tensor:
+    """``x * keep * scale`` (``keep`` a bool mask broadcasting against x, ``scale`` a float or a
+    0-d tensor) through :class:`MaskedScale`."""
     if isinstance(scale, torch.Tensor):
         scale = scale.to(device=x.device, dtype=x.dtype if x.dtype == torch.float64 else torch.float32)
-    return MaskedScale.apply(x, dropped, scale, inplace)
+    return MaskedScale.apply(x, keep, scale, inplace)

@@ -64,15 +64,15 @@ def _uniform(shape, seed: Seed, uniform, device, name: str = "uniform") -> torch
 def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
     """``x * keep * scale`` in x's dtype; ``keep`` broadcasts against ``x``."""
     if keep.numel() == x.numel():  # full-size mask: keep 1 byte per unit for backward
-        return masked_scale(x, ~keep, scale, inplace)
+        return masked_scale(x, keep, scale, inplace)
     factor = keep.to(x.dtype) * scale  # small broadcast mask: a plain multiply is cheapest
     return x.mul_(factor) if inplace else x * factor
 
 
 def _zeros(x: torch.Tensor, inplace: bool) -> torch.Tensor:
     """Zeros shaped like x that stay connected to the graph (gradient zero, never NaN)."""
-    everything = torch.ones((), dtype=torch.bool, device=x.device).expand(x.shape)
-    return masked_scale(x, everything, 0.0, inplace)
+    nothing = torch.zeros((), dtype=torch.bool, device=x.device).expand(x.shape)
+    return masked_scale(x, nothing, 0.0, inplace)
 
 
 def bernoulli_compare(uniform, keep_prob):
@@ -212,10 +212,14 @@ def _gamma(gamma, rate, block, spatial, seeds) -> float:
         return resolve_gamma(gamma, rate, block, spatial, seeds)
 
 
-def _batch_scale(dropped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``mask.numel() / kept`` as a 0-d tensor (0 when nothing is kept), computed without a sync."""
-    total = dropped.numel()
-    kept = total - torch.count_nonzero(dropped)
+def _batch_scale(keep: torch.Tensor, dtype: torch.dtype):
+    """``mask.numel() / kept`` (0 when nothing is kept): a float on the CPU, else a 0-d tensor
+    (no device synchronization)."""
+    total = keep.numel()
+    kept = torch.count_nonzero(keep)
+    if keep.device.type == "cpu":
+        kept = int(kept)
+        return total / kept if kept else 0.0
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     kept = kept.to(acc)
     return torch.where(kept > 0, total / kept.clamp_min(1), torch.zeros((), dtype=acc, device=kept.device))
@@ -268,19 +272,19 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     with torch.no_grad():
         if uniform is not None:
             u = _uniform(grid, seed, uniform, x.device)
-            dropped = ~dropblock_keep_mask(u, g, block, data_format, seeds)
+            keep = dropblock_keep_mask(u, g, block, data_format, seeds)
         else:
             total = math.prod(grid)
             flat = bernoulli_positions(total, g, _generator(seed, x.device), x.device)
             # One scattered write per unit of each block: a single pass over the sparse blocks,
             # which measured faster here than the separable painter (writes along one axis,
             # then window ORs over dense buffers), kept in _fast and tested as an alternative.
-            dropped = seeds_to_dropped(flat, grid, axes, block, spatial, seeds)
+            keep = seeds_to_dropped(flat, grid, axes, block, spatial, seeds, keep=True)
         if normalize == "batch":
-            scale = _batch_scale(dropped, x.dtype)
+            scale = _batch_scale(keep, x.dtype)
         else:
             scale = 1.0 / (1.0 - rate)
-    return masked_scale(x, dropped, scale, inplace)
+    return masked_scale(x, keep, scale, inplace)
 
 
 # --------------------------------------------------------------------------- the family
