@@ -1,0 +1,124 @@
+"""Keras layers and the rate-schedule callback: config round trips, training flag, seeds,
+.keras save/load, and a schedule that advances with training steps only."""
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+import structdrop_tutorial as sd  # noqa: E402
+from structdrop_tutorial import tensorflow as sdtf  # noqa: E402
+
+LAYERS = [
+    (lambda: sdtf.SpatialDropout(0.3, "channels_first", seed=1, name="sd1", dtype="float64"), (2, 3, 5, 6)),
+    (lambda: sdtf.DropBlock1D(0.2, 3, seed=2), (2, 12, 4)),
+    (lambda: sdtf.DropBlock2D(0.2, (3, 2), gamma="paper", seeds="padded", share=("channels",),
+                              normalize="rate", sampler="dense", seed=3, name="db2"), (2, 9, 8, 4)),
+    (lambda: sdtf.DropBlock3D(0.1, (2, 3, 2), data_format="channels_first", gamma=0.05, seed=4), (2, 3, 6, 6, 6)),
+    (lambda: sdtf.DropPath(0.25, mode="batch", scale=False, seed=5), (4, 5, 5, 2)),
+    (lambda: sdtf.Cutout((3, 2), fill=0.5, seed=6), (2, 7, 7, 3)),
+    (lambda: sdtf.DropConnectDense(3, 0.4, activation="relu", use_bias=False, seed=7), (4, 6)),
+]
+
+
+@pytest.mark.parametrize("make, shape", LAYERS)
+def test_config_round_trip_and_training_flag(make, shape):
+    layer = make()
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    json_config = keras.saving.serialize_keras_object(layer)
+    again = keras.saving.deserialize_keras_object(json_config)
+    assert again.get_config() == config
+    for key in ("block_size", "share", "size"):
+        if key in config and not isinstance(config[key], int):
+            assert isinstance(getattr(clone, key), tuple)
+    dtype = layer.compute_dtype
+    x = tf.cast(tf.random.stateless_normal(shape, seed=[1, 2]) + 3.0, dtype)
+    if isinstance(layer, sdtf.DropConnectDense):
+        y_inf = layer(x, training=False)
+        np.testing.assert_allclose(y_inf.numpy(), tf.nn.relu(x @ layer.kernel).numpy(), rtol=1e-6)
+        assert not np.allclose(layer(x, training=True).numpy(), y_inf.numpy())
+        return
+    np.testing.assert_array_equal(layer(x).numpy(), x.numpy())  # training=None: inference
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    outs = [layer(x, training=True).numpy() for _ in range(6)]
+    assert any(not np.array_equal(o, x.numpy()) for o in outs)
+    assert outs[0].dtype == x.numpy().dtype
+
+
+def test_layer_seed_reproducible_and_rate_variable():
+    x = tf.ones((4, 10, 10, 8))
+    a, b = sdtf.DropBlock2D(0.3, 3, seed=11), sdtf.DropBlock2D(0.3, 3, seed=11)
+    first = a(x, training=True).numpy()
+    np.testing.assert_array_equal(first, b(x, training=True).numpy())
+    assert not np.array_equal(first, a(x, training=True).numpy())
+    assert not a.rate_variable.trainable and float(a.rate_variable.numpy()) == pytest.approx(0.3)
+    a.rate_variable.assign(0.0)
+    np.testing.assert_array_equal(a(x, training=True).numpy(), x.numpy())
+    with pytest.raises(ValueError, match="rate"):
+        sdtf.DropBlock2D(1.5, 3)
+    with pytest.raises(ValueError, match="block_size"):
+        sdtf.DropBlock2D(0.1, (3, 3, 3))
+    with pytest.raises(ValueError, match="data_format"):
+        sdtf.SpatialDropout(0.1, "nchw")
+
+
+def _model():
+    inp = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    h = sdtf.DropBlock2D(0.2, (3, 4), seed=1)(h)
+    h = sdtf.SpatialDropout(0.1, seed=2)(h)
+    h = sdtf.Cutout(4, seed=3)(h)
+    h = keras.layers.Add()([h, sdtf.DropPath(0.2, seed=4)(h)])
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = sdtf.DropConnectDense(2, 0.3, seed=5)(h)
+    return keras.Model(inp, out)
+
+
+def test_model_fits_saves_and_loads(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _model()
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).random((16, 12, 12, 3)).astype("float32")
+    y = np.random.default_rng(1).random((16, 2)).astype("float32")
+    schedule = sdtf.LinearRateSchedule(total_steps=4)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[schedule])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+    for a, b in zip(model.layers, loaded.layers):
+        assert type(a) is type(b)
+        assert a.get_config() == b.get_config()
+        if hasattr(a, "rate_variable"):
+            assert float(b.rate_variable.numpy()) == pytest.approx(float(a.rate_variable.numpy()))
+    loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)  # still trains after loading
+
+
+def test_schedule_steps_in_fit_only():
+    model = _model()
+    model.compile("sgd", "mse")
+    x = np.zeros((12, 12, 12, 3), "float32")
+    y = np.zeros((12, 2), "float32")
+    schedule = sdtf.LinearRateSchedule(total_steps=5)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append([float(v.rate_variable.numpy()) for v in schedule.scheduled_layers()])
+
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[schedule, Record()])
+    assert schedule.step == 6
+    layers = schedule.scheduled_layers()
+    assert {type(layer).__name__ for layer in layers} == {"DropBlock2D", "SpatialDropout", "DropPath",
+                                                          "DropConnectDense"}
+    for step, rates in enumerate(seen):
+        for layer, got in zip(layers, rates):
+            assert got == pytest.approx(sd.linear_rate(step, 5, layer.rate), abs=1e-6)
+    model.predict(x, verbose=0, callbacks=[schedule])
+    model.evaluate(x, y, verbose=0, callbacks=[schedule])
+    assert schedule.step == 6
+    assert float(layers[0].rate_variable.numpy()) == pytest.approx(layers[0].rate)
+    with pytest.raises(ValueError, match="total_steps"):
+        sdtf.LinearRateSchedule(-1)
