@@ -466,3 +466,21 @@ def test_rate_one_inplace_keeps_graph():
     assert torch.equal(a.grad, torch.zeros_like(a))
     x = torch.randn(2, 3, 4, 4)
     assert sdt.dropout(x, 1.0, inplace=True) is x and torch.equal(x, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_chunked_masked_product_matches_plain(dtype):
+    """Large CPU inputs take the cache-chunked product; forward and backward equal x * keep * s."""
+    x = torch.randn(3, 8, 150, 150).to(dtype).requires_grad_()
+    assert x.numel() > 2 * _fast.CHUNK
+    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) > 0.2
+    y = _fast.masked_scale(x, keep, 1.25)
+    ref = x.detach() * keep.to(dtype) * 1.25
+    torch.testing.assert_close(y.detach(), ref, rtol=0, atol=0)
+    g = torch.randn(x.shape).to(dtype)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, g * keep.to(dtype) * 1.25, rtol=0, atol=0)
+    x2 = x.detach().clone()
+    out = _fast.masked_scale(x2, keep, 1.25, inplace=True)
+    assert out.data_ptr() == x2.data_ptr()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)

@@ -203,16 +203,40 @@ class MaskedScale(torch.autograd.Function):
         return _apply(grad, keep, scale, False), None, None, None
 
 
+# Elements per chunk of the CPU product: the float copy of the mask chunk (1 MiB in float32)
+# stays in cache, so memory traffic is x, the 1-byte mask and the output only.
+CHUNK = 1 << 18
+
+
 def _apply(x: torch.Tensor, keep: torch.Tensor, scale, inplace: bool) -> torch.Tensor:
+    """``x * keep * scale`` in x's dtype; ``keep`` is bool and broadcasts against ``x``."""
+    if isinstance(scale, torch.Tensor):  # a device scalar: fold it into the (converted) mask
+        factor = keep.view(torch.uint8).to(x.dtype).mul_(scale)
+        return x.mul_(factor) if inplace else torch.mul(x, factor)
+    if (x.device.type == "cpu" and x.numel() > 2 * CHUNK and keep.shape == x.shape
+            and x.is_contiguous() and keep.is_contiguous()):
+        return _apply_chunked(x, keep, scale, inplace)
     # uint8 -> float converts faster than bool -> float (same bytes, reinterpreted)
     factor = keep.view(torch.uint8).to(x.dtype)
-    if isinstance(scale, torch.Tensor):  # a device scalar: fold it into the (converted) mask
-        factor.mul_(scale)
-        return x.mul_(factor) if inplace else torch.mul(x, factor)
     if inplace:
         return x.mul_(factor).mul_(scale)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     return torch.addcmul(zero, x, factor, value=scale)
+
+
+def _apply_chunked(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
+    """CPU product in cache-sized chunks: convert a chunk of the mask, then one fused addcmul."""
+    out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
+    xf, kf, of = x.view(-1), keep.view(-1).view(torch.uint8), out.view(-1)
+    factor = torch.empty(CHUNK, dtype=x.dtype)
+    zero = torch.zeros((), dtype=x.dtype)
+    n = xf.numel()
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        f = factor[: stop - start]
+        f.copy_(kf[start:stop])
+        torch.addcmul(zero, xf[start:stop], f, value=scale, out=of[start:stop])
+    return out
 
 
 def masked_scale(x: torch.Tensor, keep: torch.Tensor, scale, inplace: bool = False) -> torch.Tensor:
