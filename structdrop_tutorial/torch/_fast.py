@@ -5,11 +5,16 @@ uniform per seed position wastes most of the work. Here the seed positions are d
 Bernoulli(gamma) process over the flattened seed grid: the gaps between consecutive seeds are
 i.i.d. geometric variables (``Tensor.geometric_``), so the positions are exactly those of
 independent Bernoulli(gamma) trials, one per position. Each seed's block is then written into a
-boolean "dropped" buffer with one scattered write per unit of the block, and the input is
-multiplied once by the result.
+boolean keep mask with one scattered write per unit of the block (about ``block**2`` writes per
+seed), and the input is multiplied once by the result.
 
-Everything here works on any device; nothing is synchronized except where a Python loop needs
-the last drawn position (only when the first batch of gaps falls short, which is rare).
+The product keeps only the 1-byte mask for the backward pass (:class:`MaskedScale`). On the CPU it
+runs in cache-sized chunks: each chunk of the mask is converted to x's dtype into a small buffer
+and multiplied with a fused ``addcmul``, so no full-size float mask is ever allocated.
+
+Everything works on any device. The only synchronization is one read of the last drawn seed
+position (to check that the gaps covered the whole grid); on the CPU the batch-normalization
+scale is also read as a Python float.
 """
 from __future__ import annotations
 
