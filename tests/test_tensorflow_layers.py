@@ -76,6 +76,7 @@ def _model():
     return keras.Model(inp, out)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras-internal numpy copy= notice on save
 def test_model_fits_saves_and_loads(tmp_path):
     keras.utils.set_random_seed(0)
     model = _model()

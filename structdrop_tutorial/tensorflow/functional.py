@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
                        check_n_spatial, check_rate, check_share)
-from ..gamma import clip_block, resolve_gamma
+from ..gamma import resolve_gamma
 from . import _graph_gamma
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
@@ -72,13 +72,6 @@ def _shape_arg(dims):
     if all(_is_static(d) for d in dims):
         return [int(d) for d in dims]
     return tf.stack([tf.cast(d, tf.int32) for d in dims])
-
-
-def _prod(dims):
-    out = 1
-    for d in dims:
-        out = out * d if _is_static(out) and _is_static(d) else tf.cast(out, tf.int64) * tf.cast(d, tf.int64)
-    return out
 
 
 def _static_rate(rate, name="rate"):
