@@ -19,6 +19,7 @@ scale is also read as a Python float.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -229,11 +230,25 @@ def _apply(x: torch.Tensor, keep: torch.Tensor, scale, inplace: bool) -> torch.T
     return torch.addcmul(zero, x, factor, value=scale)
 
 
+_LOCAL = threading.local()
+
+
+def _scratch(dtype: torch.dtype) -> torch.Tensor:
+    """A per-thread CPU buffer of CHUNK elements, reused across calls (fresh pages are costly)."""
+    cache = getattr(_LOCAL, "buffers", None)
+    if cache is None:
+        cache = _LOCAL.buffers = {}
+    buf = cache.get(dtype)
+    if buf is None or buf.numel() != CHUNK:
+        buf = cache[dtype] = torch.empty(CHUNK, dtype=dtype)
+    return buf
+
+
 def _apply_chunked(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
     """CPU product in cache-sized chunks: convert a chunk of the mask, then one fused addcmul."""
     out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
     xf, kf, of = x.view(-1), keep.view(-1).view(torch.uint8), out.view(-1)
-    factor = torch.empty(CHUNK, dtype=x.dtype)
+    factor = _scratch(x.dtype)
     zero = torch.zeros((), dtype=x.dtype)
     n = xf.numel()
     for start in range(0, n, CHUNK):
