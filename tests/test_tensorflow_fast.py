@@ -100,7 +100,9 @@ def test_bernoulli_positions_are_bernoulli(gamma):
     assert abs(pairs - expect) <= 5 * math.sqrt(expect) + 5
 
 
-def test_sparse_and_dense_paths_agree_in_distribution():
+@pytest.mark.parametrize("kernel", [True, False])
+def test_sparse_and_dense_paths_agree_in_distribution(kernel, monkeypatch):
+    monkeypatch.setattr(_fast, "USE_XLA_KERNEL", kernel)
     """Per-unit drop frequency of both paths vs the exact map, pooled over edge/centre units."""
     spatial, block, rate = (10, 10), 4, 0.2
     x = tf.ones((64, 10, 10, 32))

@@ -11,7 +11,19 @@ from structdrop_tutorial import numpy as sdn  # noqa: E402
 from structdrop_tutorial import tensorflow as sdtf  # noqa: E402
 from helpers import five_sigma_fraction_bound  # noqa: E402
 
-SAMPLERS = ["dense", "sparse"]
+from structdrop_tutorial.tensorflow import _fast  # noqa: E402
+
+# Every DropBlock path: the dense reference, the sparse seeds with the mask built by the XLA
+# kernel (default outside XLA) and the sparse seeds with plain TensorFlow ops.
+PATHS = ["dense", "sparse", "sparse-tf-ops"]
+
+
+@pytest.fixture(params=PATHS)
+def sampler(request, monkeypatch):
+    if request.param == "sparse-tf-ops":
+        monkeypatch.setattr(_fast, "USE_XLA_KERNEL", False)
+        return "sparse"
+    return request.param
 
 
 def layout(spatial, fmt, batch=2, ch=3):
@@ -77,7 +89,6 @@ def test_keep_mask_and_family_match_numpy_graph():
 
 
 # --------------------------------------------------------------------------- edge cases
-@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_rate_zero_one_and_inference(sampler):
     x = tf.random.stateless_normal((3, 8, 8, 4), seed=[0, 1])
     for rate in (0.0, tf.constant(0.0)):
@@ -149,7 +160,6 @@ def test_integer_inputs_are_type_errors():
         sdtf.dropout(tf.zeros(3), True)
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 def test_dtypes_kept(dtype, sampler):
     x = tf.cast(tf.random.stateless_normal((4, 9, 9, 8), seed=[1, 1]), dtype)
@@ -163,7 +173,6 @@ def test_dtypes_kept(dtype, sampler):
     assert sdtf.dropconnect_dense(x[:, 0, 0], tf.cast(tf.ones((8, 2)), dtype), rate=0.5, seed=1).dtype == x.dtype
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_block_clipped_even_blocks_empty_and_no_mutation(sampler):
     x = np.random.default_rng(3).normal(size=(4, 5, 6, 3)).astype(np.float32)
     before = x.copy()
@@ -229,7 +238,6 @@ def test_seeds_reproducible():
 
 
 # --------------------------------------------------------------------------- statistics
-@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("spatial, block, seeds, rate", [
     ((14, 14), 7, "valid", 0.1), ((9, 13), (3, 6), "valid", 0.25), ((12, 12), 4, "padded", 0.15),
     ((30,), 5, "valid", 0.2), ((6, 7, 8), (3, 2, 4), "valid", 0.1),

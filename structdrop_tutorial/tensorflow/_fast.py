@@ -36,6 +36,11 @@ import math
 import numpy as np
 import tensorflow as tf
 
+#: Outside XLA, build the mask from the seed positions in a small XLA-compiled kernel (the
+#: window ORs and the scaling fuse into a few loops there, ~3x faster than TensorFlow's
+#: kernels on a CPU). Set to False to use plain TensorFlow ops everywhere.
+USE_XLA_KERNEL = True
+
 #: Tiers of over-allocated seed counts: ``n // 4 ** k + 64`` for k = 1 .. TIERS.
 TIERS = 5
 _SIGMAS = 8.0
@@ -183,13 +188,20 @@ def keep_mask_from_positions(positions, valid, grid, mask_shape, block, spatial_
 
 def _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype):
     from .functional import _shape_arg, expand_seeds
+    from .functional import _spatial_axes
     u = tf.random.stateless_uniform(_shape_arg(grid), seed=seed, dtype=tf.float32)
-    dropped = expand_seeds(u < tf.cast(gamma, tf.float32), block, data_format, seeds, spatial)
+    seed_grid = u < tf.cast(gamma, tf.float32)
+    requested = [b if _static_int(b) else None for b in block]
+    if all(r is not None for r in requested):  # static block: separable window OR
+        dropped = expand_grid(seed_grid, block, spatial, _spatial_axes(len(grid), data_format),
+                              seeds, requested)
+    else:
+        dropped = expand_seeds(seed_grid, block, data_format, seeds, spatial)
     return tf.cast(tf.logical_not(dropped), dtype)
 
 
 def sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
-                dtype=tf.float32):
+                dtype=tf.float32, from_positions=None, dense_finish=None):
     """DropBlock 0/1 mask (1 = kept) with sparsely drawn seeds, same distribution as the dense path.
 
     ``grid``/``mask_shape``/``block`` as built by :func:`.functional.dropblock`, ``gamma`` a
@@ -203,7 +215,8 @@ def sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, reques
     spatial = [mask_shape[a] for a in axes]
 
     def dense():
-        return _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype)
+        m01 = _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype)
+        return m01 if dense_finish is None else dense_finish(m01)
 
     gap_seed = tf.random.experimental.stateless_fold_in(seed, 1)
 
@@ -212,6 +225,8 @@ def sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, reques
             pos = bernoulli_positions(n, gamma, gap_seed, m)
 
             def sparse():
+                if from_positions is not None:
+                    return from_positions(pos, pos < n)
                 return mask_from_positions(pos, pos < n, grid, mask_shape, block, axes, seeds,
                                            requested, dtype)
             return tf.cond(pos[-1] >= n, sparse, dense)
@@ -222,7 +237,8 @@ def sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, reques
         mean = n * gamma
         need = mean + _SIGMAS * math.sqrt(mean * (1.0 - gamma)) + 16.0
         if gamma <= 0.0:
-            return tf.ones(_shape_list(mask_shape), dtype)
+            ones = tf.ones(_shape_list(mask_shape), dtype)
+            return ones if dense_finish is None else dense_finish(ones)
         sizes = [m for m in (n // 4 ** k + 64 for k in range(1, TIERS + 1)) if m >= need]
         if not sizes:
             return dense()
@@ -240,3 +256,70 @@ def _shape_list(dims):
     if all(_static_int(d) for d in dims):
         return [int(d) for d in dims]
     return tf.stack([tf.cast(d, tf.int32) for d in dims])
+
+
+def _finisher(x_dtype, normalize, spatial_axes):
+    """``mask01 -> mask01 * scale`` in x's dtype (the same steps as the dense path)."""
+    from .functional import _as_dtype, _batch_scale
+
+    def finish(mask01, inv_keep):
+        scale = _batch_scale(mask01, spatial_axes) if normalize == "batch" else inv_keep
+        if mask01.dtype == x_dtype:
+            return mask01 * _as_dtype(scale, x_dtype)
+        return tf.cast(mask01, x_dtype) * _as_dtype(scale, x_dtype)
+    return finish
+
+
+_KERNELS = {}
+
+
+def _xla_kernel(spatial_axes, seeds, requested, mask_dtype, x_dtype, normalize):
+    """A cached ``jit_compile=True`` function: (positions, shape carrier, 1/(1-rate)) -> mask."""
+    key = (tuple(spatial_axes), seeds, tuple(requested), mask_dtype, x_dtype, normalize)
+    if key not in _KERNELS:
+        finish = _finisher(x_dtype, normalize, spatial_axes)
+
+        @tf.function(jit_compile=True, autograph=False)
+        def kernel(positions, carrier, inv_keep):
+            static = carrier.shape.as_list()[:-1]
+            dynamic = tf.shape(carrier)
+            mask_shape = [d if d is not None else dynamic[i] for i, d in enumerate(static)]
+            block, grid = [], list(mask_shape)
+            for a, b in zip(spatial_axes, requested):
+                n = mask_shape[a]
+                bb = max(1, min(b, n)) if _static_int(n) else tf.maximum(tf.minimum(n, b), 1)
+                block.append(bb)
+                grid[a] = n - bb + 1 if seeds == "valid" else n + bb - 1
+            n_grid = _prod64(grid)
+            mask01 = mask_from_positions(positions, positions < n_grid, grid, mask_shape, block,
+                                         spatial_axes, seeds, requested, mask_dtype)
+            return finish(mask01, inv_keep)
+        _KERNELS[key] = kernel
+    return _KERNELS[key]
+
+
+def sparse_scaled_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
+                       mask_dtype, x_dtype, normalize, inv_keep):
+    """The final DropBlock mask ``keep * scale`` in x's dtype, seeds drawn sparsely.
+
+    Like :func:`sparse_mask` followed by the scaling (``normalize="batch"``: size / kept;
+    ``"rate"``: ``inv_keep``); outside XLA the mask is built by a cached XLA kernel when
+    :data:`USE_XLA_KERNEL` is set.
+    """
+    from .functional import _spatial_axes
+    axes = _spatial_axes(len(grid), data_format)
+    finish = _finisher(x_dtype, normalize, axes)
+    inv = tf.constant(inv_keep, tf.float64) if isinstance(inv_keep, float) else _f64(inv_keep)
+    if USE_XLA_KERNEL and not in_xla_context():
+        kernel = _xla_kernel(axes, seeds, requested, mask_dtype, x_dtype, normalize)
+        carrier = tf.zeros(tf.concat([tf.cast(_shape_list(mask_shape), tf.int32), [0]], 0))
+
+        def from_positions(pos, valid):
+            return kernel(pos, carrier, inv)
+    else:
+        def from_positions(pos, valid):
+            return finish(mask_from_positions(pos, valid, grid, mask_shape, block, axes, seeds,
+                                              requested, mask_dtype), inv)
+    return sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
+                       mask_dtype, from_positions=from_positions,
+                       dense_finish=lambda m01: finish(m01, inv))

@@ -454,6 +454,13 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
             return tf.identity(x)
         g = _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds)
         mdtype = _mask_dtype(x.dtype)
+        if uniform is None and sampler != "dense":
+            from . import _fast
+            inv_keep = _inverse_keep(rate_s if rate_s is not None else _rate_tensor(rate))
+            mask = _fast.sparse_scaled_mask(grid, mask_shape, g, block, data_format, seeds,
+                                            seed_tensor(seed), requested, mdtype, x.dtype,
+                                            normalize, inv_keep)
+            return x * tf.stop_gradient(mask)
         if uniform is not None or sampler == "dense":
             u = _draw_uniform(grid, seed) if uniform is None else _given_uniform(uniform, grid)
             dropped = expand_seeds(u < _threshold(g, u.dtype), block, data_format, seeds, spatial)
