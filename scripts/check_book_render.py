@@ -10,7 +10,7 @@ was built), the script loads the page from ``file://`` in headless Chromium, tak
 and dumps the DOM *after* the page's scripts ran, then checks that
 
 * the page has its title (the HTML ``<title>`` and a top-level ``<h1>``);
-* chapter pages show rendered figures: ``<img>`` elements whose source is a ``data:`` URI or a
+* chapter pages (``book/NN_*.html``) show rendered figures: ``<img>`` elements whose source is a ``data:`` URI or a
   file under ``_images/`` that exists, and no broken image sources;
 * chapter pages contain typeset math (MathJax output, or at least MathJax loaded and math
   markup present);
@@ -210,7 +210,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               "or set $CHROMIUM", file=sys.stderr)
         return 2
 
-    pages = [(p, not p.endswith(("index.html", "intro.html"))) for p in args.page]
+    # numbered chapter pages (book/NN_*.html) must show figures and math; other pages need not
+    pages = [(p, re.match(r"\d\d_", Path(p).name) is not None) for p in args.page]
     if not pages:
         front = "book/intro.html" if (root / "book/intro.html").is_file() else "index.html"
         chapter = next((c for c in CHAPTERS_WITH_FIGURES if (root / c).is_file()), None)
