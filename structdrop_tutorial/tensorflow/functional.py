@@ -24,8 +24,10 @@ What TensorFlow adds to the reference:
 
 DropBlock without ``uniform`` draws its seeds sparsely by default (``sampler="auto"``, see
 :mod:`._fast`): the seed positions are exactly an i.i.d. Bernoulli(gamma) process, as with one
-uniform per position, but only the few seeds are drawn. ``sampler="dense"`` forces the reference
-path (one uniform per seed position).
+uniform per position, but only the few seeds are drawn; outside XLA the mask is then built by
+a small cached ``jit_compile=True`` kernel (``_fast.USE_XLA_KERNEL = False`` uses plain
+TensorFlow ops instead). ``sampler="dense"`` forces the reference path (one uniform per seed
+position, running-sum block expansion).
 """
 from __future__ import annotations
 
