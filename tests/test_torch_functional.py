@@ -484,3 +484,8 @@ def test_chunked_masked_product_matches_plain(dtype):
     out = _fast.masked_scale(x2, keep, 1.25, inplace=True)
     assert out.data_ptr() == x2.data_ptr()
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_double_backward():
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: sdt.dropblock(t, 0.3, 2, seed=3) ** 2, (x,))

@@ -187,8 +187,9 @@ class MaskedScale(torch.autograd.Function):
     Autograd of ``x * float_mask`` keeps the float mask (the input's element size per unit);
     this keeps 1 byte per unit (or less when the mask is broadcast over shared axes) and
     rebuilds the float mask in the backward pass. The gradient is ``grad * keep * scale``.
-    The product is a fused ``addcmul`` with the mask converted to x's dtype, which measured
-    faster here than ``where`` or ``masked_fill`` (neither is vectorized on CPU).
+    The product is a fused ``addcmul`` with the mask converted to x's dtype (chunk by chunk on
+    the CPU, see :func:`_apply_chunked`), which measured faster here than ``where`` or
+    ``masked_fill`` (neither is vectorized on the CPU).
     """
 
     @staticmethod
@@ -206,6 +207,8 @@ class MaskedScale(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         scale = scale_t if scale_t is not None else ctx.scale
+        if grad.requires_grad:  # double backward: stay with differentiable out-of-place ops
+            return grad * (keep.to(grad.dtype) * scale), None, None, None
         return _apply(grad, keep, scale, False), None, None, None
 
 
