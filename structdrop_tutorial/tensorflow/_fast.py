@@ -44,6 +44,8 @@ USE_XLA_KERNEL = True
 #: Tiers of over-allocated seed counts: ``n // 4 ** k + 64`` for k = 1 .. TIERS.
 TIERS = 5
 _SIGMAS = 8.0
+#: Same stateless generator as :mod:`.functional` (see ``RNG_ALG`` there).
+RNG_ALG = "philox"
 
 
 def _static_int(v):
@@ -85,7 +87,8 @@ def bernoulli_positions(n, gamma, seed, m):
         int64 vector of ``m`` positions. Those ``< n`` are exactly the seeds among the first
         ``n`` positions provided that the last one is ``>= n`` (else more seeds may follow).
     """
-    u = 1.0 - tf.random.stateless_uniform(tf.reshape(_i64(m), [1]), seed=seed, dtype=tf.float64)
+    u = 1.0 - tf.random.stateless_uniform(tf.reshape(_i64(m), [1]), seed=seed, dtype=tf.float64,
+                                         alg=RNG_ALG)
     log_keep = tf.math.log1p(-tf.minimum(_f64(gamma), 1.0))
     gaps = tf.floor(tf.math.log(u) / log_keep) + 1.0
     gaps = tf.where(tf.math.is_nan(gaps), tf.ones_like(gaps), gaps)
@@ -189,7 +192,7 @@ def keep_mask_from_positions(positions, valid, grid, mask_shape, block, spatial_
 def _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype):
     from .functional import _shape_arg, expand_seeds
     from .functional import _spatial_axes
-    u = tf.random.stateless_uniform(_shape_arg(grid), seed=seed, dtype=tf.float32)
+    u = tf.random.stateless_uniform(_shape_arg(grid), seed=seed, dtype=tf.float32, alg=RNG_ALG)
     seed_grid = u < tf.cast(gamma, tf.float32)
     requested = [b if _static_int(b) else None for b in block]
     if all(r is not None for r in requested):  # static block: separable window OR
