@@ -13,8 +13,9 @@ from helpers import five_sigma_fraction_bound  # noqa: E402
 
 from structdrop_tutorial.tensorflow import _fast  # noqa: E402
 
-# Every DropBlock path: the dense reference, the sparse seeds with the mask built by the XLA
-# kernel (default outside XLA) and the sparse seeds with plain TensorFlow ops.
+# Every DropBlock path: the dense reference, the sparse seeds (mask built by the XLA kernel when
+# inside a graph) and the sparse seeds with plain TensorFlow ops only. Eager calls never use the
+# kernel; test_tensorflow_fast.py and the graph tests below run it inside tf.function.
 PATHS = ["dense", "sparse", "sparse-tf-ops"]
 
 
@@ -194,7 +195,11 @@ def test_block_clipped_even_blocks_empty_and_no_mutation(sampler):
 
 # --------------------------------------------------------------------------- graphs, XLA, rates, seeds
 @pytest.mark.parametrize("jit", [False, True])
-def test_graph_unknown_sizes_and_tensor_rate_without_retracing(jit):
+@pytest.mark.parametrize("kernel", [True, False])
+def test_graph_unknown_sizes_and_tensor_rate_without_retracing(jit, kernel, monkeypatch):
+    if jit and not kernel:
+        pytest.skip("under XLA the kernel is never used")
+    monkeypatch.setattr(_fast, "USE_XLA_KERNEL", kernel)
     rate = tf.Variable(0.2, trainable=False)
     gen = keras.random.SeedGenerator(0)
     sig = [tf.TensorSpec([None, None, None, 16], tf.float32)]

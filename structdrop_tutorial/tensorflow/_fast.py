@@ -31,12 +31,13 @@ Bernoulli(gamma).
 """
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
 import tensorflow as tf
 
-#: Outside XLA, build the mask from the seed positions in a small XLA-compiled kernel (the
+#: In graphs outside XLA, build the mask from the seed positions in a small XLA-compiled kernel (the
 #: window ORs and the scaling fuse into a few loops there, ~3x faster than TensorFlow's
 #: kernels on a CPU). Set to False to use plain TensorFlow ops everywhere.
 USE_XLA_KERNEL = True
@@ -273,13 +274,18 @@ def _finisher(x_dtype, normalize, spatial_axes):
     return finish
 
 
-_KERNELS = {}
+_KERNELS = collections.OrderedDict()
+_MAX_KERNELS = 64
 
 
-def _xla_kernel(spatial_axes, seeds, requested, mask_dtype, x_dtype, normalize):
+def _xla_kernel(spatial_axes, seeds, requested, mask_dtype, x_dtype, normalize, shapes=()):
     """A cached ``jit_compile=True`` function: (positions, shape carrier, 1/(1-rate)) -> mask."""
-    key = (tuple(spatial_axes), seeds, tuple(requested), mask_dtype, x_dtype, normalize)
-    if key not in _KERNELS:
+    key = (tuple(spatial_axes), seeds, tuple(requested), mask_dtype, x_dtype, normalize, shapes)
+    if key in _KERNELS:
+        _KERNELS.move_to_end(key)
+    else:
+        while len(_KERNELS) >= _MAX_KERNELS:
+            _KERNELS.popitem(last=False)
         finish = _finisher(x_dtype, normalize, spatial_axes)
 
         @tf.function(jit_compile=True, autograph=False)
@@ -313,9 +319,11 @@ def sparse_scaled_mask(grid, mask_shape, gamma, block, data_format, seeds, seed,
     axes = _spatial_axes(len(grid), data_format)
     finish = _finisher(x_dtype, normalize, axes)
     inv = tf.constant(inv_keep, tf.float64) if isinstance(inv_keep, float) else _f64(inv_keep)
-    if USE_XLA_KERNEL and not in_xla_context():
-        kernel = _xla_kernel(axes, seeds, requested, mask_dtype, x_dtype, normalize)
+    # Graphs only: eager calls on ever new shapes would retrace (and recompile) the kernel and
+    # make TensorFlow warn about frequent retracing; eagerly, plain TensorFlow ops run instead.
+    if USE_XLA_KERNEL and not tf.executing_eagerly() and not in_xla_context():
         carrier = tf.zeros(tf.concat([tf.cast(_shape_list(mask_shape), tf.int32), [0]], 0))
+        kernel = _xla_kernel(axes, seeds, requested, mask_dtype, x_dtype, normalize)
 
         def from_positions(pos, valid):
             return kernel(pos, carrier, inv)
