@@ -49,6 +49,7 @@ from structdrop_tutorial import torch as sdt  # noqa: E402
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
 QUICK_SHAPES = [(8, 64, 28, 28)]
 BLOCK, RATE = 7, 0.1
+WARMUP = 10
 COLUMNS = ["framework", "op", "shape", "mode", "median_s", "iqr_s", "ratio_to_floor", "floor_op",
            "device", "torch_version", "threads", "saved_bytes_per_element", "peak_ratio"]
 
@@ -161,7 +162,10 @@ def timed(fn, x, g, mode, threads, min_run_time):
         def call():
             y = fn(x)
             return torch.autograd.grad(y, x, g)
-    return timing.time_torch(call, warmup=2, min_run_time=min_run_time, num_threads=threads,
+    # Ten warm-up calls: the first few calls of a new shape are slow for reasons that have
+    # nothing to do with the op (the allocator's heap grows and fresh pages fault in; on this
+    # sandboxed machine that cost 30x the steady-state time for about ten calls).
+    return timing.time_torch(call, warmup=WARMUP, min_run_time=min_run_time, num_threads=threads,
                              label=mode)
 
 
