@@ -26,6 +26,8 @@ import torch
 
 # Above this seed probability a dense draw (one uniform per position) is cheaper than the gaps.
 DENSE_THRESHOLD = 0.05
+# Largest index tensor built at once when painting blocks (entries).
+WRITE_GROUP = 1 << 22
 
 
 def _contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
@@ -109,8 +111,13 @@ def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: 
         for a, b in zip(axes, block):
             step = torch.arange(b, dtype=torch.long, device=device) * buf_strides[a]
             offsets = (offsets[:, None] + step[None, :]).reshape(-1)
-        index = (base[:, None] + offsets[None, :]).reshape(-1)
-        buf.view(-1).index_fill_(0, index, not keep)
+        # Write in groups of block offsets so that no index tensor exceeds WRITE_GROUP entries
+        # (large temporaries cost page faults on every call; small ones are reused).
+        per_group = max(1, WRITE_GROUP // base.numel())
+        flat_buf = buf.view(-1)
+        for start in range(0, offsets.numel(), per_group):
+            index = (base[:, None] + offsets[None, start:start + per_group]).reshape(-1)
+            flat_buf.index_fill_(0, index, not keep)
     if seeds == "valid":
         return buf
     crop = [slice(None)] * len(buf_shape)
@@ -212,9 +219,9 @@ class MaskedScale(torch.autograd.Function):
         return _apply(grad, keep, scale, False), None, None, None
 
 
-# Elements per chunk of the CPU product: the float copy of the mask chunk (1 MiB in float32)
+# Elements per chunk of the CPU product: the float copy of the mask chunk (16 MiB in float32)
 # stays in cache, so memory traffic is x, the 1-byte mask and the output only.
-CHUNK = 1 << 18
+CHUNK = 1 << 22
 
 
 def _apply(x: torch.Tensor, keep: torch.Tensor, scale, inplace: bool) -> torch.Tensor:
