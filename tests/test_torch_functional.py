@@ -490,3 +490,10 @@ def test_chunked_masked_product_matches_plain(dtype, monkeypatch):
 def test_double_backward():
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: sdt.dropblock(t, 0.3, 2, seed=3) ** 2, (x,))
+
+
+def test_grouped_block_writes_equal_single_write(monkeypatch):
+    x = torch.ones(4, 6, 14, 14)
+    one = sdt.dropblock(x, 0.2, 5, seed=9)
+    monkeypatch.setattr(_fast, "WRITE_GROUP", 7)  # one block offset per index_fill_ call
+    assert torch.equal(sdt.dropblock(x, 0.2, 5, seed=9), one)
