@@ -53,6 +53,12 @@ def _uniform(shape, seed, uniform, name="uniform"):
 def _scaled(x, keep, scale, inplace):
     """``x * keep * scale`` in x's dtype, written into x when ``inplace``."""
     out = x if inplace else np.empty_like(x)
+    if keep.size < x.size:
+        # A broadcast mask (spatial dropout, drop path) is small: fold the scale into it, so the
+        # big array is read and written once. keep * scale is 0 or scale exactly, so the result
+        # is bit-identical to multiplying by keep and then by scale.
+        np.multiply(x, keep.astype(x.dtype) * x.dtype.type(scale), out=out)
+        return out
     np.multiply(x, keep, out=out)
     out *= x.dtype.type(scale)
     return out
