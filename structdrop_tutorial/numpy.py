@@ -125,7 +125,7 @@ def spatial_dropout(x, rate, data_format="channels_last", *, training=True, seed
                     uniform=None, inplace=False):
     """Spatial dropout (Tompson et al. 2015): whole channels of each sample are dropped.
 
-    ``x`` has rank 3, 4 or 5: (batch, *spatial, channels) or (batch, channels, *spatial).
+    ``x`` has rank 3, 4 or 5: ``(batch, *spatial, channels)`` or ``(batch, channels, *spatial)``.
     The mask has shape ``noise_shape("spatial", x.shape, data_format)``, i.e. one draw per
     (sample, channel); the values of ``x`` are never looked at.
     """

@@ -46,8 +46,8 @@ def noise_shape(kind: str, input_shape: Sequence[Optional[int]],
             sample and position of a rank-3 sequence, shared over its channels).
         input_shape: the input's shape; entries may be ``None`` (unknown), and they are copied
             to the result where the noise keeps that axis.
-        data_format: ``"channels_last"`` (batch, *spatial, channels) or ``"channels_first"``
-            (batch, channels, *spatial).
+        data_format: ``"channels_last"`` ``(batch, *spatial, channels)`` or ``"channels_first"``
+            ``(batch, channels, *spatial)``.
 
     Returns:
         A tuple with the input's rank, 1 on every axis where the mask is shared.
