@@ -219,9 +219,11 @@ class MaskedScale(torch.autograd.Function):
         return _apply(grad, keep, scale, False), None, None, None
 
 
-# Elements per chunk of the CPU product: the float copy of the mask chunk (16 MiB in float32)
-# stays in cache, so memory traffic is x, the 1-byte mask and the output only.
-CHUNK = 1 << 22
+# Elements per chunk of the CPU product: the float copy of the mask chunk (1 MiB in float32)
+# stays in a core's L2 cache, so memory traffic is x, the 1-byte mask and the output only.
+# Measured on the 2-core AMD EPYC CI machine (forward, 32x1024x14x14): 2^18 elements took
+# 2.5 ms, 2^22 took 3.2 ms, against 2.4 ms for the plain ``x * mask`` floor.
+CHUNK = 1 << 18
 
 
 def _apply(x: torch.Tensor, keep: torch.Tensor, scale, inplace: bool) -> torch.Tensor:
