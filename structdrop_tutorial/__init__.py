@@ -12,13 +12,14 @@ Importing this package imports neither TensorFlow nor PyTorch.
 from .gamma import (axis_coverage, clip_block, coverage_counts, drop_probability_map,
                     exact_gamma, expected_drop_fraction, paper_gamma, resolve_gamma)
 from .schedule import linear_rate
-from .shapes import (all_noise_shapes, channel_axis, noise_shape, seed_grid_shape,
-                     spatial_axes, spatial_dims)
+from .shapes import (all_noise_shapes, channel_axis, drop_path_noise_shape, noise_shape,
+                     seed_grid_shape, spatial_axes, spatial_dims)
 from .environment import report_device
 
 __version__ = "0.1.0"
 
 __all__ = ["axis_coverage", "clip_block", "coverage_counts", "drop_probability_map",
            "exact_gamma", "expected_drop_fraction", "paper_gamma", "resolve_gamma",
-           "linear_rate", "all_noise_shapes", "channel_axis", "noise_shape", "seed_grid_shape",
-           "spatial_axes", "spatial_dims", "report_device", "__version__"]
+           "linear_rate", "all_noise_shapes", "channel_axis", "drop_path_noise_shape",
+           "noise_shape", "seed_grid_shape", "spatial_axes", "spatial_dims", "report_device",
+           "__version__"]

@@ -23,7 +23,8 @@ from ._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_da
                       check_float_dtype_name, check_n_spatial, check_rate, check_share)
 from . import _sparse_seeds
 from .gamma import clip_block, resolve_gamma
-from .shapes import channel_axis, noise_shape as _noise_shape, seed_grid_shape, spatial_axes
+from .shapes import (channel_axis, drop_path_noise_shape, noise_shape as _noise_shape,
+                     seed_grid_shape, spatial_axes)
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
            "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
@@ -304,20 +305,13 @@ def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed=None,
     caller must multiply by ``1 - rate`` at inference, never both.
     """
     rate = check_rate(rate)
-    check_choice(mode, "mode", ("sample", "batch"))
     x = _as_float_array(x)
-    if x.ndim < 1:
-        raise ValueError("x must have at least one axis (the batch)")
-    if not -x.ndim <= batch_axis < x.ndim:
-        raise ValueError(f"batch_axis must be in [{-x.ndim}, {x.ndim - 1}], got {batch_axis}")
-    shape = [1] * x.ndim
-    if mode == "sample":
-        shape[batch_axis] = x.shape[batch_axis]
+    shape = drop_path_noise_shape(x.shape, mode, batch_axis)
     if not training or rate == 0.0:
         return x
     if rate == 1.0:
         return np.zeros_like(x)
-    keep = _uniform(tuple(shape), seed, uniform) >= rate
+    keep = _uniform(shape, seed, uniform) >= rate
     return _scaled(x, keep, 1.0 / (1.0 - rate) if scale else 1.0, False)
 
 

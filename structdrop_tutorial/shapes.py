@@ -13,6 +13,7 @@ from ._checks import check_choice, check_data_format, check_n_spatial, check_sha
 Shape = Tuple[Optional[int], ...]
 
 NOISE_KINDS = ("dropout", "spatial", "timestep")
+DROP_PATH_MODES = ("sample", "batch")
 
 
 def channel_axis(rank: int, data_format: str) -> int:
@@ -111,4 +112,27 @@ def seed_grid_shape(input_shape: Sequence[Optional[int]], block_size: Sequence[i
         shape[channel_axis(rank, data_format)] = 1
     if "batch" in share:
         shape[0] = 1
+    return tuple(shape)
+
+
+def drop_path_noise_shape(input_shape: Sequence, mode: str = "sample", batch_axis: int = 0) -> tuple:
+    """The noise shape of stochastic depth / DropPath on a residual branch's output.
+
+    ``mode="sample"``: one draw per sample (1 on every axis but ``batch_axis``, which keeps the
+    input's size, whatever type that size has, e.g. a tensor in a graph); ``mode="batch"``: one
+    draw for the whole batch (all ones). Raises ValueError for a rank-0 input, an unknown mode or
+    a ``batch_axis`` outside ``[-rank, rank - 1]``.
+
+    >>> drop_path_noise_shape((8, 32, 32, 64))
+    (8, 1, 1, 1)
+    """
+    check_choice(mode, "mode", DROP_PATH_MODES)
+    rank = len(input_shape)
+    if rank < 1:
+        raise ValueError("x must have at least one axis (the batch)")
+    if not -rank <= batch_axis < rank:
+        raise ValueError(f"batch_axis must be in [{-rank}, {rank - 1}], got {batch_axis}")
+    shape = [1] * rank
+    if mode == "sample":
+        shape[batch_axis] = input_shape[batch_axis]
     return tuple(shape)

@@ -45,3 +45,24 @@ def test_axes_and_seed_grid_shape():
     assert sd.seed_grid_shape((2, 8, 14, 20), (7, 5), "channels_first", "padded",
                               ("batch", "channels")) == (1, 1, 20, 24)
     assert sd.seed_grid_shape((None, None, 16, 8), (3, 3), "channels_last") == (None, None, 14, 8)
+
+
+def test_drop_path_noise_shape_per_sample_and_per_batch():
+    from structdrop_tutorial.shapes import drop_path_noise_shape
+    assert drop_path_noise_shape((8, 32, 32, 64)) == (8, 1, 1, 1)
+    assert drop_path_noise_shape((10, 8, 300), batch_axis=1) == (1, 8, 1)   # sequence-first
+    assert drop_path_noise_shape((10, 8, 300), batch_axis=-2) == (1, 8, 1)
+    assert drop_path_noise_shape((8, 32, 32, 64), mode="batch") == (1, 1, 1, 1)
+    assert drop_path_noise_shape((None, 5)) == (None, 1)                    # unknown batch kept
+
+
+@pytest.mark.parametrize("args, match", [
+    (((), "sample", 0), "at least one axis"),
+    (((4, 3), "sample", 2), r"batch_axis must be in \[-2, 1\], got 2"),
+    (((4, 3), "sample", -3), r"batch_axis must be in \[-2, 1\], got -3"),
+    (((4, 3), "layer", 0), "mode must be one of"),
+])
+def test_drop_path_noise_shape_rejects_bad_arguments(args, match):
+    from structdrop_tutorial.shapes import drop_path_noise_shape
+    with pytest.raises(ValueError, match=match):
+        drop_path_noise_shape(*args)

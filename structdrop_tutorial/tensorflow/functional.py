@@ -39,6 +39,7 @@ import tensorflow as tf
 from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
                        check_n_spatial, check_rate, check_share)
 from ..gamma import resolve_gamma
+from ..shapes import drop_path_noise_shape
 from . import _graph_gamma
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
@@ -545,17 +546,10 @@ def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed=None,
     multiplies by ``1 - rate`` at inference instead, never both.
     """
     rate_s = _static_rate(rate)
-    check_choice(mode, "mode", ("sample", "batch"))
     x = _as_float(x)
-    rank = x.shape.rank
-    if rank is None or rank < 1:
-        raise ValueError("x must have at least one axis (the batch)")
-    if not -rank <= batch_axis < rank:
-        raise ValueError(f"batch_axis must be in [{-rank}, {rank - 1}], got {batch_axis}")
-    dims = _dims(x)
-    shape = [1] * rank
-    if mode == "sample":
-        shape[batch_axis] = dims[batch_axis]
+    if x.shape.rank is None:
+        raise ValueError("x must have a known rank with at least one axis (the batch)")
+    shape = list(drop_path_noise_shape(_dims(x), mode, batch_axis))
 
     def run():
         if rate_s == 0.0:

@@ -22,7 +22,8 @@ import torch
 from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
                        check_float_dtype_name, check_n_spatial, check_rate, check_share)
 from ..gamma import clip_block, resolve_gamma
-from ..shapes import noise_shape as _noise_shape, seed_grid_shape, spatial_axes
+from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
+                      spatial_axes)
 from ._fast import bernoulli_positions, masked_scale, seeds_to_dropped
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
@@ -327,20 +328,13 @@ def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed: Seed
     survivors by ``1 - rate``; with ``scale=False`` multiply by ``1 - rate`` at inference instead.
     """
     rate = check_rate(rate)
-    check_choice(mode, "mode", ("sample", "batch"))
     x = _as_float_tensor(x)
-    if x.ndim < 1:
-        raise ValueError("x must have at least one axis (the batch)")
-    if not -x.ndim <= batch_axis < x.ndim:
-        raise ValueError(f"batch_axis must be in [{-x.ndim}, {x.ndim - 1}], got {batch_axis}")
-    shape = [1] * x.ndim
-    if mode == "sample":
-        shape[batch_axis] = x.shape[batch_axis]
+    shape = drop_path_noise_shape(tuple(x.shape), mode, batch_axis)
     if not training or rate == 0.0:
         return x
     if rate == 1.0:
         return _zeros(x, False)
-    keep = _uniform(tuple(shape), seed, uniform, x.device) >= rate
+    keep = _uniform(shape, seed, uniform, x.device) >= rate
     factor = keep.to(x.dtype) * (1.0 / (1.0 - rate) if scale else 1.0)
     return x * factor
 
