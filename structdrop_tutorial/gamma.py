@@ -132,7 +132,27 @@ def exact_gamma(rate: float, block_size: BlockSize, spatial_shape: Sequence[int]
     if seeds == "padded":
         area = math.prod(clip_block(block_size, spatial_shape))
         return -math.expm1(math.log1p(-rate) / area)
-    values, weights = _count_histogram(block_size, spatial_shape, seeds)
+    return _bisect_valid(rate, clip_block(block_size, spatial_shape), spatial_shape)
+
+
+#: (rate, block, map) -> exact gamma for valid seeds. Every framework's ``dropblock`` asks for the
+#: same few on every call, and the bisection costs about 2 ms. A plain dict rather than
+#: ``functools.lru_cache``, which ``torch.compile`` warns about when it traces through it.
+_VALID_GAMMAS: dict = {}
+
+
+def _bisect_valid(rate: float, block: Tuple[int, ...], spatial_shape: Tuple[int, ...]) -> float:
+    key = (rate, block, spatial_shape)
+    if key not in _VALID_GAMMAS:
+        if len(_VALID_GAMMAS) >= 1024:
+            _VALID_GAMMAS.clear()
+        _VALID_GAMMAS[key] = _bisect_valid_uncached(rate, block, spatial_shape)
+    return _VALID_GAMMAS[key]
+
+
+def _bisect_valid_uncached(rate: float, block: Tuple[int, ...],
+                           spatial_shape: Tuple[int, ...]) -> float:
+    values, weights = _count_histogram(block, spatial_shape, "valid")
     lo, hi = 0.0, 1.0
     # Bisect until the bracket cannot shrink any further in float64.
     for _ in range(200):

@@ -15,7 +15,6 @@ Conventions shared by all three frameworks:
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 
@@ -195,12 +194,6 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_last",
     return ~dropped
 
 
-@functools.lru_cache(maxsize=256)
-def _gamma_for(gamma, rate, block, spatial, seeds):
-    """:func:`resolve_gamma`, cached: the exact gamma is a bisection, worth doing once per shape."""
-    return resolve_gamma(gamma, rate, block, spatial, seeds)
-
-
 def _batch_scale(keep):
     kept = np.count_nonzero(keep)
     return keep.size / kept if kept else 0.0
@@ -250,7 +243,7 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
     if 0 in spatial:
         return x if inplace else x.copy()
     block = clip_block(block_size, spatial)
-    g = _gamma_for(gamma if isinstance(gamma, str) else float(gamma), rate, block, spatial, seeds)
+    g = resolve_gamma(gamma, rate, block, spatial, seeds)
     grid = seed_grid_shape(x.shape, block, data_format, seeds, share)
     if uniform is None and _sparse_seeds.use_sparse(g, block):
         # Fast path, same distribution: draw only the (rare) seeds, paint their blocks.

@@ -210,6 +210,23 @@ def bernoulli_relu_sign(uniform, keep_prob):
 
 
 # --------------------------------------------------------------------------- dropout
+def _masked_by_noise(x, rate, rate_s, shape, training, seed, uniform, scale=True):
+    """``x`` times a keep mask of noise shape ``shape`` (dropped where ``uniform < rate``), scaled
+    by ``1 / (1 - rate)`` when ``scale``; the shared body of :func:`dropout` and
+    :func:`drop_path`. ``rate_s`` is the rate as a Python float, or None when it is a tensor."""
+    def run():
+        if rate_s == 0.0:
+            return x
+        if rate_s == 1.0:
+            return tf.zeros_like(x)
+        u = _draw_uniform(shape, seed) if uniform is None else _given_uniform(uniform, shape)
+        r = rate_s if rate_s is not None else _rate_tensor(rate)
+        keep = u >= _threshold(r, u.dtype)
+        return _scaled(x, keep, _inverse_keep(r) if scale else 1.0)
+
+    return _with_training(training, run, x)
+
+
 def dropout(x, rate, noise_shape=None, *, training=True, seed=None, uniform=None, inplace=False):
     """Inverted dropout with a Keras-style noise shape.
 
@@ -248,17 +265,7 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed=None, uniform=None
                                  f"axis {tuple(static)}, got {tuple(noise_shape)}")
             shape.append(s)
 
-    def run():
-        if rate_s == 0.0:
-            return x
-        if rate_s == 1.0:
-            return tf.zeros_like(x)
-        u = _draw_uniform(shape, seed) if uniform is None else _given_uniform(uniform, shape)
-        r = rate_s if rate_s is not None else _rate_tensor(rate)
-        keep = u >= _threshold(r, u.dtype)
-        return _scaled(x, keep, _inverse_keep(r))
-
-    return _with_training(training, run, x)
+    return _masked_by_noise(x, rate, rate_s, shape, training, seed, uniform)
 
 
 def spatial_dropout(x, rate, data_format="channels_last", *, training=True, seed=None,
@@ -551,17 +558,7 @@ def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed=None,
         raise ValueError("x must have a known rank with at least one axis (the batch)")
     shape = list(drop_path_noise_shape(_dims(x), mode, batch_axis))
 
-    def run():
-        if rate_s == 0.0:
-            return x
-        if rate_s == 1.0:
-            return tf.zeros_like(x)
-        u = _draw_uniform(shape, seed) if uniform is None else _given_uniform(uniform, shape)
-        r = rate_s if rate_s is not None else _rate_tensor(rate)
-        keep = u >= _threshold(r, u.dtype)
-        return _scaled(x, keep, _inverse_keep(r) if scale else 1.0)
-
-    return _with_training(training, run, x)
+    return _masked_by_noise(x, rate, rate_s, shape, training, seed, uniform, scale)
 
 
 def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=None, uniform=None):

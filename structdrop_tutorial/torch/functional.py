@@ -13,7 +13,6 @@ seed position; with ``uniform`` it follows the reference step by step.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional, Union
 
@@ -197,22 +196,6 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_first"
     return ~dropped
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_gamma(gamma, rate, block, spatial, seeds):
-    return resolve_gamma(gamma, rate, block, spatial, seeds)
-
-
-def _gamma(gamma, rate, block, spatial, seeds) -> float:
-    """:func:`resolve_gamma`, memoized: the exact gamma is a bisection worth caching per shape."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and getattr(compiler, "is_compiling", lambda: False)():
-        return resolve_gamma(gamma, rate, block, spatial, seeds)  # dynamo traces plain Python
-    try:
-        return _cached_gamma(gamma, rate, block, spatial, seeds)
-    except TypeError:  # unhashable gamma (e.g. a 0-d array): no caching
-        return resolve_gamma(gamma, rate, block, spatial, seeds)
-
-
 def _batch_scale(keep: torch.Tensor, dtype: torch.dtype):
     """``mask.numel() / kept`` (0 when nothing is kept): a float on the CPU, else a 0-d tensor
     (no device synchronization)."""
@@ -268,7 +251,7 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     if 0 in spatial:
         return x if inplace else x.clone()
     block = clip_block(block_size, spatial)
-    g = _gamma(gamma, rate, block, spatial, seeds)
+    g = resolve_gamma(gamma, rate, block, spatial, seeds)
     grid = seed_grid_shape(tuple(x.shape), block, data_format, seeds, share)
     with torch.no_grad():
         if uniform is not None:
