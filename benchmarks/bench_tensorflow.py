@@ -7,9 +7,10 @@ shared CPU mean little:
   implementation must do at least once the mask exists.
 * Spatial dropout's floor is ``x * mask`` with a ready-made ``(N, 1, 1, C)`` mask.
 
-Every op is timed forward + backward inside one ``tf.function`` (the output and the input's
-gradient for a fixed upstream gradient are both returned, so neither pass is pruned), once as a
-plain graph and once with ``jit_compile=True`` (XLA). Inputs are channels_last (NHWC).
+Every op is timed forward only (a ``tf.function`` returning the output) and forward + backward
+(one ``tf.function`` returning the output and the input's gradient for a fixed upstream
+gradient, so neither pass is pruned), each once as a plain graph and once with
+``jit_compile=True`` (XLA). Inputs are channels_last (NHWC).
 
 Timing: :func:`structdrop_tutorial.timing.time_tensorflow` (warm-up calls first, which trace and
 compile; ``.numpy()`` of the result before every clock reading). The ops of one case are
@@ -21,13 +22,14 @@ keras-cv's ``DropBlock2D`` is measured when keras-cv is importable (it is not a 
 
 Usage::
 
-    python benchmarks/bench_tensorflow.py --csv timings_tf.csv     # 2 threads, 3 issue shapes
+    python benchmarks/bench_tensorflow.py --csv timings_tf.csv     # 2 threads, 5 shapes
     python benchmarks/bench_tensorflow.py --quick --tiny           # smoke run
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
 import statistics
 import sys
@@ -39,7 +41,9 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-SHAPES = [(32, 14, 14, 1024), (32, 28, 28, 512), (16, 56, 56, 256)]  # NHWC
+# NHWC: the issue's ResNet-50 stages, then a 3-D and a 1-D case (as in benchmarks/common.py)
+SHAPES = [(32, 14, 14, 1024), (32, 28, 28, 512), (16, 56, 56, 256), (16, 16, 16, 16, 64),
+          (32, 1024, 256)]
 TINY_SHAPES = [(4, 14, 14, 64), (2, 28, 28, 32)]
 BLOCK, RATE = 7, 0.1
 COLUMNS = ["framework", "op", "shape", "mode", "jit", "median_s", "iqr_s", "ratio_to_floor",
@@ -57,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per op (default 15)")
     p.add_argument("--jit", choices=["both", "off", "on"], default="both",
                    help="plain graphs, XLA, or both (default)")
+    p.add_argument("--modes", default="fwd,fwd+bwd",
+                   help="comma-separated passes to time: fwd, fwd+bwd (default both)")
     p.add_argument("--no-progress", action="store_true", help="(accepted; nothing to hide)")
     args = p.parse_args(argv)
     args.threads = int(args.threads or os.environ.get("OMP_NUM_THREADS") or 2)
@@ -78,7 +84,8 @@ def make_ops(shape, seed=0):
     rng = tf.random.Generator.from_seed(seed)
     n, c = shape[0], shape[-1]
     full_mask = tf.cast(rng.uniform(shape) >= RATE, tf.float32) / (1.0 - RATE)
-    channel_mask = tf.cast(rng.uniform((n, 1, 1, c)) >= RATE, tf.float32) / (1.0 - RATE)
+    ones = (1,) * (len(shape) - 2)
+    channel_mask = tf.cast(rng.uniform((n,) + ones + (c,)) >= RATE, tf.float32) / (1.0 - RATE)
     gens = {k: keras.random.SeedGenerator(seed + k) for k in range(4)}
     ops = {
         "floor x*mask": (lambda x: x * full_mask, None),
@@ -89,6 +96,8 @@ def make_ops(shape, seed=0):
         "spatial_dropout": (lambda x: sdtf.spatial_dropout(x, RATE, seed=gens[2]),
                             "floor x*mask(N,1,1,C)"),
     }
+    if len(shape) != 4:
+        return ops  # keras-cv has a 2-D DropBlock only
     try:  # keras-cv is optional and often broken on Keras 3
         import keras_cv  # noqa: F401
         layer = keras_cv.layers.DropBlock2D(rate=RATE, block_size=BLOCK, seed=seed)
@@ -97,6 +106,15 @@ def make_ops(shape, seed=0):
         print(f"keras_cv DropBlock2D not measured: {type(exc).__name__}: {exc}"[:200],
               file=sys.stderr)
     return ops
+
+
+def forward(op, x, jit):
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def step():
+        return op(x)
+    return step
 
 
 def fwd_bwd(op, x, dy, jit):
@@ -111,7 +129,7 @@ def fwd_bwd(op, x, dy, jit):
     return step
 
 
-def measure_case(shape, jit, rounds, quick):
+def measure_case(shape, jit, rounds, quick, mode="fwd+bwd"):
     """Interleaved rounds of every op; returns name -> list of per-call seconds."""
     import tensorflow as tf
 
@@ -122,7 +140,7 @@ def measure_case(shape, jit, rounds, quick):
     steps, numbers, times = {}, {}, {}
     for name, (op, _) in ops.items():
         try:
-            steps[name] = fwd_bwd(op, x, dy, jit)
+            steps[name] = fwd_bwd(op, x, dy, jit) if mode == "fwd+bwd" else forward(op, x, jit)
             # warm-up (trace, compile) and calibration: calls per round of >= ~20 ms
             m = time_tensorflow(steps[name], warmup=2, repeat=1, min_run_time=0.4 if quick else 0.2)
             numbers[name] = m.number
@@ -155,15 +173,20 @@ def main(argv=None):
     shapes = TINY_SHAPES if args.tiny else SHAPES
     jits = {"both": [False, True], "off": [False], "on": [True]}[args.jit]
     rows = []
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for mode in modes:
+        if mode not in ("fwd", "fwd+bwd"):
+            raise SystemExit(f"--modes: unknown pass {mode!r} (allowed: fwd, fwd+bwd)")
     for shape in shapes:
-        for jit in jits:
-            results = measure_case(shape, jit, args.rounds, args.quick)
+        for jit, mode in itertools.product(jits, modes):
+            results = measure_case(shape, jit, args.rounds, args.quick, mode)
             medians = {name: statistics.median(t) for name, (t, _) in results.items()}
+            label = f"{mode} xla" if jit else mode
             for name, (t, floor) in results.items():
                 ratio = medians[name] / medians[floor] if floor else 1.0
                 rows.append({"framework": "tensorflow", "op": name,
                              "shape": "x".join(map(str, shape)), "case": "x".join(map(str, shape)),
-                             "mode": "fwd+bwd xla" if jit else "fwd+bwd", "jit": jit,
+                             "mode": label, "jit": jit,
                              "median_s": f"{medians[name]:.6g}",
                              "iqr_s": f"{quartile_spread(t):.3g}",
                              "ratio_to_floor": f"{ratio:.3f}", "floor_op": floor or name,
@@ -171,7 +194,7 @@ def main(argv=None):
                              "keras_version": keras.__version__, "threads": args.threads,
                              "runs": len(t)})
             print_rows([r for r in rows if r["shape"] == "x".join(map(str, shape))
-                        and r["jit"] == jit])
+                        and r["mode"] == label])
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="", encoding="utf-8") as f:

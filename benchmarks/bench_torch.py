@@ -23,7 +23,7 @@ torchvision's ``drop_block2d`` and timm's ``DropBlock2d`` are measured when impo
 
 Usage::
 
-    python benchmarks/bench_torch.py --csv timings_torch.csv           # 2 threads, 3 shapes
+    python benchmarks/bench_torch.py --csv timings_torch.csv           # 2 threads, 5 shapes
     python benchmarks/bench_torch.py --quick                           # one small shape
 """
 from __future__ import annotations
@@ -46,7 +46,9 @@ if str(ROOT) not in sys.path:
 from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
 
-SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
+# The ResNet-50 stages of the issue (NCHW), then a 3-D and a 1-D case (as in benchmarks/common.py).
+SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56), (16, 64, 16, 16, 16),
+          (32, 256, 1024)]
 QUICK_SHAPES = [(8, 64, 28, 28)]
 BLOCK, RATE = 7, 0.1
 WARMUP = 10
@@ -60,7 +62,8 @@ def make_ops(shape, seed=0):
     gen = torch.Generator().manual_seed(seed)
     n, c = shape[:2]
     dense_mask = (torch.rand(shape, generator=gen) >= RATE).float() / (1 - RATE)
-    spatial_mask = (torch.rand((n, c, 1, 1), generator=gen) >= RATE).float() / (1 - RATE)
+    ones = (1,) * (len(shape) - 2)
+    spatial_mask = (torch.rand((n, c) + ones, generator=gen) >= RATE).float() / (1 - RATE)
     ops = {
         "floor x*mask": (lambda x: x * dense_mask, None),
         "floor x*mask[N,C,1,1]": (lambda x: x * spatial_mask, None),
@@ -70,10 +73,20 @@ def make_ops(shape, seed=0):
             lambda x: sdt.dropblock(x, RATE, BLOCK, normalize="rate", seed=gen), "floor x*mask"),
         "structdrop spatial_dropout": (
             lambda x: sdt.spatial_dropout(x, RATE, seed=gen), "floor x*mask[N,C,1,1]"),
-        "torch F.dropout2d": (
-            lambda x: torch.nn.functional.dropout2d(x, RATE, training=True),
-            "floor x*mask[N,C,1,1]"),
     }
+    native = {3: torch.nn.functional.dropout1d, 4: torch.nn.functional.dropout2d,
+              5: torch.nn.functional.dropout3d}[len(shape)]
+    ops[f"torch F.{native.__name__}"] = (lambda x: native(x, RATE, training=True),
+                                          "floor x*mask[N,C,1,1]")
+    if len(shape) == 5:
+        try:
+            from torchvision.ops import drop_block3d
+            ops["torchvision drop_block3d"] = (lambda x: drop_block3d(x, RATE, BLOCK),
+                                               "floor x*mask")
+        except ImportError:
+            pass
+    if len(shape) != 4:
+        return ops  # the 2-D references below have no 1-D or 3-D variant
     try:
         from torchvision.ops import drop_block2d
         ops["torchvision drop_block2d"] = (lambda x: drop_block2d(x, RATE, BLOCK), "floor x*mask")

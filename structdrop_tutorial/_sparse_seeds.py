@@ -75,6 +75,25 @@ def _c_strides(shape) -> tuple:
     return tuple(reversed(strides))
 
 
+#: Largest per-sample seed grid (positions) whose block corners are tabulated.
+CORNER_TABLE_MAX = 1 << 20
+_CORNERS: dict = {}
+
+
+def _corner_table(grid_shape: tuple, mask_shape: tuple) -> np.ndarray:
+    """``table[i]``: flat index in one sample's mask of the corner of the block whose seed is at
+    flat position ``i`` of one sample's seed grid (valid seeds). Cached per geometry."""
+    key = (grid_shape[1:], mask_shape[1:])
+    table = _CORNERS.get(key)
+    if table is None:
+        table = np.zeros((), dtype=np.int64)
+        for n, stride in zip(grid_shape[1:], _c_strides(mask_shape)[1:]):
+            table = (table[..., None] + np.arange(n, dtype=np.int64) * stride)
+        table = _CORNERS[key] = table.reshape(-1)
+        table.flags.writeable = False
+    return table
+
+
 def block_flat_indices(positions, grid_shape, block, data_format: str, seeds: str,
                        mask_shape) -> np.ndarray:
     """Flat (C-order) indices into ``mask_shape`` of every unit covered by a seed's block.
@@ -93,14 +112,22 @@ def block_flat_indices(positions, grid_shape, block, data_format: str, seeds: st
     """
     positions = np.asarray(positions, dtype=np.int64)
     axes = spatial_axes(len(grid_shape), data_format)
-    coords = np.unravel_index(positions, grid_shape)
     strides = _c_strides(mask_shape)
     # Flat index of each seed's block corner in the mask (for padded seeds the corner may lie
     # up to b - 1 units before the map; those units are clipped below).
     shift = 1 if seeds == "padded" else 0
-    base = np.zeros(positions.shape, dtype=np.int64)
-    for a in range(len(grid_shape)):
-        base += coords[a] * strides[a]
+    per_sample = math.prod(grid_shape[1:])
+    if not shift and per_sample <= CORNER_TABLE_MAX:
+        # sample index times the mask's sample size, plus the tabulated corner in the sample
+        sample, local = np.divmod(positions, per_sample)
+        base = _corner_table(tuple(grid_shape), tuple(mask_shape))[local]
+        base += sample * math.prod(mask_shape[1:])
+        coords = None
+    else:
+        coords = np.unravel_index(positions, grid_shape)
+        base = np.zeros(positions.shape, dtype=np.int64)
+        for a in range(len(grid_shape)):
+            base += coords[a] * strides[a]
     offsets = np.zeros(1, dtype=np.int64)
     for a, b in zip(axes, block):
         along = (np.arange(b, dtype=np.int64) - shift * (b - 1)) * strides[a]

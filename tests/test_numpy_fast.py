@@ -95,7 +95,10 @@ CASES = [
 
 @pytest.mark.parametrize("shape, block, data_format, share", CASES)
 @pytest.mark.parametrize("seeds", ["valid", "padded"])
-def test_keep_mask_equals_reference(shape, block, data_format, share, seeds):
+@pytest.mark.parametrize("corners", ["tabulated", "unravelled"])
+def test_keep_mask_equals_reference(shape, block, data_format, share, seeds, corners, monkeypatch):
+    if corners == "unravelled":
+        monkeypatch.setattr(ss, "CORNER_TABLE_MAX", 0)
     rng = np.random.default_rng(hash((shape, seeds)) % 2**32)
     axes = spatial_axes(len(shape), data_format)
     spatial = tuple(shape[a] for a in axes)

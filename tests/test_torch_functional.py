@@ -1,9 +1,11 @@
 """PyTorch functional API: agreement with the NumPy reference, the fast DropBlock path, edge cases.
 
-DropBlock tests run on both paths: ``"reference"`` passes ``uniform=`` noise (the dense path that
-follows the NumPy reference step by step) and ``"fast"`` passes ``seed=`` (sparse seed sampling
-and direct block writes).
+DropBlock tests run on every path: ``"reference"`` passes ``uniform=`` noise (the dense path that
+follows the NumPy reference step by step); the fast paths pass ``seed=`` (sparse seed sampling)
+and paint the blocks either by index writes (``"fast-index"``) or, where the layout allows, from
+the single-seed table (``"fast-table"``); ``"fast"`` lets dropblock choose as it does for users.
 """
+import contextlib
 import math
 import pickle
 
@@ -16,12 +18,26 @@ from structdrop_tutorial import numpy as sdn
 
 torch = pytest.importorskip("torch")
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _fast  # noqa: E402
+from structdrop_tutorial.torch import _fast, _paint  # noqa: E402
 
 from helpers import brute_force_keep_mask, five_sigma_fraction_bound  # noqa: E402
 
 FORMATS = ["channels_first", "channels_last"]
-PATHS = ["reference", "fast"]
+PATHS = ["reference", "fast", "fast-index", "fast-table"]
+
+
+@contextlib.contextmanager
+def painter(path):
+    """Force the fast path's painter: index writes only, or the table wherever it applies."""
+    saved = _paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP
+    if path == "fast-index":
+        _paint.TABLE_MAX_BYTES = 0
+    elif path == "fast-table":
+        _paint.TABLE_MAX_SEEDS_PER_MAP = math.inf
+    try:
+        yield
+    finally:
+        _paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP = saved
 
 
 def layout(spatial, fmt, batch=2, ch=3):
@@ -38,7 +54,8 @@ def run_dropblock(path, x, rate, block, fmt="channels_first", seed=0, **kw):
                                       kw.get("share", ()))
             kw["uniform"] = np.random.default_rng(seed).random(grid)
             return sdt.dropblock(x, rate, block, fmt, **kw)
-    return sdt.dropblock(x, rate, block, fmt, seed=seed, **kw)
+    with painter(path):
+        return sdt.dropblock(x, rate, block, fmt, seed=seed, **kw)
 
 
 # --------------------------------------------------------------------------- same as NumPy
@@ -132,9 +149,13 @@ def test_fast_painters_equal_keep_mask(spatial, block, fmt, share):
         u[flat] = 0.0
         u = u.view(grid)
         ref = ~sdt.dropblock_keep_mask(u, 0.05, blk, fmt, seeds)
-        assert torch.equal(_fast.seeds_to_dropped(flat, grid, axes, blk, spatial, seeds), ref)
+        assert torch.equal(_paint.seeds_to_dropped(flat, grid, axes, blk, spatial, seeds), ref)
+        assert torch.equal(_paint.seeds_to_dropped(flat, grid, axes, blk, spatial, seeds, keep=True), ~ref)
+        if fmt == "channels_first":  # the table painter needs the spatial axes last
+            got = _paint.seeds_to_keep_from_table(flat, grid, axes, blk, spatial, seeds)
+            assert got.shape == ref.shape and torch.equal(got, ~ref)
         if seeds == "valid":
-            assert torch.equal(_fast.seeds_to_dropped_separable(flat, grid, axes, blk, spatial), ref)
+            assert torch.equal(_paint.seeds_to_dropped_separable(flat, grid, axes, blk, spatial), ref)
 
 
 def test_keep_mask_equals_brute_force():
@@ -492,8 +513,25 @@ def test_double_backward():
     assert torch.autograd.gradgradcheck(lambda t: sdt.dropblock(t, 0.3, 2, seed=3) ** 2, (x,))
 
 
-def test_grouped_block_writes_equal_single_write(monkeypatch):
-    x = torch.ones(4, 6, 14, 14)
-    one = sdt.dropblock(x, 0.2, 5, seed=9)
-    monkeypatch.setattr(_fast, "WRITE_GROUP", 7)  # one block offset per index_fill_ call
-    assert torch.equal(sdt.dropblock(x, 0.2, 5, seed=9), one)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_grouped_and_unravelled_block_writes_equal_the_default(monkeypatch, fmt):
+    x = torch.ones(layout((14, 14), fmt, 4, 6))
+    with painter("fast-index"):
+        one = sdt.dropblock(x, 0.2, 5, fmt, seed=9)
+        monkeypatch.setattr(_paint, "WRITE_GROUP", 7)  # one block offset per index_fill_ call
+        assert torch.equal(sdt.dropblock(x, 0.2, 5, fmt, seed=9), one)
+        monkeypatch.setattr(_paint, "SEED_TABLE_MAX", 0)  # unravel seed positions instead
+        assert torch.equal(sdt.dropblock(x, 0.2, 5, fmt, seed=9), one)
+    with painter("fast-table"):
+        assert torch.equal(sdt.dropblock(x, 0.2, 5, fmt, seed=9), one)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 2039, 2040, 2041, 8 * 255 * 3 + 5, 100003])
+def test_count_true(n):
+    g = torch.Generator().manual_seed(n)
+    for p in (0.0, 0.3, 1.0):
+        mask = torch.rand(n, generator=g) < p
+        assert int(_fast.count_true(mask)) == int(mask.sum())
+    mask = torch.ones(n + 9, dtype=torch.bool)[9:]  # storage offset not a multiple of 8
+    assert int(_fast.count_true(mask)) == n
+    assert int(_fast.count_true(torch.ones(3, n, dtype=torch.bool).t())) == 3 * n  # strided

@@ -23,7 +23,8 @@ from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_d
 from ..gamma import clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                       spatial_axes)
-from ._fast import bernoulli_positions, masked_scale, seeds_to_dropped
+from ._fast import bernoulli_positions, count_true, masked_scale
+from ._paint import seeds_to_dropped, seeds_to_keep_from_table, use_table, window_or
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
            "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
@@ -148,19 +149,6 @@ def spatial_dropout(x, rate, data_format="channels_first", *, training=True, see
 
 
 # --------------------------------------------------------------------------- DropBlock
-def _window_or(a: torch.Tensor, axis: int, b: int) -> torch.Tensor:
-    """OR over every window of ``b`` consecutive entries along ``axis`` (n -> n - b + 1)."""
-    width = 1
-    while 2 * width <= b:
-        n = a.shape[axis]
-        a = a.narrow(axis, 0, n - width) | a.narrow(axis, width, n - width)
-        width *= 2
-    if width < b:
-        n, shift = a.shape[axis], b - width
-        a = a.narrow(axis, 0, n - shift) | a.narrow(axis, shift, n - shift)
-    return a
-
-
 def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_first", seeds="valid"):
     """The deterministic core of DropBlock: seeds from noise, blocks from seeds.
 
@@ -192,7 +180,7 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_first"
         elif uniform.shape[axis] - b + 1 < b:
             raise ValueError(f"block_size {block_size} does not fit a map of "
                              f"{uniform.shape[axis] - b + 1} from a padded seed grid")
-        dropped = _window_or(dropped, axis, b)
+        dropped = window_or(dropped, axis, b)
     return ~dropped
 
 
@@ -200,7 +188,7 @@ def _batch_scale(keep: torch.Tensor, dtype: torch.dtype):
     """``mask.numel() / kept`` (0 when nothing is kept): a float on the CPU, else a 0-d tensor
     (no device synchronization)."""
     total = keep.numel()
-    kept = torch.count_nonzero(keep)
+    kept = count_true(keep)
     if keep.device.type == "cpu":
         kept = int(kept)
         return total / kept if kept else 0.0
@@ -260,10 +248,12 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
         else:
             total = math.prod(grid)
             flat = bernoulli_positions(total, g, _generator(seed, x.device), x.device)
-            # One scattered write per unit of each block: a single pass over the sparse blocks,
-            # which measured faster here than the separable painter (writes along one axis,
-            # then window ORs over dense buffers), kept in _fast and tested as an alternative.
-            keep = seeds_to_dropped(flat, grid, axes, block, spatial, seeds, keep=True)
+            # Small maps with few seeds each copy a precomputed single-seed mask per map; other
+            # cases write every block unit by index (see _paint for both and the measurements).
+            if use_table(grid, axes, block, spatial, seeds, flat.numel()):
+                keep = seeds_to_keep_from_table(flat, grid, axes, block, spatial, seeds)
+            else:
+                keep = seeds_to_dropped(flat, grid, axes, block, spatial, seeds, keep=True)
         if normalize == "batch":
             scale = _batch_scale(keep, x.dtype)
         else:
