@@ -10,16 +10,22 @@ shared CPU mean little:
 Each op is timed forward only (under ``torch.no_grad``) and forward+backward
 (``torch.autograd.grad`` of the output with a fixed upstream gradient, so nothing accumulates).
 Timings use :func:`structdrop_tutorial.timing.time_torch` (``torch.utils.benchmark`` with
-warm-up and the median of repeated blocks). The measurement runs ``--rounds`` times with the ops
-interleaved; the reported median and IQR pool the runs, and the ratio is the median over rounds
-of (op median / floor median) from the same round.
+warm-up and the median of repeated blocks). The measurement runs ``--rounds`` times (default
+5) with the ops interleaved; the reported median and IQR pool the runs, and the ratio is the
+median over rounds of (op median / floor median) from the same round.
 
 Memory: the bytes autograd saves for the backward pass, per input element (via
 ``torch.autograd.graph.saved_tensors_hooks``), and the peak resident memory of one
 forward+backward in a fresh process relative to the floor's (the floor's mask is created inside
 the measured window, since a layer has to hold it until the backward pass).
 
-torchvision's ``drop_block2d`` and timm's ``DropBlock2d`` are measured when importable.
+Page faults: tensors above 32 MiB (the 28x28 and 56x56 cases) get fresh pages from the OS on
+every allocation with glibc's malloc, and an op that allocates more than the floor can also
+make the heap shrink and regrow between calls. Each row reports the minor page faults per
+call seen while it was timed, so a ratio can be read together with what the allocator did.
+
+torchvision's ``drop_block2d`` (and ``drop_block3d``) and timm's ``DropBlock2d`` are measured
+when importable.
 
 Usage::
 
@@ -53,7 +59,8 @@ QUICK_SHAPES = [(8, 64, 28, 28)]
 BLOCK, RATE = 7, 0.1
 WARMUP = 10
 COLUMNS = ["framework", "op", "shape", "mode", "median_s", "iqr_s", "ratio_to_floor", "floor_op",
-           "device", "torch_version", "threads", "saved_bytes_per_element", "peak_ratio"]
+           "device", "torch_version", "threads", "saved_bytes_per_element", "peak_ratio",
+           "page_faults_per_call"]
 
 
 # --------------------------------------------------------------------------- the ops
@@ -166,20 +173,37 @@ def peak_ratio(shape, threads):
 
 
 # --------------------------------------------------------------------------- timing
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is unavailable)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def timed(fn, x, g, mode, threads, min_run_time):
+    """Measurement of ``fn`` (forward, or forward+backward), and the minor page faults per
+    call seen while measuring it (fresh pages handed out by the OS, a cost of allocating big
+    tensors that differs between ops and shapes; see the module docstring)."""
+    calls = [0]
     if mode == "fwd":
         def call():
+            calls[0] += 1
             with torch.no_grad():
                 return fn(x)
     else:
         def call():
+            calls[0] += 1
             y = fn(x)
             return torch.autograd.grad(y, x, g)
     # Ten warm-up calls: the first few calls of a new shape are slow for reasons that have
     # nothing to do with the op (the allocator's heap grows and fresh pages fault in; on this
     # sandboxed machine that cost 30x the steady-state time for about ten calls).
-    return timing.time_torch(call, warmup=WARMUP, min_run_time=min_run_time, num_threads=threads,
-                             label=mode)
+    before = minor_faults()
+    m = timing.time_torch(call, warmup=WARMUP, min_run_time=min_run_time, num_threads=threads,
+                          label=mode)
+    return m, (minor_faults() - before) / max(calls[0], 1)
 
 
 def run(shapes, threads, rounds, min_run_time, modes, memory):
@@ -193,11 +217,13 @@ def run(shapes, threads, rounds, min_run_time, modes, memory):
         for mode in modes:
             times = {name: [] for name in ops}
             medians = {name: [] for name in ops}
+            faults = {name: [] for name in ops}
             for _ in range(rounds):
                 for name, (fn, _) in ops.items():
-                    m = timed(fn, x, g, mode, threads, min_run_time)
+                    m, f = timed(fn, x, g, mode, threads, min_run_time)
                     times[name].extend(m.times)
                     medians[name].append(m.median)
+                    faults[name].append(f)
             for name, (fn, floor) in ops.items():
                 ref = floor or name
                 ratio = statistics.median(a / b for a, b in zip(medians[name], medians[ref]))
@@ -206,7 +232,8 @@ def run(shapes, threads, rounds, min_run_time, modes, memory):
                        "mode": mode, "median_s": f"{pooled.median:.6g}", "iqr_s": f"{pooled.iqr:.3g}",
                        "ratio_to_floor": f"{ratio:.3f}", "floor_op": ref, "device": device,
                        "torch_version": torch.__version__, "threads": threads,
-                       "saved_bytes_per_element": "", "peak_ratio": ""}
+                       "saved_bytes_per_element": "", "peak_ratio": "",
+                       "page_faults_per_call": f"{statistics.median(faults[name]):.0f}"}
                 if mode == "fwd+bwd":
                     row["saved_bytes_per_element"] = f"{saved_bytes_per_element(fn, x):.4g}"
                 rows.append(row)
@@ -220,19 +247,21 @@ def run(shapes, threads, rounds, min_run_time, modes, memory):
 
 
 def print_table(rows):
-    header = f"{'op':38s} {'shape':16s} {'mode':8s} {'median':>10s} {'ratio':>7s} {'saved B/el':>10s} {'peak':>6s}"
+    header = (f"{'op':38s} {'shape':16s} {'mode':8s} {'median':>10s} {'ratio':>7s} "
+              f"{'saved B/el':>10s} {'peak':>6s} {'faults/call':>11s}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['op']:38s} {r['shape']:16s} {r['mode']:8s} {float(r['median_s']) * 1e3:8.2f}ms "
-              f"{float(r['ratio_to_floor']):7.2f} {r['saved_bytes_per_element']:>10s} {r['peak_ratio']:>6s}")
+              f"{float(r['ratio_to_floor']):7.2f} {r['saved_bytes_per_element']:>10s} {r['peak_ratio']:>6s} "
+              f"{r['page_faults_per_call']:>11s}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", type=Path, help="write the rows to this CSV file")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved repetitions")
     parser.add_argument("--min-run-time", type=float, default=0.3)
     parser.add_argument("--quick", action="store_true", help="one small shape, one round")
     parser.add_argument("--modes", default="fwd,fwd+bwd")

@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py                 # full sizes, writes structdrop_tutorial/data/timings/
     python benchmarks/run_all.py --tiny --quick --out /tmp/t.csv   # smoke run
+    python benchmarks/run_all.py --only numpy    # re-measure NumPy, keep the other rows
 
 Runs ``bench_numpy.py``, ``bench_torch.py`` and ``bench_tensorflow.py`` (those present; a
 missing framework is reported and skipped) one after the other in fresh processes with the same
@@ -171,6 +172,13 @@ def main(argv=None) -> int:
         print("no results")
         return 1
     target = args.out or TIMINGS / default_name()
+    if args.only is not None and target.exists():
+        # a partial run replaces only its own frameworks' rows in an existing file
+        ran = {r["framework"] for r in rows}
+        kept = [r for r in common.read_csv(target) if r.get("framework") not in ran]
+        if kept:
+            print(f"kept {len(kept)} rows of {sorted({r['framework'] for r in kept})} from {target}")
+        rows = kept + rows
     common.write_csv(rows, target)
     print("\nAll results (ratio to the floor x * mask measured in the same run):")
     common.print_ratios(rows)

@@ -16,6 +16,8 @@ Conventions shared by all three frameworks:
 from __future__ import annotations
 
 
+import math
+
 import numpy as np
 
 from ._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
@@ -57,11 +59,41 @@ def _scaled(x, keep, scale, inplace):
         # A broadcast mask (spatial dropout, drop path) is small: fold the scale into it, so the
         # big array is read and written once. keep * scale is 0 or scale exactly, so the result
         # is bit-identical to multiplying by keep and then by scale.
-        np.multiply(x, keep.astype(x.dtype) * x.dtype.type(scale), out=out)
+        _multiply_broadcast(x, keep.astype(x.dtype) * x.dtype.type(scale), out)
         return out
     np.multiply(x, keep, out=out)
     out *= x.dtype.type(scale)
     return out
+
+
+#: Innermost run, in elements, that :func:`_multiply_broadcast` aims for.
+INNER_RUN = 4096
+
+
+def _multiply_broadcast(x, factor, out):
+    """``out[...] = x * factor`` for a ``factor`` broadcast over some axes of ``x``.
+
+    NumPy runs its inner loop along the last axis. When the factor varies along that axis
+    (channels_last: one value per channel) but is broadcast over the axes before it, the inner
+    loop is only ``channels`` long and its per-call overhead dominates for small channel counts
+    (64 channels: 1.3 times the cost of a full-size ``x * mask``). Tiling the factor ``k`` times
+    along the preceding broadcast axes turns this into a loop of ``k * channels`` over a view of
+    ``x``; the values and their order are unchanged, so the result is bit-identical.
+    """
+    c = x.shape[-1]
+    lead = x.ndim - 1
+    while lead > 0 and factor.shape[lead - 1] == 1 and x.shape[lead - 1] > 1:
+        lead -= 1  # axes lead .. ndim-2 are broadcast (size 1 in factor)
+    run = math.prod(x.shape[lead:-1])
+    if (factor.shape[-1] != c or run <= 1 or c >= INNER_RUN or not x.flags.c_contiguous
+            or not out.flags.c_contiguous):
+        np.multiply(x, factor, out=out)
+        return
+    k = max(d for d in range(1, min(run, INNER_RUN // c) + 1) if run % d == 0)
+    head = x.shape[:lead]
+    fold = head + (run // k, k * c)
+    tiled = np.tile(factor.reshape(factor.shape[:lead] + (1, c)), (1,) * lead + (1, k))
+    np.multiply(x.reshape(fold), tiled, out=out.reshape(fold))
 
 
 def _zeros(x, inplace):

@@ -39,6 +39,31 @@ def test_spatial_dropout_drops_whole_channels_and_ignores_values(fmt, rank):
     np.testing.assert_allclose(y1[y1 != 0], 2 * x[y1 != 0])
 
 
+@pytest.mark.parametrize("shape, noise", [
+    ((2, 5, 6, 3), (2, 1, 1, 3)),        # one value per (sample, channel), channels_last
+    ((2, 4, 4, 4, 64), (2, 1, 1, 1, 64)),  # 3-D, 64 channels: the folded fast case
+    ((3, 7, 5), (1, 1, 5)),              # shared over the batch
+    ((2, 6, 5), (2, 6, 1)),              # constant along the last axis: plain multiply
+    ((2, 3, 5000), (2, 1, 5000)),        # already a long inner loop
+])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_broadcast_multiply_is_bit_identical(shape, noise, inplace, monkeypatch):
+    """The widened inner loop gives exactly x * factor, also for awkward run lengths."""
+    rng = np.random.default_rng(0)
+    for run in (sdn.INNER_RUN, 7, 64):
+        monkeypatch.setattr(sdn, "INNER_RUN", run)
+        x = rng.normal(size=shape).astype(np.float32)
+        factor = rng.normal(size=noise).astype(np.float32)
+        expected = x * factor
+        out = x if inplace else np.empty_like(x)
+        sdn._multiply_broadcast(x, factor, out)
+        np.testing.assert_array_equal(out, expected)
+    x = rng.normal(size=(4, 6, 6, 8))[:, ::2]  # not contiguous: falls back to np.multiply
+    out = np.empty_like(x)
+    sdn._multiply_broadcast(x, np.ones((4, 1, 1, 8)), out)
+    np.testing.assert_array_equal(out, x)
+
+
 def test_spatial_dropout_rate_is_binomial():
     x = np.ones((500, 4, 4, 40), np.float32)
     y = sdn.spatial_dropout(x, 0.3, seed=0)

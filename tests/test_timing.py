@@ -209,6 +209,18 @@ def test_run_all_merges(tmp_path):
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["framework"] for r in rows} == {"numpy"}
+    # a second partial run replaces its own framework's rows and keeps the others
+    with open(out, "a", newline="") as f:
+        f.write("torch" + "," * (len(rows[0]) - 1) + "\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only",
+                           "numpy", "--tiny", "--quick", "--no-progress", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with open(out, newline="") as f:
+        again = list(csv.DictReader(f))
+    assert [r["framework"] for r in again].count("torch") == 1
+    assert sum(r["framework"] == "numpy" for r in again) == len(rows)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
@@ -267,3 +279,26 @@ def test_run_all_normalizes_other_scripts_columns():
     assert torch_row["framework"] == "torch" and torch_row["framework_version"] == "2.1"
     assert torch_row["device_kind"] == "gpu" and torch_row["threads"] == 2
     assert run_all.default_name().endswith(".csv")
+
+
+@pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
+def test_tensorflow_sync_copies_nothing_on_a_synchronous_cpu():
+    import tensorflow as tf
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("checks the CPU rule")
+
+    class Result:
+        copies = 0
+
+        def numpy(self):
+            Result.copies += 1
+
+    assert tf.config.experimental.get_synchronous_execution()
+    timing.tensorflow_sync(Result())
+    assert Result.copies == 0  # the call already returned with its outputs
+    tf.config.experimental.set_synchronous_execution(False)
+    try:
+        timing.tensorflow_sync(Result())
+    finally:
+        tf.config.experimental.set_synchronous_execution(True)
+    assert Result.copies == 1  # asynchronous execution: wait by fetching the value

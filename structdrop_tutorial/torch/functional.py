@@ -248,9 +248,11 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
         else:
             total = math.prod(grid)
             flat = bernoulli_positions(total, g, _generator(seed, x.device), x.device)
-            # Small maps with few seeds each copy a precomputed single-seed mask per map; other
-            # cases write every block unit by index (see _paint for both and the measurements).
-            if use_table(grid, axes, block, spatial, seeds, flat.numel()):
+            # On the CPU, small maps with few seeds each copy a precomputed single-seed mask per
+            # map; other cases write every block unit by index (see _paint for both and the
+            # measurements). The table painter selects seeds with nonzero/masked_select, which
+            # would synchronize a GPU, and was measured on the CPU only.
+            if x.device.type == "cpu" and use_table(grid, axes, block, spatial, seeds, flat.numel()):
                 keep = seeds_to_keep_from_table(flat, grid, axes, block, spatial, seeds)
             else:
                 keep = seeds_to_dropped(flat, grid, axes, block, spatial, seeds, keep=True)
