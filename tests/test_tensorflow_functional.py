@@ -274,3 +274,28 @@ def test_dropout_family_fractions():
         if name in n_draws:
             got = float(np.mean(op().numpy() == 0))
             assert abs(got - 0.3) <= five_sigma_fraction_bound(0.3, n_draws[name]), name
+
+
+# --------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_dropblock_gradient_is_the_mask_times_the_scale(sampler, mode):
+    """d(sum(y * w))/dx = keep * scale * w on every path, including the fused graph path whose
+    custom gradient keeps a uint8 mask."""
+    x = tf.random.stateless_normal((4, 12, 12, 8), seed=[1, 2], dtype=tf.float64)
+    w = tf.random.stateless_normal((4, 12, 12, 8), seed=[3, 4], dtype=tf.float64)
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = sdtf.dropblock(x, 0.3, 3, seed=5, sampler=sampler)
+            loss = tf.reduce_sum(y * w)
+        mask = sdtf.dropblock(tf.ones_like(x), 0.3, 3, seed=5, sampler=sampler)  # same seed
+        return y, mask, tape.gradient(loss, x)
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=(mode == "xla"))
+    y, mask, dx = step(x)
+    mask = mask.numpy()
+    assert len(np.unique(mask)) == 2 and mask.min() == 0.0  # keep * scale
+    np.testing.assert_array_equal(y.numpy(), x.numpy() * mask)
+    np.testing.assert_allclose(dx.numpy(), mask * w.numpy(), rtol=1e-15, atol=0)

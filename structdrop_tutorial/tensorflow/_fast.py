@@ -26,7 +26,11 @@ geometric gaps take ~1 ms; scattering every unit of every block (~700k writes) c
 TensorFlow's scatter, so the scatter stays per seed and the expansion is done on whole arrays.
 Outside XLA, TensorFlow's own kernels for the ORs, the cast and the scaling still cost ~30 ms
 there; inside a graph they run as one small cached ``jit_compile=True`` kernel instead
-(:data:`USE_XLA_KERNEL`), which XLA fuses into a few loops (~10 ms).
+(:data:`USE_XLA_KERNEL`), which XLA fuses into a few loops and which writes the mask as uint8
+(~3 ms). Counting the kept units for ``normalize="batch"`` by per-map float sums cost another
+7-15 ms; an integer count of the bytes, eight at a time, takes ~2 ms
+(:func:`.functional._count_kept`). The product ``x * mask * scale`` and its gradient run in a
+second small kernel that reads the 1-byte mask (:func:`masked_multiply`).
 
 Given the same seed positions the keep mask equals :func:`.functional.dropblock_keep_mask`'s
 (``tests/test_tensorflow_fast.py``), and the seed positions pass a 5-sigma test against
@@ -40,9 +44,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-#: In graphs outside XLA, build the mask from the seed positions in a small XLA-compiled kernel (the
-#: window ORs and the scaling fuse into a few loops there, ~3x faster than TensorFlow's
-#: kernels on a CPU). Set to False to use plain TensorFlow ops everywhere.
+#: In graphs outside XLA, build the uint8 mask from the seed positions in a small XLA-compiled
+#: kernel (the window ORs fuse into a few loops there, ~3x faster than TensorFlow's kernels on a
+#: CPU) and apply it with another (:func:`masked_multiply`). Set to False to use plain
+#: TensorFlow ops everywhere.
 USE_XLA_KERNEL = True
 
 #: Tiers of over-allocated seed counts: ``n // 4 ** k + 64`` for k = 1 .. TIERS.
@@ -281,18 +286,20 @@ _KERNELS = collections.OrderedDict()
 _MAX_KERNELS = 64
 
 
-def _xla_kernel(spatial_axes, seeds, requested, mask_dtype, x_dtype, normalize, shapes=()):
-    """A cached ``jit_compile=True`` function: (positions, shape carrier, 1/(1-rate)) -> mask."""
-    key = (tuple(spatial_axes), seeds, tuple(requested), mask_dtype, x_dtype, normalize, shapes)
+def _xla_kernel(spatial_axes, seeds, requested):
+    """A cached ``jit_compile=True`` function: (positions, shape carrier) -> the 0/1 keep mask
+    as uint8. The count of kept units is left to plain TensorFlow ops
+    (:func:`.functional._count_kept`), which measured faster than a reduction fused into this
+    kernel (XLA then recomputes the window ORs inside the reduction's loop)."""
+    key = (tuple(spatial_axes), seeds, tuple(requested))
     if key in _KERNELS:
         _KERNELS.move_to_end(key)
     else:
         while len(_KERNELS) >= _MAX_KERNELS:
             _KERNELS.popitem(last=False)
-        finish = _finisher(x_dtype, normalize, spatial_axes)
 
         @tf.function(jit_compile=True, autograph=False)
-        def kernel(positions, carrier, inv_keep):
+        def kernel(positions, carrier):
             static = carrier.shape.as_list()[:-1]
             dynamic = tf.shape(carrier)
             mask_shape = [d if d is not None else dynamic[i] for i, d in enumerate(static)]
@@ -303,37 +310,92 @@ def _xla_kernel(spatial_axes, seeds, requested, mask_dtype, x_dtype, normalize, 
                 block.append(bb)
                 grid[a] = n - bb + 1 if seeds == "valid" else n + bb - 1
             n_grid = _prod64(grid)
-            mask01 = mask_from_positions(positions, positions < n_grid, grid, mask_shape, block,
-                                         spatial_axes, seeds, requested, mask_dtype)
-            return finish(mask01, inv_keep)
+            return mask_from_positions(positions, positions < n_grid, grid, mask_shape, block,
+                                       spatial_axes, seeds, requested, tf.uint8)
         _KERNELS[key] = kernel
     return _KERNELS[key]
 
 
 def sparse_scaled_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
                        mask_dtype, x_dtype, normalize, inv_keep):
-    """The final DropBlock mask ``keep * scale`` in x's dtype, seeds drawn sparsely.
+    """The final DropBlock mask ``keep * scale`` in x's dtype, seeds drawn sparsely, built with
+    plain TensorFlow ops (eagerly, under XLA, or with :data:`USE_XLA_KERNEL` off; graphs
+    outside XLA use :func:`sparse_dropblock_fused`).
 
     Like :func:`sparse_mask` followed by the scaling (``normalize="batch"``: size / kept;
-    ``"rate"``: ``inv_keep``); outside XLA the mask is built by a cached XLA kernel when
-    :data:`USE_XLA_KERNEL` is set.
+    ``"rate"``: ``inv_keep``).
     """
     from .functional import _spatial_axes
     axes = _spatial_axes(len(grid), data_format)
     finish = _finisher(x_dtype, normalize, axes)
     inv = tf.constant(inv_keep, tf.float64) if isinstance(inv_keep, float) else _f64(inv_keep)
-    # Graphs only: eager calls on ever new shapes would retrace (and recompile) the kernel and
-    # make TensorFlow warn about frequent retracing; eagerly, plain TensorFlow ops run instead.
-    if USE_XLA_KERNEL and not tf.executing_eagerly() and not in_xla_context():
-        carrier = tf.zeros(tf.concat([tf.cast(_shape_list(mask_shape), tf.int32), [0]], 0))
-        kernel = _xla_kernel(axes, seeds, requested, mask_dtype, x_dtype, normalize)
 
-        def from_positions(pos, valid):
-            return kernel(pos, carrier, inv)
-    else:
-        def from_positions(pos, valid):
-            return finish(mask_from_positions(pos, valid, grid, mask_shape, block, axes, seeds,
-                                              requested, mask_dtype), inv)
+    def from_positions(pos, valid):
+        return finish(mask_from_positions(pos, valid, grid, mask_shape, block, axes, seeds,
+                                          requested, mask_dtype), inv)
     return sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
                        mask_dtype, from_positions=from_positions,
                        dense_finish=lambda m01: finish(m01, inv))
+
+
+def use_fused_apply():
+    """Whether :func:`sparse_dropblock_fused` applies: a graph outside XLA with the kernels on."""
+    return USE_XLA_KERNEL and not tf.executing_eagerly() and not in_xla_context()
+
+
+_APPLY = {}
+
+
+def _apply_kernel(dtype):
+    """Cached ``jit_compile=True`` ``(x, keep uint8, scale float64) -> x * (keep * scale)``.
+
+    The same operations, in the same order and dtype, as the unfused ``x * mask`` with
+    ``mask = cast(keep) * scale``, so the result is bit-identical; XLA runs them as one loop
+    that reads x and the 1-byte mask and writes the output.
+    """
+    key = dtype.name
+    if key not in _APPLY:
+        @tf.function(jit_compile=True, autograph=False)
+        def apply(x, keep, scale):
+            return x * (tf.cast(keep, x.dtype) * tf.cast(scale, x.dtype))
+        _APPLY[key] = apply
+    return _APPLY[key]
+
+
+def masked_multiply(x, keep, scale):
+    """``x * (keep * scale)`` whose gradient is ``dy * (keep * scale)``, keeping only the uint8
+    mask (1 byte per unit, not a float copy) for the backward pass. Both passes run
+    :func:`_apply_kernel`."""
+    apply = _apply_kernel(x.dtype)
+
+    @tf.custom_gradient
+    def multiply(x):
+        def grad(dy):
+            return apply(dy, keep, scale)
+        return apply(x, keep, scale), grad
+    return multiply(x)
+
+
+def sparse_dropblock_fused(x, grid, mask_shape, gamma, block, data_format, seeds, seed,
+                           requested, mask_dtype, normalize, inv_keep):
+    """DropBlock's output in a graph outside XLA, from sparse seeds, with two fused kernels.
+
+    The mask kernel writes the keep mask as uint8 and the scale (instead of a float mask four
+    times larger), and :func:`masked_multiply` applies it in one loop per pass. Measured on the
+    2-core CPU (tf.function, forward + backward, 32x28x28x512): see benchmarks/bench_tensorflow.py
+    and chapter 8. The values equal :func:`sparse_scaled_mask` times x bit for bit.
+    """
+    from .functional import _batch_scale, _spatial_axes
+    axes = _spatial_axes(len(grid), data_format)
+    inv = tf.constant(inv_keep, tf.float64) if isinstance(inv_keep, float) else _f64(inv_keep)
+    carrier = tf.zeros(tf.concat([tf.cast(_shape_list(mask_shape), tf.int32), [0]], 0))
+    kernel = _xla_kernel(axes, seeds, requested)
+
+    def from_positions(pos, valid):
+        return kernel(pos, carrier)
+
+    keep = sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
+                       mask_dtype, from_positions=from_positions,
+                       dense_finish=lambda mask01: tf.cast(mask01, tf.uint8))
+    scale = _batch_scale(keep, axes) if normalize == "batch" else inv
+    return masked_multiply(x, tf.stop_gradient(keep), tf.stop_gradient(scale))

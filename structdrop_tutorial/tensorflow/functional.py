@@ -24,9 +24,10 @@ What TensorFlow adds to the reference:
 
 DropBlock without ``uniform`` draws its seeds sparsely by default (``sampler="auto"``, see
 :mod:`._fast`): the seed positions are exactly an i.i.d. Bernoulli(gamma) process, as with one
-uniform per position, but only the few seeds are drawn; outside XLA the mask is then built by
-a small cached ``jit_compile=True`` kernel (``_fast.USE_XLA_KERNEL = False`` uses plain
-TensorFlow ops instead). ``sampler="dense"`` forces the reference path (one uniform per seed
+uniform per position, but only the few seeds are drawn. In a graph outside XLA the mask is
+then built as uint8 by a small cached ``jit_compile=True`` kernel and applied by another one
+whose custom gradient keeps only that 1-byte mask for the backward pass
+(``_fast.USE_XLA_KERNEL = False`` uses plain TensorFlow ops instead). ``sampler="dense"`` forces the reference path (one uniform per seed
 position, running-sum block expansion).
 """
 from __future__ import annotations
@@ -427,14 +428,28 @@ def _mask_dtype(dtype):
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
-def _count_kept(mask01, spatial_axes):
-    """Exact number of ones in a 0/1 float mask (float64): float32 sums per map, then float64.
+# Words summed per group by _count_kept: each byte lane of a group's sum stays below 256.
+_LANE_GROUP = 255
 
-    Per (sample, channel) map the partial sum is an integer below 2 ** 24, so float32 holds it
-    exactly; the maps' sums are added in float64.
+
+def _count_kept(mask01, spatial_axes=None):
+    """Exact number of ones in a 0/1 mask, as float64.
+
+    The mask is taken as bytes (uint8) and read eight at a time as int64 words; words are
+    summed in groups of 255, so each byte of a group's sum counts the ones of one byte lane
+    without carrying into the next, and the lanes are then added up. Integer arithmetic makes
+    the count exact at any size; on the 2-core CPU it measured 2 ms for 6.4 million units, where
+    per-map float sums over the spatial axes took 7 ms under XLA and 15 ms in a plain graph.
+    ``spatial_axes`` is accepted for compatibility and not needed.
     """
-    per_map = tf.reduce_sum(mask01, axis=list(spatial_axes))
-    return tf.reduce_sum(tf.cast(per_map, tf.float64))
+    flat = tf.reshape(tf.cast(mask01, tf.uint8), [-1])
+    step = 8 * _LANE_GROUP
+    n_full = tf.size(flat) // step * step
+    words = tf.bitcast(tf.reshape(flat[:n_full], [-1, _LANE_GROUP, 8]), tf.int64)
+    lanes = tf.reduce_sum(words, axis=1)
+    total = tf.reduce_sum(tf.cast(tf.reshape(tf.bitcast(lanes, tf.uint8), [-1]), tf.int64))
+    total += tf.math.count_nonzero(flat[n_full:], dtype=tf.int64)
+    return tf.cast(total, tf.float64)
 
 
 def _batch_scale(mask01, spatial_axes):
@@ -498,6 +513,10 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
         if uniform is None and sampler != "dense":
             from . import _fast
             inv_keep = _inverse_keep(rate_s if rate_s is not None else _rate_tensor(rate))
+            if _fast.use_fused_apply():
+                return _fast.sparse_dropblock_fused(x, grid, mask_shape, g, block, data_format,
+                                                    seeds, seed_tensor(seed), requested, mdtype,
+                                                    normalize, inv_keep)
             mask = _fast.sparse_scaled_mask(grid, mask_shape, g, block, data_format, seeds,
                                             seed_tensor(seed), requested, mdtype, x.dtype,
                                             normalize, inv_keep)
