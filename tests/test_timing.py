@@ -199,26 +199,25 @@ def test_bench_numpy_smoke(tmp_path):
     assert "numpy fwd on" in stdout
 
 
-def test_run_all_merges(tmp_path):
-    out = tmp_path / "all.csv"
+def _run_all_numpy(out):
+    """``run_all.py --only numpy`` (tiny, quick) into ``out``; the rows it leaves there."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only",
                            "numpy", "--tiny", "--quick", "--no-progress", "--out", str(out)],
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def test_run_all_merges(tmp_path):
+    out = tmp_path / "all.csv"
+    rows = _run_all_numpy(out)
     assert rows and {r["framework"] for r in rows} == {"numpy"}
     # a second partial run replaces its own framework's rows and keeps the others
     with open(out, "a", newline="") as f:
         f.write("torch" + "," * (len(rows[0]) - 1) + "\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only",
-                           "numpy", "--tiny", "--quick", "--no-progress", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    with open(out, newline="") as f:
-        again = list(csv.DictReader(f))
+    again = _run_all_numpy(out)
     assert [r["framework"] for r in again].count("torch") == 1
     assert sum(r["framework"] == "numpy" for r in again) == len(rows)
 
