@@ -101,32 +101,34 @@ def make_ops(shape, seed=0):
     try:  # keras-cv is optional and often broken on Keras 3
         import keras_cv  # noqa: F401
         layer = keras_cv.layers.DropBlock2D(rate=RATE, block_size=BLOCK, seed=seed)
-        ops["keras_cv DropBlock2D"] = (lambda x: layer(x, training=True), "floor x*mask")
+        # keras-cv's layer fails inside tf.function on Keras 3, so it is timed eagerly, against
+        # the same floor run eagerly (names ending in "(eager)" run without tf.function)
+        ops["floor x*mask (eager)"] = (lambda x: x * full_mask, None)
+        ops["keras_cv DropBlock2D (eager)"] = (lambda x: layer(x, training=True),
+                                               "floor x*mask (eager)")
     except Exception as exc:  # ImportError, or its import failing on this Keras
         print(f"keras_cv DropBlock2D not measured: {type(exc).__name__}: {exc}"[:200],
               file=sys.stderr)
     return ops
 
 
-def forward(op, x, jit):
+def forward(op, x, jit, eager=False):
     import tensorflow as tf
 
-    @tf.function(jit_compile=jit, reduce_retracing=True)
     def step():
         return op(x)
-    return step
+    return step if eager else tf.function(step, jit_compile=jit, reduce_retracing=True)
 
 
-def fwd_bwd(op, x, dy, jit):
+def fwd_bwd(op, x, dy, jit, eager=False):
     import tensorflow as tf
 
-    @tf.function(jit_compile=jit, reduce_retracing=True)
     def step():
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = op(x)
         return y, tape.gradient(y, x, output_gradients=dy)
-    return step
+    return step if eager else tf.function(step, jit_compile=jit, reduce_retracing=True)
 
 
 def measure_case(shape, jit, rounds, quick, mode="fwd+bwd"):
@@ -139,8 +141,12 @@ def measure_case(shape, jit, rounds, quick, mode="fwd+bwd"):
     ops = make_ops(shape)
     steps, numbers, times = {}, {}, {}
     for name, (op, _) in ops.items():
+        eager = name.endswith("(eager)")
+        if eager and jit:
+            continue  # eager ops have no XLA variant
         try:
-            steps[name] = fwd_bwd(op, x, dy, jit) if mode == "fwd+bwd" else forward(op, x, jit)
+            steps[name] = (fwd_bwd(op, x, dy, jit, eager) if mode == "fwd+bwd"
+                           else forward(op, x, jit, eager))
             # warm-up (trace, compile) and calibration: calls per round of >= ~20 ms
             m = time_tensorflow(steps[name], warmup=2, repeat=1, min_run_time=0.4 if quick else 0.2)
             numbers[name] = m.number

@@ -90,25 +90,26 @@ def make_ops(shape, seed=0):
             from torchvision.ops import drop_block3d
             ops["torchvision drop_block3d"] = (lambda x: drop_block3d(x, RATE, BLOCK),
                                                "floor x*mask")
-        except ImportError:
+        except Exception:  # not installed, or installed but not importable (reported above)
             pass
     if len(shape) != 4:
         return ops  # the 2-D references below have no 1-D or 3-D variant
     try:
         from torchvision.ops import drop_block2d
         ops["torchvision drop_block2d"] = (lambda x: drop_block2d(x, RATE, BLOCK), "floor x*mask")
-    except ImportError:
+    except Exception:  # not installed, or installed but not importable (reported above)
         pass
     try:
         from timm.layers import DropBlock2d
         layer = DropBlock2d(RATE, BLOCK).train()
         ops["timm DropBlock2d"] = (layer, "floor x*mask")
-    except ImportError:
+    except Exception:
         pass
     return ops
 
 
 def available_references():
+    """name -> version, None when not installed, or "unusable: <error>" when the import fails."""
     found = {}
     for name in ("torchvision", "timm"):
         try:
@@ -116,6 +117,8 @@ def available_references():
             found[name] = getattr(module, "__version__", "?")
         except ImportError:
             found[name] = None
+        except Exception as exc:  # e.g. a CUDA-linked torchvision next to a CPU-only torch
+            found[name] = f"unusable: {type(exc).__name__}: {str(exc)[:100]}"
     return found
 
 
