@@ -270,12 +270,12 @@ def _shape_list(dims):
     return tf.stack([tf.cast(d, tf.int32) for d in dims])
 
 
-def _finisher(x_dtype, normalize, spatial_axes):
+def _finisher(x_dtype, normalize):
     """``mask01 -> mask01 * scale`` in x's dtype (the same steps as the dense path)."""
     from .functional import _as_dtype, _batch_scale
 
     def finish(mask01, inv_keep):
-        scale = _batch_scale(mask01, spatial_axes) if normalize == "batch" else inv_keep
+        scale = _batch_scale(mask01) if normalize == "batch" else inv_keep
         if mask01.dtype == x_dtype:
             return mask01 * _as_dtype(scale, x_dtype)
         return tf.cast(mask01, x_dtype) * _as_dtype(scale, x_dtype)
@@ -327,7 +327,7 @@ def sparse_scaled_mask(grid, mask_shape, gamma, block, data_format, seeds, seed,
     """
     from .functional import _spatial_axes
     axes = _spatial_axes(len(grid), data_format)
-    finish = _finisher(x_dtype, normalize, axes)
+    finish = _finisher(x_dtype, normalize)
     inv = tf.constant(inv_keep, tf.float64) if isinstance(inv_keep, float) else _f64(inv_keep)
 
     def from_positions(pos, valid):
@@ -397,5 +397,5 @@ def sparse_dropblock_fused(x, grid, mask_shape, gamma, block, data_format, seeds
     keep = sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, requested,
                        mask_dtype, from_positions=from_positions,
                        dense_finish=lambda mask01: tf.cast(mask01, tf.uint8))
-    scale = _batch_scale(keep, axes) if normalize == "batch" else inv
+    scale = _batch_scale(keep) if normalize == "batch" else inv
     return masked_multiply(x, tf.stop_gradient(keep), tf.stop_gradient(scale))

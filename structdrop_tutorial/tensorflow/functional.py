@@ -27,8 +27,8 @@ DropBlock without ``uniform`` draws its seeds sparsely by default (``sampler="au
 uniform per position, but only the few seeds are drawn. In a graph outside XLA the mask is
 then built as uint8 by a small cached ``jit_compile=True`` kernel and applied by another one
 whose custom gradient keeps only that 1-byte mask for the backward pass
-(``_fast.USE_XLA_KERNEL = False`` uses plain TensorFlow ops instead). ``sampler="dense"`` forces the reference path (one uniform per seed
-position, running-sum block expansion).
+(``_fast.USE_XLA_KERNEL = False`` uses plain TensorFlow ops instead). ``sampler="dense"``
+forces the reference path (one uniform per seed position, running-sum block expansion).
 """
 from __future__ import annotations
 
@@ -432,7 +432,7 @@ def _mask_dtype(dtype):
 _LANE_GROUP = 255
 
 
-def _count_kept(mask01, spatial_axes=None):
+def _count_kept(mask01):
     """Exact number of ones in a 0/1 mask, as float64.
 
     The mask is taken as bytes (uint8) and read eight at a time as int64 words; words are
@@ -440,7 +440,6 @@ def _count_kept(mask01, spatial_axes=None):
     without carrying into the next, and the lanes are then added up. Integer arithmetic makes
     the count exact at any size; on the 2-core CPU it measured 2 ms for 6.4 million units, where
     per-map float sums over the spatial axes took 7 ms under XLA and 15 ms in a plain graph.
-    ``spatial_axes`` is accepted for compatibility and not needed.
     """
     flat = tf.reshape(tf.cast(mask01, tf.uint8), [-1])
     step = 8 * _LANE_GROUP
@@ -452,9 +451,9 @@ def _count_kept(mask01, spatial_axes=None):
     return tf.cast(total, tf.float64)
 
 
-def _batch_scale(mask01, spatial_axes):
+def _batch_scale(mask01):
     """``mask.size / count(mask)`` in float64; 0 when everything is dropped (never inf or NaN)."""
-    kept = _count_kept(mask01, spatial_axes)
+    kept = _count_kept(mask01)
     size = tf.cast(tf.size(mask01, out_type=tf.int64), tf.float64)
     return tf.where(kept > 0, size / tf.maximum(kept, 1.0), tf.zeros_like(kept))
 
@@ -530,7 +529,7 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
             mask01 = _fast.sparse_mask(grid, mask_shape, g, block, data_format, seeds,
                                        seed_tensor(seed), requested, mdtype)
         if normalize == "batch":
-            scale = _batch_scale(mask01, _spatial_axes(x.shape.rank, data_format))
+            scale = _batch_scale(mask01)
         else:
             scale = _inverse_keep(rate_s if rate_s is not None else _rate_tensor(rate))
         # x * (keep * scale): equal bit for bit to NumPy's (x * keep) * scale (keep is 0 or 1).
