@@ -228,7 +228,7 @@ def _masked_by_noise(x, rate, rate_s, shape, training, seed, uniform, scale=True
             return tf.cast(keep, x.dtype) * _as_dtype(_inverse_keep(r) if scale else 1.0, x.dtype)
 
         if _broadcasts(shape, x):
-            return x * tf.stop_gradient(_computed_once(factor, u))
+            return x * tf.stop_gradient(_computed_once(factor, u, x.dtype))
         return x * tf.stop_gradient(factor())
 
     return _with_training(training, run, x)
@@ -240,8 +240,9 @@ def _broadcasts(shape, x):
     return not all(_is_static(d) and s is not None and int(d) == s for d, s in zip(shape, static))
 
 
-def _computed_once(fn, u):
-    """``fn()`` (a small mask built from the noise ``u``), materialized before it is broadcast.
+def _computed_once(fn, u, dtype):
+    """``fn()`` (a small mask of ``dtype`` and u's shape, built from the noise ``u``),
+    materialized before it is broadcast.
 
     Under XLA the mask's arithmetic, the random generator's included (philox is plain integer
     arithmetic in XLA), is cheap per element, so XLA fuses it into the broadcasting multiply and
@@ -251,7 +252,7 @@ def _computed_once(fn, u):
     false only when ``u`` is empty) XLA cannot evaluate at compile time. Outside XLA the
     conditional costs one small op. The result equals ``fn()`` exactly.
     """
-    return tf.cond(tf.reduce_min(u) < 2.0, fn, lambda: tf.zeros_like(fn()))
+    return tf.cond(tf.reduce_min(u) < 2.0, fn, lambda: tf.zeros_like(u, dtype=dtype))
 
 
 def dropout(x, rate, noise_shape=None, *, training=True, seed=None, uniform=None, inplace=False):
