@@ -27,10 +27,16 @@ call seen while it was timed, so a ratio can be read together with what the allo
 torchvision's ``drop_block2d`` (and ``drop_block3d``) and timm's ``DropBlock2d`` are measured
 when importable.
 
+On a GPU (``--device cuda``, the default where CUDA is available) the same rows are timed with
+the device synchronized around every measurement; DropBlock is also timed with its Triton path
+switched off (``tensor ops``), and the peak-memory column compares
+``torch.cuda.max_memory_allocated`` of one forward+backward with the floor's, in this process.
+
 Usage::
 
     python benchmarks/bench_torch.py --csv timings_torch.csv           # 2 threads, 5 shapes
     python benchmarks/bench_torch.py --quick                           # one small shape
+    python benchmarks/bench_torch.py --device cuda --csv gpu.csv       # on a GPU
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ if str(ROOT) not in sys.path:
 
 from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
+from structdrop_tutorial.torch import _triton  # noqa: E402
 
 # The ResNet-50 stages of the issue (NCHW), then a 3-D and a 1-D case (as in benchmarks/common.py).
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56), (16, 64, 16, 16, 16),
@@ -64,13 +71,15 @@ COLUMNS = ["framework", "op", "shape", "mode", "median_s", "iqr_s", "ratio_to_fl
 
 
 # --------------------------------------------------------------------------- the ops
-def make_ops(shape, seed=0):
+def make_ops(shape, seed=0, device="cpu"):
     """Name -> (callable(x) -> y, floor name). Masks of the floors are made here, once."""
-    gen = torch.Generator().manual_seed(seed)
+    cpu_gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     n, c = shape[:2]
-    dense_mask = (torch.rand(shape, generator=gen) >= RATE).float() / (1 - RATE)
+    dense_mask = ((torch.rand(shape, generator=cpu_gen) >= RATE).float() / (1 - RATE)).to(device)
     ones = (1,) * (len(shape) - 2)
-    spatial_mask = (torch.rand((n, c) + ones, generator=gen) >= RATE).float() / (1 - RATE)
+    spatial_mask = ((torch.rand((n, c) + ones, generator=cpu_gen) >= RATE).float()
+                    / (1 - RATE)).to(device)
     ops = {
         "floor x*mask": (lambda x: x * dense_mask, None),
         "floor x*mask[N,C,1,1]": (lambda x: x * spatial_mask, None),
@@ -81,6 +90,9 @@ def make_ops(shape, seed=0):
         "structdrop spatial_dropout": (
             lambda x: sdt.spatial_dropout(x, RATE, seed=gen), "floor x*mask[N,C,1,1]"),
     }
+    if torch.device(device).type == "cuda" and _triton.has_triton():
+        ops["structdrop dropblock (tensor ops)"] = (tensor_ops(
+            lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen)), "floor x*mask")
     native = {3: torch.nn.functional.dropout1d, 4: torch.nn.functional.dropout2d,
               5: torch.nn.functional.dropout3d}[len(shape)]
     ops[f"torch F.{native.__name__}"] = (lambda x: native(x, RATE, training=True),
@@ -106,6 +118,17 @@ def make_ops(shape, seed=0):
     except Exception:
         pass
     return ops
+
+
+def tensor_ops(fn):
+    """``fn`` with the Triton path switched off (the tensor-operation path every device has)."""
+    def call(x):
+        _triton.ENABLED = False
+        try:
+            return fn(x)
+        finally:
+            _triton.ENABLED = True
+    return call
 
 
 def available_references():
@@ -163,6 +186,28 @@ print(json.dumps({{'peak_kib': rss_kib('VmHWM') - base}}))
 """
 
 
+def cuda_peak_ratio(shape, device):
+    """Peak allocated GPU memory of one dropblock fwd+bwd over the floor's (same process)."""
+    out = {}
+    gen = torch.Generator(device=device).manual_seed(0)
+    for op in ("floor", "dropblock"):
+        x = torch.randn(shape, device=device, requires_grad=True)
+        g = torch.randn(shape, device=device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        if op == "floor":
+            mask = (torch.rand(shape, device=device, generator=gen) >= RATE).float() / (1 - RATE)
+            y = x * mask
+        else:
+            y = sdt.dropblock(x, RATE, BLOCK, seed=gen)
+        (gx,) = torch.autograd.grad(y, x, g)
+        torch.cuda.synchronize(device)
+        out[op] = torch.cuda.max_memory_allocated(device) - base
+        del x, g, y, gx
+    return out["dropblock"] / out["floor"], out
+
+
 def peak_ratio(shape, threads):
     """Peak RSS growth of one dropblock fwd+bwd over the floor's, each in a fresh process."""
     out = {}
@@ -185,7 +230,7 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def timed(fn, x, g, mode, threads, min_run_time):
+def timed(fn, x, g, mode, threads, min_run_time, device="cpu"):
     """Measurement of ``fn`` (forward, or forward+backward), and the minor page faults per
     call seen while measuring it (fresh pages handed out by the OS, a cost of allocating big
     tensors that differs between ops and shapes; see the module docstring)."""
@@ -204,26 +249,33 @@ def timed(fn, x, g, mode, threads, min_run_time):
     # nothing to do with the op (the allocator's heap grows and fresh pages fault in; on this
     # sandboxed machine that cost 30x the steady-state time for about ten calls).
     before = minor_faults()
-    m = timing.time_torch(call, warmup=WARMUP, min_run_time=min_run_time, num_threads=threads,
-                          label=mode)
+    m = timing.time_torch(call, device=device, warmup=WARMUP, min_run_time=min_run_time,
+                          num_threads=threads, label=mode)
     return m, (minor_faults() - before) / max(calls[0], 1)
 
 
-def run(shapes, threads, rounds, min_run_time, modes, memory):
+def device_name(device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return timing.cpu_name()
+
+
+def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu"):
     torch.set_num_threads(threads)
-    device = timing.cpu_name()
+    on_gpu = torch.device(device).type == "cuda"
+    name_of_device = device_name(device)
     rows = []
     for shape in shapes:
-        x = torch.randn(shape, requires_grad=True)
-        g = torch.randn(shape)
-        ops = make_ops(shape)
+        x = torch.randn(shape, device=device, requires_grad=True)
+        g = torch.randn(shape, device=device)
+        ops = make_ops(shape, device=device)
         for mode in modes:
             times = {name: [] for name in ops}
             medians = {name: [] for name in ops}
             faults = {name: [] for name in ops}
             for _ in range(rounds):
                 for name, (fn, _) in ops.items():
-                    m, f = timed(fn, x, g, mode, threads, min_run_time)
+                    m, f = timed(fn, x, g, mode, threads, min_run_time, device)
                     times[name].extend(m.times)
                     medians[name].append(m.median)
                     faults[name].append(f)
@@ -233,15 +285,15 @@ def run(shapes, threads, rounds, min_run_time, modes, memory):
                 pooled = timing.Measurement(tuple(times[name]))
                 row = {"framework": "torch", "op": name, "shape": "x".join(map(str, shape)),
                        "mode": mode, "median_s": f"{pooled.median:.6g}", "iqr_s": f"{pooled.iqr:.3g}",
-                       "ratio_to_floor": f"{ratio:.3f}", "floor_op": ref, "device": device,
+                       "ratio_to_floor": f"{ratio:.3f}", "floor_op": ref, "device": name_of_device,
                        "torch_version": torch.__version__, "threads": threads,
                        "saved_bytes_per_element": "", "peak_ratio": "",
-                       "page_faults_per_call": f"{statistics.median(faults[name]):.0f}"}
+                       "page_faults_per_call": "" if on_gpu else f"{statistics.median(faults[name]):.0f}"}
                 if mode == "fwd+bwd":
                     row["saved_bytes_per_element"] = f"{saved_bytes_per_element(fn, x):.4g}"
                 rows.append(row)
         if memory and "fwd+bwd" in modes:
-            ratio, _ = peak_ratio(shape, threads)
+            ratio, _ = cuda_peak_ratio(shape, device) if on_gpu else peak_ratio(shape, threads)
             for row in rows:
                 if row["shape"] == "x".join(map(str, shape)) and row["op"] == "structdrop dropblock" \
                         and row["mode"] == "fwd+bwd":
@@ -269,15 +321,29 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one small shape, one round")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda where available)")
+    parser.add_argument("--shapes", help="comma-separated shapes such as 32x1024x14x14 "
+                        "(default: the five cases above)")
+    parser.add_argument("--triton-config", type=Path,
+                        help="JSON from gpu_tune.py: launch parameters of the Triton path")
     args = parser.parse_args(argv)
+    if args.triton_config:
+        for name, value in json.loads(args.triton_config.read_text())["config"].items():
+            if not hasattr(_triton, name):
+                raise SystemExit(f"--triton-config: unknown parameter {name}")
+            setattr(_triton, name, value)
+        print("Triton launch parameters:", json.loads(args.triton_config.read_text())["config"])
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(n) for n in item.split("x")) for item in args.shapes.split(",")]
     rounds = 1 if args.quick else args.rounds
     refs = available_references()
-    print(f"torch {torch.__version__}, {args.threads} threads, {timing.cpu_name()}")
+    print(f"torch {torch.__version__}, {args.threads} threads, {device_name(args.device)}")
     for name, version in refs.items():
         print(f"{name}: {version if version else 'not installed (not measured)'}")
     rows = run(shapes, args.threads, rounds, args.min_run_time, args.modes.split(","),
-               memory=not args.no_memory)
+               memory=not args.no_memory, device=args.device)
     print_table(rows)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="small shapes (CI)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--script-args", default="",
+                   help="extra options for every script run, e.g. \"--rounds 3\"")
     args = p.parse_args(argv)
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or common.DEFAULT_THREADS)
     env = child_env()
@@ -159,7 +162,7 @@ def main(argv=None) -> int:
                 continue
             out = Path(tmp) / f"{framework}.csv"
             cmd = script_command(path, out, quick=args.quick, tiny=args.tiny, threads=threads,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress) + shlex.split(args.script_args)
             print(f"[run] {' '.join(Path(c).name if c == str(path) else c for c in cmd[1:])}",
                   flush=True)
             proc = subprocess.run(cmd, env=env)

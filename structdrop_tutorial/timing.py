@@ -521,6 +521,19 @@ def load_timings(names: Sequence[str] | None = None) -> list:
     return rows
 
 
+def load_timing_details() -> dict:
+    """``{file name: parsed JSON}`` of the committed measurement details next to the CSVs
+    (``data/timings/*.json``: per-kernel device times and host costs of a GPU run, with the
+    device, software and method recorded in each file)."""
+    import json
+    from importlib import resources
+    folder = resources.files("structdrop_tutorial").joinpath("data", "timings")
+    if not folder.is_dir():
+        return {}
+    return {p.name: json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".json")}
+
+
 _NUMERIC = {"median_s", "iqr_s", "runs", "number", "floor_median_s", "ratio", "elements",
             "saved_bytes_per_element", "peak_bytes", "floor_peak_bytes", "peak_ratio", "threads",
             "block", "rate"}

@@ -165,6 +165,18 @@ def test_committed_timings_load():
             assert row["median_s"] > 0
 
 
+def test_committed_timing_details_load():
+    """Every JSON next to the CSVs names its device, software, date and method, and its device
+    times are positive numbers keyed by a shape that some committed CSV row also measured."""
+    details = timing.load_timing_details()
+    shapes = {r["case"] for r in timing.load_timings()}
+    for name, d in details.items():
+        assert d["device"] and d["software"] and d["date"] and d["method"], name
+        for shape, times in d.get("device_us", {}).items():
+            assert shape in shapes, (name, shape)
+            assert all(isinstance(t, float) and t > 0 for t in times.values()), (name, shape)
+
+
 # --------------------------------------------------------------------------- benchmark smoke tests
 def _run_all_module():
     spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")

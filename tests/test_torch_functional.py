@@ -4,7 +4,11 @@ DropBlock tests run on every path: ``"reference"`` passes ``uniform=`` noise (th
 follows the NumPy reference step by step); the fast paths pass ``seed=`` (sparse seed sampling)
 and paint the blocks either by index writes (``"fast-index"``) or, where the layout allows, from
 the single-seed table (``"fast-table"``); ``"fast"`` lets dropblock choose as it does for users.
+``"triton"`` runs the CUDA path's Triton kernels on these CPU tensors in Triton's interpreter
+(tests/conftest.py switches it on where there is no GPU; channels_first inputs with per-channel
+masks, the rest dispatch to the tensor path as they would on a GPU).
 """
+import os
 import contextlib
 import math
 import pickle
@@ -18,26 +22,33 @@ from structdrop_tutorial import numpy as sdn
 
 torch = pytest.importorskip("torch")
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _fast, _paint  # noqa: E402
+from structdrop_tutorial.torch import _fast, _paint, _triton  # noqa: E402
 
 from helpers import brute_force_keep_mask, five_sigma_fraction_bound  # noqa: E402
 
 FORMATS = ["channels_first", "channels_last"]
-PATHS = ["reference", "fast", "fast-index", "fast-table"]
+TRITON_ON_CPU = _triton.has_triton() and os.environ.get("TRITON_INTERPRET") == "1"
+PATHS = ["reference", "fast", "fast-index", "fast-table",
+         pytest.param("triton", marks=pytest.mark.skipif(
+             not TRITON_ON_CPU, reason="needs triton and TRITON_INTERPRET=1 (tests/conftest.py)"))]
 
 
 @contextlib.contextmanager
 def painter(path):
-    """Force the fast path's painter: index writes only, or the table wherever it applies."""
-    saved = _paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP
+    """Force the fast path's painter: index writes only, the table wherever it applies, or the
+    Triton kernels (interpreted) wherever they apply."""
+    saved = _paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP, _triton.FORCE, _triton.TILE_UNITS
     if path == "fast-index":
         _paint.TABLE_MAX_BYTES = 0
     elif path == "fast-table":
         _paint.TABLE_MAX_SEEDS_PER_MAP = math.inf
+    elif path == "triton":  # many maps per program: fewer interpreted programs
+        _triton.FORCE, _triton.TILE_UNITS = True, 1 << 14
     try:
         yield
     finally:
-        _paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP = saved
+        (_paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP, _triton.FORCE,
+         _triton.TILE_UNITS) = saved
 
 
 def layout(spatial, fmt, batch=2, ch=3):
@@ -413,7 +424,7 @@ def test_seed_reproducible_and_generator(path):
 def test_gradient_is_mask_times_scale(path, normalize):
     x = torch.randn(3, 2, 7, 7, dtype=torch.float64, requires_grad=True)
     fn = lambda t: run_dropblock(path, t, 0.3, 3, normalize=normalize, seed=4)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradcheck(fn, (x,), fast_mode=True)
     mask = fn(torch.ones_like(x))
     (g,) = torch.autograd.grad(fn(x).sum(), x)
     torch.testing.assert_close(g, mask.detach(), rtol=0, atol=0)

@@ -9,10 +9,14 @@ or a :class:`torch.Generator`; ``None`` uses PyTorch's global generator).
 Masks never require gradients; the gradient of every function with respect to ``x`` is the
 mask times the scale. DropBlock without ``uniform`` uses a fast sampler (see
 :mod:`structdrop_tutorial.torch._fast`) that draws only the seeds instead of one uniform per
-seed position; with ``uniform`` it follows the reference step by step.
+seed position; with ``uniform`` it follows the reference step by step. On CUDA, where Triton is
+importable, DropBlock of a contiguous channels_first input with per-channel masks runs as two
+Triton kernels instead (:mod:`structdrop_tutorial.torch._triton`): the seeds come from a
+counter-based generator inside the mask kernel, same distribution, same expansion.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Union
 
@@ -25,6 +29,7 @@ from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_g
                       spatial_axes)
 from ._fast import bernoulli_positions, count_true, masked_scale
 from ._paint import seeds_to_dropped, seeds_to_keep_from_table, use_table, window_or
+from . import _triton
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
            "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
@@ -197,6 +202,49 @@ def _batch_scale(keep: torch.Tensor, dtype: torch.dtype):
     return torch.where(kept > 0, total / kept.clamp_min(1), torch.zeros((), dtype=acc, device=kept.device))
 
 
+def _dropblock_plan_uncached(shape, rate, block_size, data_format, gamma, seeds, share, normalize):
+    """Checked arguments of :func:`dropblock`: ``(rate, share, spatial, block, gamma)``; block and
+    gamma are None where the call returns before using them (rate 0 or 1, an empty map)."""
+    rate = check_rate(rate)
+    check_data_format(data_format)
+    check_choice(seeds, "seeds", SEEDS)
+    check_choice(normalize, "normalize", NORMALIZE)
+    share = check_share(share)
+    n_spatial = check_n_spatial(len(shape))
+    spatial = tuple(int(shape[a]) for a in spatial_axes(len(shape), data_format))
+    check_block_size(block_size, n_spatial)
+    if rate in (0.0, 1.0) or 0 in spatial:
+        return rate, share, spatial, None, None
+    block = clip_block(block_size, spatial)
+    return rate, share, spatial, block, resolve_gamma(gamma, rate, block, spatial, seeds)
+
+
+@functools.lru_cache(maxsize=512)
+def _dropblock_plan_cached(args, types):
+    return _dropblock_plan_uncached(*args)
+
+
+_PLAIN = (int, float, str, type(None))
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _dropblock_plan(shape, rate, block_size, data_format, gamma, seeds, share, normalize):
+    """:func:`_dropblock_plan_uncached`, cached when every argument is a plain Python value (the
+    checks and the exact gamma cost more than a GPU kernel launch). The key holds the types as
+    well (7 and 7.0 are equal keys, but only the int is a valid block size)."""
+    args = (shape, rate, block_size, data_format, gamma, seeds, share, normalize)
+    if _compiling():  # dynamo traces through caches (and warns): plain checks there
+        return _dropblock_plan_uncached(*args)
+    types = tuple(tuple(map(type, a)) if type(a) is tuple else type(a) for a in args)
+    if all(t in _PLAIN or (type(t) is tuple and all(u in _PLAIN for u in t)) for t in types):
+        return _dropblock_plan_cached(args, types)
+    return _dropblock_plan_uncached(*args)
+
+
 def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact", seeds="valid",
               share=(), normalize="batch", training=True, seed: Seed = None, uniform=None,
               inplace=False):
@@ -217,29 +265,27 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
             ``"rate"`` by ``1 / (1 - rate)``.
         training, seed, uniform, inplace: as in :func:`dropout`. ``uniform`` has the shape
             :func:`structdrop_tutorial.shapes.seed_grid_shape` gives and selects the reference
-            path; without it the seeds are drawn sparsely (same distribution, much faster).
+            path; without it the seeds are drawn sparsely (same distribution, much faster), on
+            CUDA inside a Triton kernel (see the module docstring).
 
     Returns:
         Tensor of x's shape, dtype and device.
     """
-    rate = check_rate(rate)
-    check_data_format(data_format)
-    check_choice(seeds, "seeds", SEEDS)
-    check_choice(normalize, "normalize", NORMALIZE)
-    share = check_share(share)
     x = _as_float_tensor(x)
-    n_spatial = check_n_spatial(x.ndim)
-    axes = spatial_axes(x.ndim, data_format)
-    spatial = tuple(int(x.shape[a]) for a in axes)
-    check_block_size(block_size, n_spatial)
+    rate, share, spatial, block, g = _dropblock_plan(
+        tuple(x.shape), rate, block_size, data_format, gamma, seeds, share, normalize)
     if not training or rate == 0.0:
         return x
     if rate == 1.0:
         return _zeros(x, inplace)
     if 0 in spatial:
         return x if inplace else x.clone()
-    block = clip_block(block_size, spatial)
-    g = resolve_gamma(gamma, rate, block, spatial, seeds)
+    if uniform is None and _triton.usable(x, data_format, share):  # CUDA: two fused kernels
+        out = _triton.dropblock(x, g, block, seeds, normalize, rate, _generator(seed, x.device),
+                                inplace)
+        if out is not None:
+            return out
+    axes = spatial_axes(x.ndim, data_format)
     grid = seed_grid_shape(tuple(x.shape), block, data_format, seeds, share)
     with torch.no_grad():
         if uniform is not None:

@@ -1,0 +1,164 @@
+"""Measure the pieces of the Triton DropBlock path on a GPU and pick its launch parameters.
+
+Prints (and writes as JSON with ``--out``):
+
+* host-side costs per call (microseconds of wall time, the GPU idle): the argument plan, the key
+  draw, the counter allocation, an empty Triton launch, ``autograd.Function.apply``, and a whole
+  ``dropblock`` forward and forward+backward on a tiny input (where the host is the bottleneck);
+* device time (``triton.testing.do_bench``, median, L2 flushed) of the mask kernel for several
+  maps-per-program targets and warp counts, and of the product kernel for several block sizes,
+  at the three ResNet-50 shapes, against the floor ``x * mask`` measured the same way;
+* the launch parameters with the lowest total time over the shapes (``--out`` JSON: pass it to
+  ``bench_torch.py --triton-config`` to measure with them).
+
+Usage (on a CUDA machine)::
+
+    python benchmarks/gpu_tune.py --out triton_config.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from structdrop_tutorial import torch as sdt  # noqa: E402
+from structdrop_tutorial.torch import _triton, functional  # noqa: E402
+
+SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
+BLOCK, RATE = 7, 0.1
+
+
+def wall_us(fn, n=300):
+    """Host wall time per call, device synchronized once at each end (host-bound when small)."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def device_us(fn):
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
+
+
+def host_costs(dev):
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def nothing(ptr):
+        pass
+
+    tiny = torch.randn(1, 1, 16, 16, device=dev, requires_grad=True)
+    g = torch.ones_like(tiny)
+    mask = torch.ones_like(tiny)
+    one = torch.empty(1, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    class Identity(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad
+
+    costs = {
+        "plan (cached checks + gamma)": lambda: functional._dropblock_plan(
+            (32, 1024, 14, 14), RATE, BLOCK, "channels_first", "exact", "valid", (), "batch"),
+        "key: empty(1).random_": lambda: _triton.new_key(dev, gen),
+        "counter: zeros(1)": lambda: torch.zeros(1, dtype=torch.int64, device=dev),
+        "empty bool like x": lambda: torch.empty(tiny.shape, dtype=torch.bool, device=dev),
+        "empty Triton launch": lambda: nothing[(1,)](one),
+        "Function.apply": lambda: Identity.apply(tiny),
+        "x * mask (tiny)": lambda: tiny * mask,
+        "x * mask fwd+bwd (tiny)": lambda: torch.autograd.grad(tiny * mask, tiny, g),
+        "dropblock fwd (tiny)": lambda: sdt.dropblock(tiny.detach(), RATE, BLOCK, seed=gen),
+        "dropblock fwd+bwd (tiny)": lambda: torch.autograd.grad(
+            sdt.dropblock(tiny, RATE, BLOCK, seed=gen), tiny, g),
+    }
+    return {name: round(wall_us(fn), 2) for name, fn in costs.items()}
+
+
+def sweep(dev):
+    results = {"mask": {}, "apply": {}, "floor": {}}
+    gen = torch.Generator(device=dev).manual_seed(0)
+    for shape in SHAPES:
+        s = "x".join(map(str, shape))
+        x = torch.randn(shape, device=dev)
+        m = (torch.rand(shape, device=dev) >= RATE).float()
+        results["floor"][s] = device_us(lambda: x * m)
+        block = (BLOCK, BLOCK)
+        gamma = functional._dropblock_plan(shape, RATE, BLOCK, "channels_first", "exact",
+                                           "valid", (), "batch")[4]
+        key = _triton.new_key(dev, gen)
+        for units in (512, 1024, 2048, 4096):
+            for warps in (2, 4, 8):
+                _triton.TILE_UNITS, _triton.MASK_WARPS = units, warps
+                t = device_us(lambda: _triton.keep_mask(shape, dev, gamma, block, "valid", key))
+                results["mask"].setdefault(f"{units}/{warps}", {})[s] = t
+        keep, count = _triton.keep_mask(shape, dev, gamma, block, "valid", key)
+        out = torch.empty_like(x)
+        for size in (1024, 2048, 4096, 8192):
+            for warps in (4, 8):
+                _triton.APPLY_BLOCK, _triton.APPLY_WARPS = size, warps
+                t = device_us(lambda: _triton._apply(x, keep, count, True, out))
+                results["apply"].setdefault(f"{size}/{warps}", {})[s] = t
+        del x, m, keep, out
+    return results
+
+
+def best(table):
+    return min(table, key=lambda k: sum(table[k].values()))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path)
+    p.add_argument("--host-only", action="store_true", help="host costs only, no kernel sweep")
+    args = p.parse_args(argv)
+    dev = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
+    costs = host_costs(dev)
+    print("\nhost wall time per call (us):")
+    for name, t in costs.items():
+        print(f"  {name:34s} {t:8.2f}")
+    if args.host_only:
+        if args.out:
+            args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(dev),
+                                            "torch": torch.__version__, "host_us": costs}, indent=1))
+        return costs
+    res = sweep(dev)
+    print("\ndevice time (us, median):  floor x*mask:",
+          {s: round(t, 1) for s, t in res["floor"].items()})
+    for part in ("mask", "apply"):
+        print(f"  {part} kernel, config -> per shape")
+        for cfg, per in res[part].items():
+            print(f"    {cfg:10s} " + "  ".join(f"{t:8.1f}" for t in per.values())
+                  + f"   (sum {sum(per.values()):.1f})")
+    units, warps = map(int, best(res["mask"]).split("/"))
+    size, awarps = map(int, best(res["apply"]).split("/"))
+    config = {"TILE_UNITS": units, "MASK_WARPS": warps, "APPLY_BLOCK": size, "APPLY_WARPS": awarps}
+    print("\nbest:", config)
+    if args.out:
+        args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(dev),
+                                        "torch": torch.__version__, "config": config,
+                                        "host_us": costs, "device_us": res}, indent=1))
+    return config
+
+
+if __name__ == "__main__":
+    main()

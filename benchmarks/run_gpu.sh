@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU figures in one go, on a CUDA machine whose python3 has torch and triton (no install:
+# the package is used from this checkout). Writes under $OUT (default ./gpu_out):
+#   tests.log             the Triton path's tests on the GPU (masks identical to the reference)
+#   triton_config.json    gpu_tune.py: host costs, kernel times per launch configuration, best
+#   gpu_<name>.csv        run_all.py --only torch with the best configuration
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -x -p no:cacheprovider tests/test_torch_triton.py \
+    > "$OUT/tests.log" 2>&1; echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
+timeout "${TUNE_TIMEOUT:-200}" python3 benchmarks/gpu_tune.py --out "$OUT/triton_config.json" 2>&1 | tee "$OUT/tune.log"
+config=()
+[ -s "$OUT/triton_config.json" ] && config=(--triton-config "$OUT/triton_config.json")
+name=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import run_all; print(run_all.default_name())")
+timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run_all.py --only torch --no-progress --out "$OUT/$name" \
+    --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]}" 2>&1 | tee "$OUT/bench.log"

@@ -1,0 +1,232 @@
+"""DropBlock on CUDA in two Triton kernels, when Triton is installed (it ships with CUDA PyTorch).
+
+The tensor-operation path (:mod:`._fast`, :mod:`._paint`) launches a dozen small kernels per call
+and synchronizes with the host twice (to size the seed list); on a GPU those fixed costs dwarf
+the memory traffic. Here one call is:
+
+1. an 8-byte key drawn from the input device's generator (``Tensor.random_``, so
+   ``torch.manual_seed``, ``seed=`` and CUDA graphs behave as for any random op);
+2. :func:`._triton_kernels.dropblock_mask_kernel`: every tile draws its seeds from a
+   counter-based generator (Philox-4x32-10, four grid positions per call), expands them into
+   blocks with two small band-matrix products, writes the boolean keep mask (1 byte per unit)
+   and adds its count of kept units to a device counter;
+3. :func:`._triton_kernels.masked_scale_kernel`: ``x * keep * scale`` with the scale
+   ``numel / kept`` read from the counter on the device: no host synchronization.
+
+The backward pass runs kernel 3 on the upstream gradient; autograd keeps the 1-byte mask.
+
+Seeds are i.i.d. Bernoulli(``p``) per seed position with ``p = round(gamma * 2**32) / 2**32``
+(within ``2**-33`` of gamma). Given the seeds, the mask is exactly the one
+:func:`structdrop_tutorial.torch.dropblock_keep_mask` builds: :func:`seed_grid` returns the seeds
+a key produces, and the tests compare the two masks.
+
+Used for ``"channels_first"`` contiguous inputs with per-channel masks (``share=()``), the
+paper's setting and PyTorch's layout; anything else takes the tensor-operation path.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import NamedTuple, Optional
+
+import torch
+
+#: Use the Triton path on CUDA when it applies (tests switch it off to compare the paths).
+ENABLED = True
+#: Run the kernels on CPU tensors too: only meaningful under ``TRITON_INTERPRET=1`` (tests).
+FORCE = False
+#: Units per program the mask kernel aims for when a tile covers whole maps (rounded down to a
+#: power of two maps per program).
+TILE_UNITS = 1024
+#: Elements per program of the product kernel and its warps per program.
+APPLY_BLOCK = 2048
+APPLY_WARPS = 4
+#: Warps per program of the mask kernel; None: one warp for tiles of up to 1024 units, else 4.
+#: Measured on an H200 (mask kernel alone, rate 0.1, block 7; 1 / 2 / 4 / 8 warps, microseconds):
+#: 32x1024x14x14 (4 maps of 16x16 per program) 36 / 61 / 41 / 58; 32x512x28x28 (one 32x32 tile)
+#: 89 / 99 / 134 / 250; 16x256x56x56 (one 64x64 tile) 206 / 240 / 204 / 299.
+MASK_WARPS = None
+# Largest tile side (64 x 64 units) and largest seed window side: blocks too large for a
+# 128-wide window (about 62 units and more) take the tensor path, whose cost does not grow with
+# the block's area in registers.
+_MAX_TILE = 64
+_MAX_WINDOW = 128
+_GRID_LIMIT = 65535  # CUDA's limit on the second and third launch-grid dimensions
+
+
+@functools.lru_cache(maxsize=None)
+def has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    from . import _triton_kernels
+    return _triton_kernels
+
+
+def usable(x: torch.Tensor, data_format: str, share) -> bool:
+    """Whether :func:`dropblock` serves this call (CUDA, channels_first, contiguous, per-channel)."""
+    if not ENABLED or not (x.is_cuda or FORCE):
+        return False
+    return (data_format == "channels_first" and not share and x.is_contiguous()
+            and x.numel() > 0 and has_triton())
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+class Geometry(NamedTuple):
+    dims: tuple       # M, D, H, W, GD, GH, GW, GW4, PD, PH, PW, BD, BH, BW
+    n_mblocks: int
+    launch: tuple     # launch grid of the mask kernel
+    bm: int
+    th: int
+    tw: int
+    gth: int
+    gtw: int
+
+
+@functools.lru_cache(maxsize=256)
+def geometry(shape: tuple, block: tuple, seeds: str, tile_units: int = TILE_UNITS) -> Optional[Geometry]:
+    """Launch geometry of the mask kernel for a channels_first input, or None when the input is
+    too large for the launch grid or the block too large for the seed window (the caller falls
+    back to tensor operations)."""
+    n, c, *spatial = shape
+    if len(spatial) == 1:  # fold the maps into the rows of one map: the same seeds, see kernels
+        m, (d, h, w), blk = 1, (1, n * c, spatial[0]), (1, 1, block[0])
+    else:
+        m = n * c
+        d, h, w = ([1] + list(spatial)) if len(spatial) == 2 else spatial
+        blk = ((1,) + tuple(block)) if len(spatial) == 2 else tuple(block)
+    pads = tuple(b - 1 if seeds == "padded" else 0 for b in blk)
+    grid = tuple(s + b - 1 if seeds == "padded" else s - b + 1 for s, b in zip((d, h, w), blk))
+    gd, gh, gw = grid
+    th = min(max(_pow2(h), 16), _MAX_TILE)
+    tw = min(max(_pow2(w), 16), _MAX_TILE)
+    gth = max(_pow2(min(th + blk[1] - 1, gh)), 16)
+    gtw = max(_pow2(min(tw + blk[2] + 2, gw)), 16)  # + up to 3 for the 4-aligned start
+    if gth > _MAX_WINDOW or gtw > _MAX_WINDOW:
+        return None
+    bm = 1
+    if th >= h and tw >= w:  # one tile per map: batch maps up to tile_units units
+        per = max(1, tile_units // (th * tw))
+        bm = min(1 << (per.bit_length() - 1), _pow2(m))  # a power of two, as tl.arange needs
+    n_mblocks = -(-m // bm)
+    launch = (n_mblocks * d, -(-h // th), -(-w // tw))
+    if launch[0] >= 2 ** 31 or max(launch[1:]) > _GRID_LIMIT:
+        return None
+    dims = (m, d, h, w, gd, gh, gw, -(-gw // 4)) + pads + blk
+    return Geometry(dims, n_mblocks, launch, bm, th, tw, gth, gtw)
+
+
+def mask_warps(geo: Geometry) -> int:
+    if MASK_WARPS is not None:
+        return MASK_WARPS
+    return 1 if geo.bm * geo.th * geo.tw <= 1024 else 4
+
+
+def threshold(gamma: float) -> int:
+    """The 32-bit threshold: a position is a seed when its word is below it."""
+    return min(max(int(round(float(gamma) * 2.0 ** 32)), 0), 2 ** 32)
+
+
+def new_key(device, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """A fresh 63-bit Philox key on ``device``, drawn from ``generator`` (or the default one)."""
+    return torch.empty(1, dtype=torch.int64, device=device).random_(generator=generator)
+
+
+def keep_mask(shape, device, gamma, block, seeds, key: torch.Tensor):
+    """Boolean keep mask of a channels_first input of ``shape`` and the int64 count of kept
+    units (a 1-element tensor), for the seeds ``key`` selects."""
+    geo = geometry(tuple(shape), tuple(block), seeds, TILE_UNITS)
+    if geo is None:
+        raise ValueError(f"input of shape {tuple(shape)} with block {tuple(block)} does not fit "
+                         "the Triton launch grid or seed window")
+    keep = torch.empty(tuple(shape), dtype=torch.bool, device=device)
+    count = torch.zeros(1, dtype=torch.int64, device=device)
+    _kernels().dropblock_mask_kernel[geo.launch](
+        keep.view(torch.uint8), count, key, threshold(gamma), geo.n_mblocks, *geo.dims,
+        BM=geo.bm, TH=geo.th, TW=geo.tw, GTH=geo.gth, GTW=geo.gtw, num_warps=mask_warps(geo))
+    return keep, count
+
+
+def seed_grid(shape, device, gamma, block, seeds, key: torch.Tensor) -> torch.Tensor:
+    """The seeds (bool, shaped like the seed grid) that :func:`keep_mask` draws for ``key``."""
+    geo = geometry(tuple(shape), tuple(block), seeds, TILE_UNITS)
+    if geo is None:
+        raise ValueError(f"input of shape {tuple(shape)} with block {tuple(block)} does not fit "
+                         "the Triton launch grid or seed window")
+    m, _, _, _, gd, gh, gw, gw4 = geo.dims[:8]
+    out = torch.zeros((m, gd, gh, gw), dtype=torch.uint8, device=device)
+    launch = (m * gd, -(-gh // geo.gth), -(-gw // geo.gtw))
+    _kernels().seed_grid_kernel[launch](out, key, threshold(gamma), m, gd, gh, gw, gw4,
+                                        GTH=geo.gth, GTW=geo.gtw)
+    n, c, *spatial = shape
+    grid_spatial = tuple(s + b - 1 if seeds == "padded" else s - b + 1
+                         for s, b in zip(spatial, block))
+    return out.view((n, c) + grid_spatial).bool()
+
+
+def _apply(x: torch.Tensor, keep: torch.Tensor, param: torch.Tensor, from_count: bool,
+           out: torch.Tensor) -> torch.Tensor:
+    n = x.numel()
+    launch = (-(-n // APPLY_BLOCK),)
+    _kernels().masked_scale_kernel[launch](
+        x, keep.view(torch.uint8), out, param, n, keep.numel(), FROM_COUNT=from_count,
+        WIDE=x.dtype == torch.float64, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
+    return out
+
+
+def _scale(keep: torch.Tensor, param: torch.Tensor, from_count: bool, dtype) -> torch.Tensor:
+    """The scale as a 0-d tensor (for the double-backward fallback)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if not from_count:
+        return param[0].to(acc)
+    kept = param[0].to(acc)
+    total = torch.full_like(kept, keep.numel())  # a true division, as in the kernel
+    return torch.where(kept > 0, total / kept.clamp_min(1), torch.zeros_like(kept))
+
+
+class MaskedScale(torch.autograd.Function):
+    """``x * keep * scale`` by :func:`._triton_kernels.masked_scale_kernel`; saves the 1-byte
+    mask and the 8-byte count (or scale) for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, keep, param, from_count, inplace):
+        out = x if inplace else torch.empty_like(x)
+        _apply(x, keep, param, from_count, out)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(keep, param)
+        ctx.from_count = from_count
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        keep, param = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        if grad.requires_grad:  # double backward: differentiable tensor operations
+            scale = _scale(keep, param, ctx.from_count, grad.dtype)
+            return grad * (keep.to(grad.dtype) * scale).to(grad.dtype), None, None, None, None
+        grad = grad.contiguous()
+        return _apply(grad, keep, param, ctx.from_count, torch.empty_like(grad)), None, None, None, None
+
+
+def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize: str,
+              rate: float, generator: Optional[torch.Generator], inplace: bool):
+    """DropBlock of a channels_first contiguous input (see :func:`usable`), or None when the
+    input is too large for the launch grid."""
+    if geometry(tuple(x.shape), tuple(block), seeds, TILE_UNITS) is None:
+        return None
+    with torch.no_grad():
+        key = new_key(x.device, generator)
+        keep, count = keep_mask(x.shape, x.device, gamma, block, seeds, key)
+        if normalize == "batch":
+            param, from_count = count, True
+        else:
+            param = torch.full((1,), 1.0 / (1.0 - rate), dtype=torch.float64, device=x.device)
+            from_count = False
+    return MaskedScale.apply(x, keep, param, from_count, inplace)

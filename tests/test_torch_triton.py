@@ -1,0 +1,341 @@
+"""The Triton DropBlock path (structdrop_tutorial.torch._triton): exact masks, seed statistics,
+determinism, the product kernel and its gradients, fallbacks.
+
+On a GPU the kernels run compiled on CUDA tensors. Without one, tests/conftest.py sets
+TRITON_INTERPRET=1 and the autouse fixture sets ``_triton.FORCE`` so that CPU tensors take the
+Triton path in Triton's interpreter (slow per program: inputs stay small). Every statistical
+test uses a fixed key or seed, so it is deterministic; each states its bound.
+"""
+import math
+import os
+
+import numpy as np
+import pytest
+
+import structdrop_tutorial as sd
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+from structdrop_tutorial import torch as sdt  # noqa: E402
+from structdrop_tutorial.torch import _triton  # noqa: E402
+
+from helpers import five_sigma_fraction_bound  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def triton_path(monkeypatch):
+    """The Triton path on, and forced for CPU tensors when there is no GPU (restored after)."""
+    monkeypatch.setattr(_triton, "ENABLED", True)
+    monkeypatch.setattr(_triton, "FORCE", DEVICE == "cpu")
+
+
+def key(value):
+    return torch.tensor([value], dtype=torch.int64, device=DEVICE)
+
+
+def counting_dropblock(monkeypatch):
+    """Replace _triton.dropblock by a wrapper that records its calls; returns the list."""
+    calls, real = [], _triton.dropblock
+    monkeypatch.setattr(_triton, "dropblock", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+def is_union_of_blocks(keep, block):
+    """Whether the dropped units of a ``(N, C, *spatial)`` mask are a union of whole blocks with
+    valid seeds: the set equals its opening (blocks fully dropped, painted again)."""
+    n, c, *spatial = keep.shape
+    pool = getattr(torch.nn.functional, f"avg_pool{len(spatial)}d")
+    dropped = (~keep).double().reshape(n * c, 1, *spatial)
+    full = pool(dropped, block, 1).reshape(n, c, *[s - b + 1 for s, b in zip(spatial, block)])
+    return torch.equal(keep, sdt.dropblock_keep_mask(torch.where(full > 1 - 1e-9, 0.0, 1.0),
+                                                     0.5, block, "channels_first", "valid"))
+
+
+# --------------------------------------------------------------------------- exact masks
+GEOMETRIES = [  # (shape, block before clipping)
+    ((2, 3, 20), 4), ((37, 1, 9), 9), ((5, 7, 130), 3), ((3, 30, 11), 2),       # 1-D
+    ((2, 3, 9, 9), 3), ((2, 2, 10, 11), (2, 4)), ((1, 2, 7, 5), (7, 9)),       # 2-D
+    ((1, 1, 70, 33), 3), ((1, 1, 100, 130), (2, 3)), ((37, 1, 5, 7), 3),
+    ((1, 1, 70, 130), (60, 100)),
+    ((2, 2, 5, 6, 7), (2, 3, 3)), ((1, 2, 4, 4, 4), 5), ((1, 1, 3, 70, 9), 2),  # 3-D
+    ((3, 3, 2, 3, 4), 2),
+]
+IDS = [f"{s}-{b}".replace(" ", "") for s, b in GEOMETRIES]
+HIGH = (1, 4, 7, 9, 13)  # 1-D, 2-D one and several tiles, 37 maps, 3-D taller than 64
+
+
+def check_keep_mask(shape, block, seeds, gamma):
+    """keep_mask equals dropblock_keep_mask painted from seed_grid's seeds; count == keep.sum()."""
+    blk = sd.clip_block(block, shape[2:])
+    k = key(20240601)
+    if _triton.geometry(shape, blk, seeds) is None:  # window over 128: the tensor path's case
+        assert max(_triton._pow2(min(n + b - 1, 64 + b + 2)) for n, b in zip(shape[2:], blk)) > 128
+        with pytest.raises(ValueError, match="seed window"):
+            _triton.keep_mask(shape, DEVICE, gamma, blk, seeds, k)
+        return None, None
+    seeds_grid = _triton.seed_grid(shape, DEVICE, gamma, blk, seeds, k)
+    assert tuple(seeds_grid.shape) == sd.seed_grid_shape(shape, blk, "channels_first", seeds)
+    keep, count = _triton.keep_mask(shape, DEVICE, gamma, blk, seeds, k)
+    ref = sdt.dropblock_keep_mask(torch.where(seeds_grid, 0.0, 1.0), 0.5, blk, "channels_first",
+                                  seeds)
+    assert keep.dtype == torch.bool and keep.shape == shape and keep.device == ref.device
+    assert torch.equal(keep, ref)
+    assert count.dtype == torch.int64 and int(count) == int(keep.sum())
+    return seeds_grid, count
+
+
+@pytest.mark.parametrize("gamma", [0.05, 0.3])
+@pytest.mark.parametrize("seeds", ["valid", "padded"])
+@pytest.mark.parametrize("shape, block", GEOMETRIES, ids=IDS)
+def test_keep_mask_equals_reference_given_its_seeds(shape, block, seeds, gamma):
+    """Exact masks: 1-, 2- and 3-D; several tiles per map (sides over 64); maps batched per
+    program with a partial last batch (N*C = 37, 9); even blocks; blocks clipped to the map."""
+    check_keep_mask(shape, block, seeds, gamma)
+
+
+@pytest.mark.parametrize("gamma", [0.7, 1.0])  # 0.7: threshold above 2**31; 1.0: all seeds
+@pytest.mark.parametrize("seeds", ["valid", "padded"])
+@pytest.mark.parametrize("shape, block", [GEOMETRIES[i] for i in HIGH],
+                         ids=[IDS[i] for i in HIGH])
+def test_keep_mask_high_gamma(shape, block, seeds, gamma):
+    """As above for gamma 0.7 and 1.0 (other threshold types: a kernel compile each on a GPU)."""
+    seeds_grid, count = check_keep_mask(shape, block, seeds, gamma)
+    if gamma == 1.0:
+        assert bool(seeds_grid.all()) and int(count) == 0
+
+
+@pytest.mark.parametrize("shape, block", [((13, 1, 5, 7), (3, 3)), ((6, 5, 3, 9), (2, 2)),
+                                          ((5, 2, 2, 6, 7), (2, 2, 3))])
+def test_mask_does_not_depend_on_the_tiling(monkeypatch, shape, block):
+    """Every grid position has its own Philox word: 1, 4 or 16-32 maps per program (a partial
+    last batch) give one mask."""
+    masks = []
+    for units in (256, 1024, 8192):
+        monkeypatch.setattr(_triton, "TILE_UNITS", units)
+        masks.append(_triton.keep_mask(shape, DEVICE, 0.2, block, "padded", key(5))[0])
+    assert all(torch.equal(m, masks[0]) for m in masks[1:])
+    assert 0 < int(masks[0].sum()) < masks[0].numel()
+
+
+# --------------------------------------------------------------------------- public API
+@pytest.mark.parametrize("normalize", ["batch", "rate"])
+@pytest.mark.parametrize("shape, block, seeds", [((2, 3, 9, 9), 3, "valid"),
+                                                 ((4, 3, 20), 5, "padded"),
+                                                 ((1, 2, 4, 6, 7), (2, 3, 3), "valid")])
+def test_public_dropblock_takes_triton_path(monkeypatch, shape, block, seeds, normalize):
+    """sdt.dropblock(seed=int) calls _triton.dropblock once; y == x * keep * scale with
+    keep = (y != 0) for x = ones, scale numel / kept ("batch") or 1 / (1 - rate)."""
+    calls = counting_dropblock(monkeypatch)
+    rate = 0.3
+    ones = torch.ones(shape, dtype=torch.float64, device=DEVICE)
+    y = sdt.dropblock(ones, rate, block, seeds=seeds, normalize=normalize, seed=11)
+    assert len(calls) == 1 and y.device == ones.device and y.dtype == torch.float64
+    keep = y != 0
+    assert 0 < int(keep.sum()) < keep.numel()
+    scale = keep.numel() / int(keep.sum()) if normalize == "batch" else 1.0 / (1.0 - rate)
+    assert torch.equal(y, ones * keep * scale)
+    x = torch.randn(shape, device=DEVICE)  # float32, same seed: same key, same mask
+    y32 = sdt.dropblock(x, rate, block, seeds=seeds, normalize=normalize, seed=11)
+    torch.testing.assert_close(y32, x * keep * scale, rtol=1e-6, atol=0)
+    if seeds == "valid":
+        assert is_union_of_blocks(keep, sd.clip_block(block, shape[2:]))
+
+
+def test_other_calls_do_not_take_triton_path(monkeypatch):
+    calls = counting_dropblock(monkeypatch)
+    x = torch.ones(2, 3, 8, 8, device=DEVICE)
+    sdt.dropblock(torch.ones(2, 8, 8, 3, device=DEVICE), 0.3, 3, "channels_last", seed=1)
+    sdt.dropblock(x, 0.3, 3, share="channels", seed=1)
+    sdt.dropblock(x, 0.3, 3, uniform=torch.rand(2, 3, 6, 6, device=DEVICE))
+    assert calls == []
+
+
+def test_usable():
+    x = torch.ones(2, 3, 8, 8, device=DEVICE)
+    assert _triton.usable(x, "channels_first", ())
+    assert not _triton.usable(x, "channels_last", ())
+    assert not _triton.usable(x, "channels_first", ("channels",))
+    assert not _triton.usable(x.transpose(2, 3), "channels_first", ())
+    assert not _triton.usable(torch.ones(0, 3, 8, 8, device=DEVICE), "channels_first", ())
+    _triton.ENABLED = False  # restored by the fixture
+    assert not _triton.usable(x, "channels_first", ())
+    _triton.ENABLED, _triton.FORCE = True, False  # a CPU tensor needs FORCE
+    assert not _triton.usable(x.cpu(), "channels_first", ())
+
+
+def test_geometry_limits_and_fallback(monkeypatch):
+    """geometry is None past CUDA's grid limits (65535 tiles on axes 1, 2; 2**31 on axis 0),
+    and dropblock then falls back to tensor operations with a valid DropBlock output."""
+    assert _triton.geometry((65535, 64, 5), (3,), "valid") is not None  # 65535 row tiles
+    assert _triton.geometry((65535 * 64 + 1, 1, 5), (3,), "valid") is None
+    assert _triton.geometry((70000, 64, 5), (3,), "valid") is None
+    assert _triton.geometry((1, 1, 10, 65535 * 64), (3, 3), "valid") is not None
+    assert _triton.geometry((1, 1, 10, 65536 * 64), (3, 3), "valid") is None
+    assert _triton.geometry((2 ** 26, 1, 200, 2, 2), (1, 1, 1), "valid") is None
+    # a block that needs a seed window over 128 wide (its tile plus the block) falls back too
+    assert _triton.geometry((1, 1, 200, 200), (62, 62), "valid") is not None
+    assert _triton.geometry((1, 1, 200, 200), (3, 63), "valid") is None  # 64 + 63 + 3 columns
+    assert _triton.geometry((1, 1, 200, 200), (66, 3), "valid") is None  # 64 + 65 rows
+    assert _triton.geometry((1, 1, 400, 400), (200, 200), "padded") is None
+    monkeypatch.setattr(_triton, "geometry", lambda *a, **k: None)
+    monkeypatch.setattr(_triton, "keep_mask", lambda *a, **k: pytest.fail("Triton mask used"))
+    x = torch.ones(4, 3, 12, 12, dtype=torch.float64, device=DEVICE)
+    y = sdt.dropblock(x, 0.3, 3, seed=2)
+    keep = y != 0
+    assert y.shape == x.shape and y.device == x.device and 0 < int(keep.sum()) < keep.numel()
+    assert torch.equal(y, x * keep * (keep.numel() / int(keep.sum())))
+    assert is_union_of_blocks(keep, (3, 3))
+
+
+# --------------------------------------------------------------------------- statistics
+def test_threshold_is_gamma_to_32_bits():
+    """p = threshold(gamma) / 2**32 is within 2**-33 of gamma; 0 and 1 are exact."""
+    assert _triton.threshold(0.0) == 0 and _triton.threshold(1.0) == 2 ** 32
+    for gamma in (1e-9, 0.05, 0.1, 0.3, 0.5, 0.7, 1 - 1e-9):
+        assert abs(_triton.threshold(gamma) / 2 ** 32 - gamma) <= 2 ** -33
+
+
+@pytest.mark.parametrize("shape, block, gamma", [((40, 25, 133), (3,), 0.1),
+                                                 ((4, 8, 70, 33), (3, 3), 0.3)])
+def test_seed_statistics(shape, block, gamma):
+    """Seeds of a fixed key as i.i.d. Bernoulli(p), p = threshold(gamma) / 2**32 (q = 1 - p),
+    over M maps of G positions, every check at 5 sigma unless stated:
+
+    * total seeds vs Binomial(M G, p): |T - M G p| <= 5 sqrt(M G p q);
+    * per-map counts K ~ Binomial(G, p), sigma^2 = G p q: mean within 5 sqrt(sigma^2 / M);
+      unbiased sample variance within 5 sqrt(Var s^2), Var s^2 = (mu4 - sigma^4 (M-3)/(M-1)) / M
+      with the binomial mu4 = sigma^2 (1 + 3 (G - 2) p q);
+    * uniform positions: sum over positions of (c_g - M p)^2 / (M p q) (about chi-square with G
+      degrees of freedom) below the chi-square quantile at p-value 1e-6;
+    * adjacent positions (g, g+1) on the last axis, per lane g % 4 (pairs inside one Philox call
+      for 0..2, across two calls for 3): disjoint pairs, count within 5 sqrt(n p^2 (1 - p^2))
+      of n p^2; the same for the last positions of a grid row against the first of the next."""
+    chi2 = pytest.importorskip("scipy.stats").chi2
+    seeds = _triton.seed_grid(shape, DEVICE, gamma, block, "valid", key(987654321)).cpu()
+    p = _triton.threshold(gamma) / 2 ** 32
+    q = 1 - p
+    maps = seeds.reshape(shape[0] * shape[1], -1).double().numpy()
+    m, g = maps.shape
+    assert m >= 32 and abs(maps.sum() - m * g * p) <= 5 * math.sqrt(m * g * p * q)
+    counts = maps.sum(axis=1)
+    sigma2 = g * p * q
+    assert abs(counts.mean() - g * p) <= 5 * math.sqrt(sigma2 / m)
+    mu4 = sigma2 * (1 + 3 * (g - 2) * p * q)
+    assert abs(counts.var(ddof=1) - sigma2) <= 5 * math.sqrt((mu4 - sigma2 ** 2 * (m - 3) / (m - 1)) / m)
+    stat = ((maps.sum(axis=0) - m * p) ** 2 / (m * p * q)).sum()
+    assert stat <= chi2.ppf(1 - 1e-6, g)
+    rows = seeds.reshape(-1, seeds.shape[-1]).numpy()
+    pairs = rows[:, :-1] & rows[:, 1:]
+    lane = np.arange(pairs.shape[1]) % 4
+    for j in range(4):
+        n = pairs[:, lane == j].size
+        assert abs(pairs[:, lane == j].sum() - n * p * p) <= 5 * math.sqrt(n * p * p * (1 - p * p))
+    # consecutive grid rows use consecutive Philox counters: the last counter of a row and the
+    # first of the next must be different calls (a shared counter would repeat the lanes)
+    last = 4 * ((rows.shape[1] - 1) // 4)
+    for j in range(rows.shape[1] - last):
+        both = rows[:-1, last + j] & rows[1:, j]
+        n = both.size
+        assert abs(both.sum() - n * p * p) <= 5 * math.sqrt(n * p * p * (1 - p * p))
+
+
+@pytest.mark.parametrize("seeds", ["valid", "padded"])
+@pytest.mark.parametrize("shape, block", [((20, 20, 14, 14), 7), ((20, 20, 9, 12), (3, 5)),
+                                          ((50, 40, 20), 4), ((10, 10, 6, 7, 8), (2, 3, 3))])
+def test_drop_fraction_matches_expected(monkeypatch, shape, block, seeds):
+    """Drop fraction vs sd.expected_drop_fraction within five_sigma_fraction_bound over the
+    N*C independent maps. Bigger tiles only shorten the interpreter's run (same mask)."""
+    monkeypatch.setattr(_triton, "TILE_UNITS", 8192 if DEVICE == "cpu" else _triton.TILE_UNITS)
+    rate, spatial = 0.15, shape[2:]
+    y = sdt.dropblock(torch.ones(shape, device=DEVICE), rate, block, seeds=seeds,
+                      normalize="rate", seed=123)
+    frac = (y == 0).double().mean().item()
+    expected = sd.expected_drop_fraction(sd.exact_gamma(rate, sd.clip_block(block, spatial),
+                                                        spatial, seeds), block, spatial, seeds)
+    assert expected == pytest.approx(rate, abs=1e-9)
+    assert abs(frac - expected) <= five_sigma_fraction_bound(expected, shape[0] * shape[1])
+
+
+# --------------------------------------------------------------------------- determinism
+def test_determinism():
+    shape, block = (2, 3, 9, 11), (3, 3)
+    a = _triton.keep_mask(shape, DEVICE, 0.3, block, "valid", key(1))[0]
+    assert torch.equal(a, _triton.keep_mask(shape, DEVICE, 0.3, block, "valid", key(1))[0])
+    assert not torch.equal(a, _triton.keep_mask(shape, DEVICE, 0.3, block, "valid", key(2))[0])
+    x = torch.randn(shape, device=DEVICE)
+    assert torch.equal(sdt.dropblock(x, 0.3, 3, seed=7), sdt.dropblock(x, 0.3, 3, seed=7))
+    g1 = torch.Generator(device=DEVICE).manual_seed(3)
+    g2 = torch.Generator(device=DEVICE).manual_seed(3)
+    first = sdt.dropblock(x, 0.3, 3, seed=g1)
+    assert torch.equal(first, sdt.dropblock(x, 0.3, 3, seed=g2))
+    assert not torch.equal(first, sdt.dropblock(x, 0.3, 3, seed=g1))  # the generator advanced
+    torch.manual_seed(0)
+    b = sdt.dropblock(x, 0.3, 3)
+    torch.manual_seed(0)
+    assert torch.equal(b, sdt.dropblock(x, 0.3, 3))
+
+
+# --------------------------------------------------------------------------- product kernel
+SHAPE = (3, 5, 301)  # 4515 elements: two full programs of the product kernel and a tail
+
+
+@pytest.mark.parametrize("normalize", ["batch", "rate"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_product_and_gradient(dtype, normalize):
+    """y and dL/dx are x * keep * scale and g * keep * scale (float64 exact, float32 1e-6,
+    half types: the float32 product rounded once); inplace writes the same values into x."""
+    ones = torch.ones(SHAPE, dtype=torch.float64, device=DEVICE)
+    keep = sdt.dropblock(ones, 0.2, 7, normalize=normalize, seed=4) != 0
+    scale = keep.numel() / int(keep.sum()) if normalize == "batch" else 1 / 0.8
+    tol = dict(rtol=0, atol=0) if dtype == torch.float64 else (
+        dict(rtol=1e-6, atol=0) if dtype == torch.float32 else {})
+    x = torch.randn(SHAPE, device=DEVICE).to(dtype).requires_grad_()
+    y = sdt.dropblock(x, 0.2, 7, normalize=normalize, seed=4)
+    assert y.dtype == dtype and torch.isfinite(y.float()).all()
+    torch.testing.assert_close(y, (x.detach().double() * keep * scale).to(dtype), **tol)
+    g = torch.randn(SHAPE, device=DEVICE).to(dtype)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert gx.dtype == dtype
+    torch.testing.assert_close(gx, (g.double() * keep * scale).to(dtype), **tol)
+    x2 = x.detach().clone()
+    out = sdt.dropblock(x2, 0.2, 7, normalize=normalize, seed=4, inplace=True)
+    assert out.data_ptr() == x2.data_ptr() and torch.equal(x2, y.detach())
+
+
+@pytest.mark.parametrize("normalize", ["batch", "rate"])
+def test_gradcheck(normalize):
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    fn = lambda t: sdt.dropblock(t, 0.3, 2, normalize=normalize, seed=3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,), fast_mode=True)
+    assert torch.autograd.gradgradcheck(lambda t: fn(t) ** 2, (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "rate"])
+def test_double_backward_is_mask_times_scale(normalize):
+    """d/dv of (dy/dx)^T v is keep * scale (the backward's differentiable branch), bit for bit:
+    that branch divides numel by kept as the kernels do (not numel * (1 / kept), which is what
+    torch's ``int / tensor`` computes, 1 ulp off for seed=6)."""
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    y = sdt.dropblock(x, 0.3, 3, normalize=normalize, seed=6)
+    mask_scale = sdt.dropblock(torch.ones_like(x), 0.3, 3, normalize=normalize, seed=6)
+    assert 0 < int((mask_scale != 0).sum()) < x.numel()
+    v = torch.ones_like(x, requires_grad=True)
+    (gx,) = torch.autograd.grad(y, x, v, create_graph=True)
+    assert gx.requires_grad
+    torch.testing.assert_close(gx.detach(), mask_scale, rtol=0, atol=0)
+    (gv,) = torch.autograd.grad(gx, v, torch.ones_like(gx))
+    torch.testing.assert_close(gv, mask_scale, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "rate"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_all_dropped_gives_zeros_and_zero_gradient(dtype, normalize):
+    x = torch.randn(2, 3, 6, 6, device=DEVICE).to(dtype).requires_grad_()
+    y = sdt.dropblock(x, 0.5, 3, gamma=1.0, normalize=normalize)
+    assert y.dtype == dtype and torch.equal(y, torch.zeros_like(y))
+    (g,) = torch.autograd.grad(y.float().sum(), x)
+    assert torch.isfinite(g).all() and torch.equal(g, torch.zeros_like(g))
