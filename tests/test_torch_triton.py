@@ -339,3 +339,28 @@ def test_all_dropped_gives_zeros_and_zero_gradient(dtype, normalize):
     assert y.dtype == dtype and torch.equal(y, torch.zeros_like(y))
     (g,) = torch.autograd.grad(y.float().sum(), x)
     assert torch.isfinite(g).all() and torch.equal(g, torch.zeros_like(g))
+
+
+def test_launches_on_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: _on makes the tensors' device current when
+    it differs, and does nothing for the current device or a CPU tensor."""
+    entered = []
+
+    class Recorder:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", Recorder)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with _triton._on("cpu"), _triton._on("cuda:0"), _triton._on("cuda"):
+        pass
+    assert entered == []
+    with _triton._on("cuda:1"):
+        pass
+    assert entered == [torch.device("cuda:1")]

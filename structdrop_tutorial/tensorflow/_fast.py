@@ -1,7 +1,7 @@
 """DropBlock's fast path in TensorFlow: draw only the seeds, then expand them into blocks.
 
 With the usual settings a seed is rare (gamma is about 0.002 to 0.02), so one uniform per seed
-position (the reference in :mod:`.functional`) spends its time on positions that are not seeds.
+position (the reference in :mod:`.dropblock`) spends its time on positions that are not seeds.
 This module produces a mask with exactly the same distribution in two steps:
 
 1. **Seeds as a Bernoulli process** (:func:`bernoulli_positions`). The positions of an i.i.d.
@@ -29,10 +29,10 @@ there; inside a graph they run as one small cached ``jit_compile=True`` kernel i
 (:data:`USE_XLA_KERNEL`), which XLA fuses into a few loops and which writes the mask as uint8
 (~3 ms). Counting the kept units for ``normalize="batch"`` by per-map float sums cost another
 7-15 ms; an integer count of the bytes, eight at a time, takes ~2 ms
-(:func:`.functional._count_kept`). The product ``x * mask * scale`` and its gradient run in a
+(:func:`.dropblock._count_kept`). The product ``x * mask * scale`` and its gradient run in a
 second small kernel that reads the 1-byte mask (:func:`masked_multiply`).
 
-Given the same seed positions the keep mask equals :func:`.functional.dropblock_keep_mask`'s
+Given the same seed positions the keep mask equals :func:`.dropblock.dropblock_keep_mask`'s
 (``tests/test_tensorflow_fast.py``), and the seed positions pass a 5-sigma test against
 Bernoulli(gamma).
 """
@@ -53,7 +53,7 @@ USE_XLA_KERNEL = True
 #: Tiers of over-allocated seed counts: ``n // 4 ** k + 64`` for k = 1 .. TIERS.
 TIERS = 5
 _SIGMAS = 8.0
-#: Same stateless generator as :mod:`.functional` (see ``RNG_ALG`` there).
+#: Same stateless generator as :mod:`._common` (see ``RNG_ALG`` there).
 RNG_ALG = "philox"
 
 
@@ -155,10 +155,10 @@ def expand_grid(seed_grid, block, spatial, spatial_axes, seeds, requested):
     sides and keep the first ``n`` outputs, which is right whether or not the block was clipped
     to the map (a clipped block leaves a grid of length 1 whose seed covers the whole axis).
     ``padded`` seeds need the clipped block's size statically; where the map size is unknown
-    they use the running-sum reference (:func:`.functional.expand_seeds`).
+    they use the running-sum reference (:func:`.dropblock.expand_seeds`).
     """
     if seeds == "padded" and not all(_static_int(b) for b in block):
-        from .functional import expand_seeds
+        from .dropblock import expand_seeds
         data_format = "channels_first" if spatial_axes[0] == 2 else "channels_last"
         return expand_seeds(seed_grid, block, data_format, seeds, spatial)
     out = seed_grid
@@ -199,8 +199,8 @@ def keep_mask_from_positions(positions, valid, grid, mask_shape, block, spatial_
 
 
 def _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype):
-    from .functional import _shape_arg, expand_seeds
-    from .functional import _spatial_axes
+    from ._common import _shape_arg, _spatial_axes
+    from .dropblock import expand_seeds
     u = tf.random.stateless_uniform(_shape_arg(grid), seed=seed, dtype=tf.float32, alg=RNG_ALG)
     seed_grid = u < tf.cast(gamma, tf.float32)
     requested = [b if _static_int(b) else None for b in block]
@@ -216,12 +216,12 @@ def sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, reques
                 dtype=tf.float32, from_positions=None, dense_finish=None):
     """DropBlock 0/1 mask (1 = kept) with sparsely drawn seeds, same distribution as the dense path.
 
-    ``grid``/``mask_shape``/``block`` as built by :func:`.functional.dropblock`, ``gamma`` a
+    ``grid``/``mask_shape``/``block`` as built by :func:`.dropblock.dropblock`, ``gamma`` a
     float or float64 tensor, ``seed`` a (2,) stateless seed. Where the grid size and gamma are
     Python numbers the tier is chosen in Python; otherwise a ``tf.switch_case`` picks it at run
     time.
     """
-    from .functional import _spatial_axes
+    from ._common import _spatial_axes
     rank = len(grid)
     axes = _spatial_axes(rank, data_format)
     spatial = [mask_shape[a] for a in axes]
@@ -272,7 +272,8 @@ def _shape_list(dims):
 
 def _finisher(x_dtype, normalize):
     """``mask01 -> mask01 * scale`` in x's dtype (the same steps as the dense path)."""
-    from .functional import _as_dtype, _batch_scale
+    from ._common import _as_dtype
+    from .dropblock import _batch_scale
 
     def finish(mask01, inv_keep):
         scale = _batch_scale(mask01) if normalize == "batch" else inv_keep
@@ -289,7 +290,7 @@ _MAX_KERNELS = 64
 def _xla_kernel(spatial_axes, seeds, requested):
     """A cached ``jit_compile=True`` function: (positions, shape carrier) -> the 0/1 keep mask
     as uint8. The count of kept units is left to plain TensorFlow ops
-    (:func:`.functional._count_kept`), which measured faster than a reduction fused into this
+    (:func:`.dropblock._count_kept`), which measured faster than a reduction fused into this
     kernel (XLA then recomputes the window ORs inside the reduction's loop)."""
     key = (tuple(spatial_axes), seeds, tuple(requested))
     if key in _KERNELS:
@@ -325,7 +326,7 @@ def sparse_scaled_mask(grid, mask_shape, gamma, block, data_format, seeds, seed,
     Like :func:`sparse_mask` followed by the scaling (``normalize="batch"``: size / kept;
     ``"rate"``: ``inv_keep``).
     """
-    from .functional import _spatial_axes
+    from ._common import _spatial_axes
     axes = _spatial_axes(len(grid), data_format)
     finish = _finisher(x_dtype, normalize)
     inv = tf.constant(inv_keep, tf.float64) if isinstance(inv_keep, float) else _f64(inv_keep)
@@ -385,7 +386,8 @@ def sparse_dropblock_fused(x, grid, mask_shape, gamma, block, data_format, seeds
     2-core CPU (tf.function, forward + backward, 32x28x28x512): see benchmarks/bench_tensorflow.py
     and chapter 8. The values equal :func:`sparse_scaled_mask` times x bit for bit.
     """
-    from .functional import _batch_scale, _spatial_axes
+    from ._common import _spatial_axes
+    from .dropblock import _batch_scale
     axes = _spatial_axes(len(grid), data_format)
     inv = tf.constant(inv_keep, tf.float64) if isinstance(inv_keep, float) else _f64(inv_keep)
     carrier = tf.zeros(tf.concat([tf.cast(_shape_list(mask_shape), tf.int32), [0]], 0))

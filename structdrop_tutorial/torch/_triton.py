@@ -25,6 +25,7 @@ paper's setting and PyTorch's layout; anything else takes the tensor-operation p
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 from typing import NamedTuple, Optional
@@ -71,6 +72,15 @@ def usable(x: torch.Tensor, data_format: str, share) -> bool:
         return False
     return (data_format == "channels_first" and not share and x.is_contiguous()
             and x.numel() > 0 and has_triton())
+
+
+def _on(device):
+    """A context that makes ``device`` current for Triton's launch: Triton launches on the
+    current CUDA device, whatever device the tensors are on. Nothing to do in the common case."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def _pow2(n: int) -> int:
@@ -146,9 +156,10 @@ def keep_mask(shape, device, gamma, block, seeds, key: torch.Tensor):
                          "the Triton launch grid or seed window")
     keep = torch.empty(tuple(shape), dtype=torch.bool, device=device)
     count = torch.zeros(1, dtype=torch.int64, device=device)
-    _kernels().dropblock_mask_kernel[geo.launch](
-        keep.view(torch.uint8), count, key, threshold(gamma), geo.n_mblocks, *geo.dims,
-        BM=geo.bm, TH=geo.th, TW=geo.tw, GTH=geo.gth, GTW=geo.gtw, num_warps=mask_warps(geo))
+    with _on(keep.device):
+        _kernels().dropblock_mask_kernel[geo.launch](
+            keep.view(torch.uint8), count, key, threshold(gamma), geo.n_mblocks, *geo.dims,
+            BM=geo.bm, TH=geo.th, TW=geo.tw, GTH=geo.gth, GTW=geo.gtw, num_warps=mask_warps(geo))
     return keep, count
 
 
@@ -161,8 +172,9 @@ def seed_grid(shape, device, gamma, block, seeds, key: torch.Tensor) -> torch.Te
     m, _, _, _, gd, gh, gw, gw4 = geo.dims[:8]
     out = torch.zeros((m, gd, gh, gw), dtype=torch.uint8, device=device)
     launch = (m * gd, -(-gh // geo.gth), -(-gw // geo.gtw))
-    _kernels().seed_grid_kernel[launch](out, key, threshold(gamma), m, gd, gh, gw, gw4,
-                                        GTH=geo.gth, GTW=geo.gtw)
+    with _on(out.device):
+        _kernels().seed_grid_kernel[launch](out, key, threshold(gamma), m, gd, gh, gw, gw4,
+                                            GTH=geo.gth, GTW=geo.gtw)
     n, c, *spatial = shape
     grid_spatial = tuple(s + b - 1 if seeds == "padded" else s - b + 1
                          for s, b in zip(spatial, block))
@@ -173,9 +185,10 @@ def _apply(x: torch.Tensor, keep: torch.Tensor, param: torch.Tensor, from_count:
            out: torch.Tensor) -> torch.Tensor:
     n = x.numel()
     launch = (-(-n // APPLY_BLOCK),)
-    _kernels().masked_scale_kernel[launch](
-        x, keep.view(torch.uint8), out, param, n, keep.numel(), FROM_COUNT=from_count,
-        WIDE=x.dtype == torch.float64, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
+    with _on(x.device):
+        _kernels().masked_scale_kernel[launch](
+            x, keep.view(torch.uint8), out, param, n, keep.numel(), FROM_COUNT=from_count,
+            WIDE=x.dtype == torch.float64, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
     return out
 
 

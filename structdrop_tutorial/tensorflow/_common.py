@@ -1,0 +1,153 @@
+"""Helpers shared by the TensorFlow functions (:mod:`.functional`, :mod:`.dropblock`): input
+checks, sizes that may be unknown in a graph, rates that may be tensors, seeds and noise."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from .._checks import check_rate
+
+#: The stateless generator used everywhere (the same numbers eagerly, in graphs and under XLA).
+RNG_ALG = "philox"
+
+
+def _as_float(x, name="x"):
+    """``x`` as a float tensor; TypeError for integer (or bool, complex) inputs."""
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype.name}")
+    return x
+
+
+def _dims(x):
+    """x's shape as a list: Python ints where static, scalar int32 tensors where not."""
+    static = x.shape.as_list()
+    if all(s is not None for s in static):
+        return static
+    dynamic = tf.shape(x)
+    return [s if s is not None else dynamic[i] for i, s in enumerate(static)]
+
+
+def _is_static(v):
+    return isinstance(v, (numbers.Integral, np.integer))
+
+
+def _shape_arg(dims):
+    """A shape for tf ops: a list of ints if all static, else an int32 vector."""
+    if all(_is_static(d) for d in dims):
+        return [int(d) for d in dims]
+    return tf.stack([tf.cast(d, tf.int32) for d in dims])
+
+
+def _static_rate(rate, name="rate"):
+    """A checked Python float for a number; None for a tensor or variable (dynamic rate)."""
+    if isinstance(rate, numbers.Real) and not isinstance(rate, bool):
+        return check_rate(rate, name)
+    if isinstance(rate, bool):
+        check_rate(rate, name)  # raises TypeError
+    return None
+
+
+def _rate_tensor(rate):
+    return tf.clip_by_value(tf.cast(rate, tf.float64), 0.0, 1.0)
+
+
+def _inverse_keep(rate):
+    """``1 / (1 - rate)`` in float64, 0 at rate 1 (so rate 1 gives zeros, never inf or NaN)."""
+    if isinstance(rate, float):
+        return 1.0 / (1.0 - rate) if rate < 1.0 else 0.0
+    r = _rate_tensor(rate)
+    return tf.where(r < 1.0, 1.0 / tf.maximum(1.0 - r, 1e-300), tf.zeros_like(r))
+
+
+def seed_tensor(seed):
+    """Turn a ``seed`` argument into a shape ``(2,)`` int64 seed for stateless random ops.
+
+    ``None`` draws a fresh seed from TensorFlow's global generator (stateful, so every call of a
+    graph gets new noise), an ``int`` is used as is (the same noise on every call), a
+    ``keras.random.SeedGenerator`` advances its state (a reproducible sequence) and an integer
+    tensor of shape ``(2,)`` is taken as the stateless seed.
+    """
+    if seed is None:
+        return tf.random.uniform([2], minval=0, maxval=2**31 - 1, dtype=tf.int64)
+    if isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool):
+        return tf.constant([int(seed), 0], tf.int64)
+    if hasattr(seed, "next") and hasattr(seed, "state"):  # keras.random.SeedGenerator
+        return tf.cast(tf.convert_to_tensor(seed.next()), tf.int64)
+    if isinstance(seed, (tf.Tensor, tf.Variable, np.ndarray)):
+        s = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+        if s.shape.rank != 1 or (s.shape[0] is not None and s.shape[0] != 2):
+            raise ValueError(f"seed tensor must have shape (2,), got {s.shape}")
+        return s
+    raise TypeError(f"seed must be None, an int, a keras.random.SeedGenerator or a shape (2,) "
+                    f"integer tensor, got {type(seed).__name__}")
+
+
+def sub_seed(seed_t, k):
+    """The ``k``-th independent stateless seed derived from ``seed_t`` (``k = 0``: itself)."""
+    if k == 0:
+        return seed_t
+    return tf.random.experimental.stateless_fold_in(seed_t, k)
+
+
+def _draw_uniform(dims, seed, dtype=tf.float32):
+    # An explicit algorithm: XLA's "auto_select" generator fuses into the consumer and is
+    # recomputed for every element of a broadcast (2-3x slower spatial dropout under XLA on a CPU).
+    return tf.random.stateless_uniform(_shape_arg(dims), seed=seed_tensor(seed), dtype=dtype,
+                                       alg=RNG_ALG)
+
+
+def _given_uniform(uniform, dims, name="uniform"):
+    """``uniform`` as a float tensor, checked against ``dims`` wherever both are static."""
+    u = tf.convert_to_tensor(uniform)
+    if not u.dtype.is_floating:
+        u = tf.cast(u, tf.float64)
+    got = u.shape.as_list()
+    want = [int(d) if _is_static(d) else None for d in dims]
+    if len(got) != len(want) or any(g is not None and w is not None and g != w
+                                    for g, w in zip(got, want)):
+        raise ValueError(f"{name} must have shape {tuple(want)}, got {tuple(got)}")
+    return u
+
+
+def _threshold(value, dtype):
+    """A probability compared with a uniform of ``dtype`` (as NumPy compares with a Python float)."""
+    if isinstance(value, float):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
+
+
+def _as_dtype(value, dtype):
+    """A Python number straight to ``dtype`` (``tf.cast`` would round it through float32 first)."""
+    if isinstance(value, (numbers.Real, np.floating)):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
+
+
+def _scaled(x, keep, scale):
+    """``x * (keep * scale)`` in x's dtype, the mask out of autograd.
+
+    As ``keep`` is 0 or 1, ``x * (keep * s)`` equals NumPy's ``(x * keep) * s`` bit for bit,
+    and the forward and backward passes each cost one multiply by the ready mask.
+    """
+    mask = tf.cast(keep, x.dtype) * _as_dtype(scale, x.dtype)
+    return x * tf.stop_gradient(mask)
+
+
+def _with_training(training, run, x):
+    """``run()`` when training, else ``x``; a tensor ``training`` becomes a ``tf.cond``."""
+    if isinstance(training, (tf.Tensor, tf.Variable)):
+        return tf.cond(tf.cast(training, tf.bool), run, lambda: tf.identity(x))
+    if not training:
+        return x
+    return run()
+
+
+def _spatial_axes(rank, data_format):
+    return tuple(range(2, rank)) if data_format == "channels_first" else tuple(range(1, rank - 1))
+
+
+def _channel_axis(rank, data_format):
+    return 1 if data_format == "channels_first" else rank - 1
