@@ -49,6 +49,7 @@ def painter(path):
     finally:
         (_paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP, _triton.FORCE,
          _triton.TILE_UNITS) = saved
+    assert not _triton._FAILED, _triton._FAILED  # the kernels ran, no silent fallback
 
 
 def layout(spatial, fmt, batch=2, ch=3):

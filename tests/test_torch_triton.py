@@ -28,9 +28,14 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 @pytest.fixture(autouse=True)
 def triton_path(monkeypatch):
-    """The Triton path on, and forced for CPU tensors when there is no GPU (restored after)."""
+    """The Triton path on, and forced for CPU tensors when there is no GPU (restored after);
+    afterwards, no device may have been marked as failed."""
     monkeypatch.setattr(_triton, "ENABLED", True)
     monkeypatch.setattr(_triton, "FORCE", DEVICE == "cpu")
+    yield
+    # a kernel failing on first use would be caught and replaced by tensor operations (with a
+    # warning): no test may pass that way
+    assert not _triton._FAILED, _triton._FAILED
 
 
 def key(value):
@@ -364,3 +369,48 @@ def test_launches_on_the_tensors_device(monkeypatch):
     with _triton._on("cuda:1"):
         pass
     assert entered == [torch.device("cuda:1")]
+
+
+def test_first_use_failure_falls_back_once_with_a_warning(monkeypatch):
+    """A kernel that cannot compile on this device (e.g. a GPU Triton cannot target): the first
+    call warns and falls back to tensor operations, later calls fall back without trying."""
+    monkeypatch.setattr(_triton, "_CHECKED", set())
+    monkeypatch.setattr(_triton, "_FAILED", {})
+
+    class Broken:
+        def __getitem__(self, grid):
+            raise RuntimeError("no kernel for this GPU")
+
+    class Kernels:
+        dropblock_mask_kernel = masked_scale_kernel = seed_grid_kernel = Broken()
+
+    monkeypatch.setattr(_triton, "_kernels", lambda: Kernels)
+    x = torch.ones(3, 2, 9, 9, dtype=torch.float64, device=DEVICE)
+    with pytest.warns(RuntimeWarning, match="no kernel for this GPU"):
+        y = sdt.dropblock(x, 0.3, 3, seed=1)
+    keep = y != 0
+    assert 0 < int(keep.sum()) < keep.numel() and is_union_of_blocks(keep, (3, 3))
+    assert torch.equal(y, x * keep * (keep.numel() / int(keep.sum())))
+    assert list(_triton._FAILED) == [str(x.device)]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sdt.dropblock(x, 0.3, 3, seed=2).shape == x.shape
+    _triton._FAILED.clear()  # this test's own dict (monkeypatched); the fixture checks it after
+
+
+def test_a_checked_combination_is_not_caught(monkeypatch):
+    """Once a (device, geometry, dtype, normalize) combination ran, its errors propagate."""
+    monkeypatch.setattr(_triton, "_CHECKED", set())
+    monkeypatch.setattr(_triton, "_FAILED", {})
+    x = torch.ones(3, 2, 9, 9, device=DEVICE)
+    sdt.dropblock(x, 0.3, 3, seed=1)
+    assert len(_triton._CHECKED) == 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a real error")
+
+    monkeypatch.setattr(_triton, "keep_mask", broken)
+    with pytest.raises(RuntimeError, match="a real error"):
+        sdt.dropblock(x, 0.3, 3, seed=1)
+    assert _triton._FAILED == {}

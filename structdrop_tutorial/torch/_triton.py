@@ -28,7 +28,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-from typing import NamedTuple, Optional
+import warnings
+from typing import Dict, NamedTuple, Optional
 
 import torch
 
@@ -228,12 +229,39 @@ class MaskedScale(torch.autograd.Function):
         return _apply(grad, keep, param, ctx.from_count, torch.empty_like(grad)), None, None, None, None
 
 
+# Combinations (device, geometry, dtype, normalization) whose kernels compiled and ran, and
+# devices where a first use failed (a GPU that Triton cannot target, a broken Triton install):
+# those fall back to tensor operations from then on, after one warning. Failures of a
+# combination that already ran are not caught.
+_CHECKED: set = set()
+_FAILED: Dict[str, str] = {}
+
+
 def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize: str,
               rate: float, generator: Optional[torch.Generator], inplace: bool):
     """DropBlock of a channels_first contiguous input (see :func:`usable`), or None when the
-    input is too large for the launch grid."""
-    if geometry(tuple(x.shape), tuple(block), seeds, TILE_UNITS) is None:
+    caller should use tensor operations: the input does not fit the launch grid or the seed
+    window, or the kernels failed on their first use on this device (with a warning)."""
+    geo = geometry(tuple(x.shape), tuple(block), seeds, TILE_UNITS)
+    device = str(x.device)
+    if geo is None or device in _FAILED:
         return None
+    signature = (device, geo, x.dtype, normalize)
+    if signature in _CHECKED:
+        return _dropblock(x, gamma, block, seeds, normalize, rate, generator, inplace)
+    try:
+        out = _dropblock(x, gamma, block, seeds, normalize, rate, generator, inplace)
+    except Exception as exc:  # first use on this device: compile or launch failed
+        _FAILED[device] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"structdrop: the Triton DropBlock kernels failed on {device} "
+                      f"({_FAILED[device][:300]}); DropBlock uses tensor operations on this "
+                      "device from now on", RuntimeWarning, stacklevel=3)
+        return None
+    _CHECKED.add(signature)
+    return out
+
+
+def _dropblock(x, gamma, block, seeds, normalize, rate, generator, inplace):
     with torch.no_grad():
         key = new_key(x.device, generator)
         keep, count = keep_mask(x.shape, x.device, gamma, block, seeds, key)
