@@ -55,7 +55,6 @@ def device_us(fn):
 
 def host_costs(dev):
     import triton
-    import triton.language as tl
 
     @triton.jit
     def nothing(ptr):
@@ -117,7 +116,6 @@ def sweep(dev):
                 _triton.APPLY_BLOCK, _triton.APPLY_WARPS = size, warps
                 t = device_us(lambda: _triton._apply(x, keep, count, True, out))
                 results["apply"].setdefault(f"{size}/{warps}", {})[s] = t
-        del x, m, keep, out
     return results
 
 
