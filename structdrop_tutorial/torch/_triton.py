@@ -4,8 +4,9 @@ The tensor-operation path (:mod:`._fast`, :mod:`._paint`) launches a dozen small
 and synchronizes with the host twice (to size the seed list); on a GPU those fixed costs dwarf
 the memory traffic. Here one call is:
 
-1. an 8-byte key drawn from the input device's generator (``Tensor.random_``, so
-   ``torch.manual_seed``, ``seed=`` and CUDA graphs behave as for any random op);
+1. an 8-byte key drawn on the device from its generator (``Tensor.random_``, so
+   ``torch.manual_seed`` and ``seed=`` behave as for any random op, and nothing synchronizes;
+   capture in CUDA graphs has not been tested);
 2. :func:`._triton_kernels.dropblock_mask_kernel`: every tile draws its seeds from a
    counter-based generator (Philox-4x32-10, four grid positions per call), expands them into
    blocks with two small band-matrix products, writes the boolean keep mask (1 byte per unit)
