@@ -253,16 +253,10 @@ def timed(fn, x, g, mode, threads, min_run_time, device="cpu"):
     return m, (minor_faults() - before) / max(calls[0], 1)
 
 
-def device_name(device) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    return timing.cpu_name()
-
-
 def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu"):
     torch.set_num_threads(threads)
     on_gpu = torch.device(device).type == "cuda"
-    name_of_device = device_name(device)
+    name_of_device = timing.torch_device_name(device)
     rows = []
     for shape in shapes:
         x = torch.randn(shape, device=device, requires_grad=True)
@@ -328,17 +322,19 @@ def main(argv=None):
                         help="JSON from gpu_tune.py: launch parameters of the Triton path")
     args = parser.parse_args(argv)
     if args.triton_config:
-        for name, value in json.loads(args.triton_config.read_text())["config"].items():
+        config = json.loads(args.triton_config.read_text())["config"]
+        for name, value in config.items():
             if not hasattr(_triton, name):
                 raise SystemExit(f"--triton-config: unknown parameter {name}")
             setattr(_triton, name, value)
-        print("Triton launch parameters:", json.loads(args.triton_config.read_text())["config"])
+        print("Triton launch parameters:", config)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
         shapes = [tuple(int(n) for n in item.split("x")) for item in args.shapes.split(",")]
     rounds = 1 if args.quick else args.rounds
     refs = available_references()
-    print(f"torch {torch.__version__}, {args.threads} threads, {device_name(args.device)}")
+    print(f"torch {torch.__version__}, {args.threads} threads, "
+          f"{timing.torch_device_name(args.device)}")
     for name, version in refs.items():
         print(f"{name}: {version if version else 'not installed (not measured)'}")
     rows = run(shapes, args.threads, rounds, args.min_run_time, args.modes.split(","),

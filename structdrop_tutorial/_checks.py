@@ -51,6 +51,15 @@ def check_share(share) -> Tuple[str, ...]:
     return tuple(sorted(set(share)))
 
 
+def check_dropblock_options(data_format: str, seeds: str, normalize: str, share) -> Tuple[str, ...]:
+    """The checks every framework's ``dropblock`` makes on its string options; returns ``share``
+    normalized by :func:`check_share`."""
+    check_data_format(data_format)
+    check_choice(seeds, "seeds", SEEDS)
+    check_choice(normalize, "normalize", NORMALIZE)
+    return check_share(share)
+
+
 def check_n_spatial(rank: int, name: str = "x") -> int:
     """Number of spatial axes of a (batch, channels, *spatial) input of the given rank."""
     if rank not in (3, 4, 5):

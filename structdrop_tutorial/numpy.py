@@ -20,12 +20,12 @@ import math
 
 import numpy as np
 
-from ._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
-                      check_float_dtype_name, check_n_spatial, check_rate, check_share)
+from ._checks import (SEEDS, check_block_size, check_choice, check_data_format,
+                      check_dropblock_options, check_float_dtype_name, check_n_spatial, check_rate)
 from . import _sparse_seeds
 from .gamma import clip_block, resolve_gamma
-from .shapes import (channel_axis, drop_path_noise_shape, noise_shape as _noise_shape,
-                     seed_grid_shape, spatial_axes)
+from .shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
+                     spatial_axes)
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
            "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
@@ -259,10 +259,7 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
         Array of x's shape and dtype.
     """
     rate = check_rate(rate)
-    check_data_format(data_format)
-    check_choice(seeds, "seeds", SEEDS)
-    check_choice(normalize, "normalize", NORMALIZE)
-    share = check_share(share)
+    share = check_dropblock_options(data_format, seeds, normalize, share)
     x = _as_float_array(x)
     n_spatial = check_n_spatial(x.ndim)
     axes = spatial_axes(x.ndim, data_format)

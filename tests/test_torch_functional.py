@@ -547,3 +547,17 @@ def test_count_true(n):
     mask = torch.ones(n + 9, dtype=torch.bool)[9:]  # storage offset not a multiple of 8
     assert int(_fast.count_true(mask)) == n
     assert int(_fast.count_true(torch.ones(3, n, dtype=torch.bool).t())) == 3 * n  # strided
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_scale_from_count(dtype):
+    """The device-side scale (GPU tensor path, Triton double backward): a true division of the
+    total by the kept count in float32 (float64 for float64), 0 when nothing is kept."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for total, kept in [(486, 372), (6422528, 5781234), (10, 10), (7, 0)]:
+        s = _fast.scale_from_count(torch.tensor([kept]), total, dtype)
+        assert s.shape == () and s.dtype == acc
+        want = (torch.tensor(total, dtype=acc) / kept).item() if kept else 0.0
+        assert s.item() == want
+    # 486 / 372 in float64: numel * (1 / kept), what `int / tensor` computes, is 1 ulp off
+    assert _fast.scale_from_count(torch.tensor(372), 486, torch.float64).item() == 486 / 372

@@ -7,8 +7,8 @@ import numbers
 
 import tensorflow as tf
 
-from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
-                       check_n_spatial, check_share)
+from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
+                       check_dropblock_options, check_n_spatial)
 from ..gamma import resolve_gamma
 from . import _graph_gamma
 from ._common import (_as_dtype, _as_float, _channel_axis, _dims, _draw_uniform, _given_uniform,
@@ -192,11 +192,8 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
         Tensor of x's shape and dtype.
     """
     rate_s = _static_rate(rate)
-    check_data_format(data_format)
-    check_choice(seeds, "seeds", SEEDS)
-    check_choice(normalize, "normalize", NORMALIZE)
+    share = check_dropblock_options(data_format, seeds, normalize, share)
     check_choice(sampler, "sampler", SAMPLERS)
-    share = check_share(share)
     x = _as_float(x)
     check_n_spatial(x.shape.rank)
     requested, spatial, block, grid, mask_shape = _dropblock_geometry(x, block_size, data_format,

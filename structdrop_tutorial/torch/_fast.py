@@ -89,6 +89,15 @@ def count_true(mask: torch.Tensor) -> torch.Tensor:
     return total + torch.count_nonzero(flat[groups * _LANE_GROUP * 8:])
 
 
+def scale_from_count(kept: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
+    """``total / kept`` as a 0-d tensor on kept's device (0 when nothing is kept), computed in
+    float32 (float64 for float64 inputs) as a true division, without synchronizing."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    kept = kept.reshape(()).to(acc)
+    return torch.where(kept > 0, torch.full_like(kept, total) / kept.clamp_min(1),
+                       torch.zeros_like(kept))
+
+
 class MaskedScale(torch.autograd.Function):
     """``y = x * keep * scale`` saving only the boolean keep mask for the backward pass.
 

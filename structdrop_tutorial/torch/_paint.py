@@ -158,16 +158,19 @@ def table_bytes(grid_shape, axes, block, spatial, seeds) -> int:
     return (positions + 1) * math.prod(buf_shape[a] for a in axes)
 
 
-def use_table(grid_shape, axes, block, spatial, seeds, n_seeds: int) -> bool:
+def use_table(grid_shape, axes, block, spatial, seeds, n_seeds: int, device) -> bool:
     """Whether the table painter is expected to beat writing every block by index.
 
-    It needs ``channels_first``-like layouts (the spatial axes last, so a map is one contiguous
+    It runs on the CPU only: it selects seeds with ``nonzero``/``masked_select``, which would
+    synchronize a GPU, and it was measured on the CPU. It needs ``channels_first``-like layouts (the spatial axes last, so a map is one contiguous
     row), a table of at most :data:`TABLE_MAX_BYTES`, and at most
     :data:`TABLE_MAX_SEEDS_PER_MAP` seeds per map on average: with more, most seeds are not
     first in their map and the gain is lost (measured: 0.6x the time of index writes at 0.4
     seeds per map, 0.97x at 1.1, 1.08x at 1.7).
     """
     n_sp = len(axes)
+    if torch.device(device).type != "cpu":
+        return False
     if tuple(axes) != tuple(range(len(grid_shape) - n_sp, len(grid_shape))):
         return False
     if table_bytes(grid_shape, axes, block, spatial, seeds) > TABLE_MAX_BYTES:

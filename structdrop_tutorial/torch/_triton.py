@@ -40,6 +40,9 @@ from typing import Dict, NamedTuple, Optional
 
 import torch
 
+from ..shapes import seed_grid_shape
+from ._fast import scale_from_count
+
 #: Use the Triton path on CUDA when it applies (tests switch it off to compare the paths).
 ENABLED = True
 #: Run the kernels on CPU tensors too: only meaningful under ``TRITON_INTERPRET=1`` (tests).
@@ -119,8 +122,7 @@ def geometry(shape: tuple, block: tuple, seeds: str, tile_units: int = TILE_UNIT
         d, h, w = ([1] + list(spatial)) if len(spatial) == 2 else spatial
         blk = ((1,) + tuple(block)) if len(spatial) == 2 else tuple(block)
     pads = tuple(b - 1 if seeds == "padded" else 0 for b in blk)
-    grid = tuple(s + b - 1 if seeds == "padded" else s - b + 1 for s, b in zip((d, h, w), blk))
-    gd, gh, gw = grid
+    gd, gh, gw = seed_grid_shape((1, 1, d, h, w), blk, "channels_first", seeds)[2:]
     th = min(max(_pow2(h), 16), _MAX_TILE)
     tw = min(max(_pow2(w), 16), _MAX_TILE)
     gth = max(_pow2(min(th + blk[1] - 1, gh)), 16)
@@ -155,13 +157,18 @@ def new_key(device, generator: Optional[torch.Generator]) -> torch.Tensor:
     return torch.empty(1, dtype=torch.int64, device=device).random_(generator=generator)
 
 
-def keep_mask(shape, device, gamma, block, seeds, key: torch.Tensor):
-    """Boolean keep mask of a channels_first input of ``shape`` and the int64 count of kept
-    units (a 1-element tensor), for the seeds ``key`` selects."""
+def _fitting_geometry(shape, block, seeds) -> Geometry:
     geo = geometry(tuple(shape), tuple(block), seeds, TILE_UNITS)
     if geo is None:
         raise ValueError(f"input of shape {tuple(shape)} with block {tuple(block)} does not fit "
                          "the Triton launch grid or seed window")
+    return geo
+
+
+def keep_mask(shape, device, gamma, block, seeds, key: torch.Tensor):
+    """Boolean keep mask of a channels_first input of ``shape`` and the int64 count of kept
+    units (a 1-element tensor), for the seeds ``key`` selects."""
+    geo = _fitting_geometry(shape, block, seeds)
     keep = torch.empty(tuple(shape), dtype=torch.bool, device=device)
     count = torch.zeros(1, dtype=torch.int64, device=device)
     with _on(keep.device):
@@ -173,20 +180,14 @@ def keep_mask(shape, device, gamma, block, seeds, key: torch.Tensor):
 
 def seed_grid(shape, device, gamma, block, seeds, key: torch.Tensor) -> torch.Tensor:
     """The seeds (bool, shaped like the seed grid) that :func:`keep_mask` draws for ``key``."""
-    geo = geometry(tuple(shape), tuple(block), seeds, TILE_UNITS)
-    if geo is None:
-        raise ValueError(f"input of shape {tuple(shape)} with block {tuple(block)} does not fit "
-                         "the Triton launch grid or seed window")
+    geo = _fitting_geometry(shape, block, seeds)
     m, _, _, _, gd, gh, gw, gw4 = geo.dims[:8]
     out = torch.zeros((m, gd, gh, gw), dtype=torch.uint8, device=device)
     launch = (m * gd, -(-gh // geo.gth), -(-gw // geo.gtw))
     with _on(out.device):
         _kernels().seed_grid_kernel[launch](out, key, threshold(gamma), m, gd, gh, gw, gw4,
                                             GTH=geo.gth, GTW=geo.gtw)
-    n, c, *spatial = shape
-    grid_spatial = tuple(s + b - 1 if seeds == "padded" else s - b + 1
-                         for s, b in zip(spatial, block))
-    return out.view((n, c) + grid_spatial).bool()
+    return out.view(seed_grid_shape(tuple(shape), block, "channels_first", seeds)).bool()
 
 
 def _apply(x: torch.Tensor, keep: torch.Tensor, param: torch.Tensor, from_count: bool,
@@ -201,13 +202,10 @@ def _apply(x: torch.Tensor, keep: torch.Tensor, param: torch.Tensor, from_count:
 
 
 def _scale(keep: torch.Tensor, param: torch.Tensor, from_count: bool, dtype) -> torch.Tensor:
-    """The scale as a 0-d tensor (for the double-backward fallback)."""
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    """The scale as a 0-d tensor (for the double-backward fallback), divided as in the kernel."""
     if not from_count:
-        return param[0].to(acc)
-    kept = param[0].to(acc)
-    total = torch.full_like(kept, keep.numel())  # a true division, as in the kernel
-    return torch.where(kept > 0, total / kept.clamp_min(1), torch.zeros_like(kept))
+        return param[0].to(torch.float64 if dtype == torch.float64 else torch.float32)
+    return scale_from_count(param, keep.numel(), dtype)
 
 
 class MaskedScale(torch.autograd.Function):

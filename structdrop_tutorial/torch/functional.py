@@ -22,12 +22,13 @@ from typing import Optional, Union
 
 import torch
 
-from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
-                       check_float_dtype_name, check_n_spatial, check_rate, check_share)
+from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
+                       check_dropblock_options, check_float_dtype_name, check_n_spatial,
+                       check_rate)
 from ..gamma import clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                       spatial_axes)
-from ._fast import bernoulli_positions, count_true, masked_scale
+from ._fast import bernoulli_positions, count_true, masked_scale, scale_from_count
 from ._paint import seeds_to_dropped, seeds_to_keep_from_table, use_table, window_or
 from . import _triton
 
@@ -197,19 +198,14 @@ def _batch_scale(keep: torch.Tensor, dtype: torch.dtype):
     if keep.device.type == "cpu":
         kept = int(kept)
         return total / kept if kept else 0.0
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    kept = kept.to(acc)
-    return torch.where(kept > 0, total / kept.clamp_min(1), torch.zeros((), dtype=acc, device=kept.device))
+    return scale_from_count(kept, total, dtype)
 
 
 def _dropblock_plan_uncached(shape, rate, block_size, data_format, gamma, seeds, share, normalize):
     """Checked arguments of :func:`dropblock`: ``(rate, share, spatial, block, gamma)``; block and
     gamma are None where the call returns before using them (rate 0 or 1, an empty map)."""
     rate = check_rate(rate)
-    check_data_format(data_format)
-    check_choice(seeds, "seeds", SEEDS)
-    check_choice(normalize, "normalize", NORMALIZE)
-    share = check_share(share)
+    share = check_dropblock_options(data_format, seeds, normalize, share)
     n_spatial = check_n_spatial(len(shape))
     spatial = tuple(int(shape[a]) for a in spatial_axes(len(shape), data_format))
     check_block_size(block_size, n_spatial)
@@ -296,9 +292,8 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
             flat = bernoulli_positions(total, g, _generator(seed, x.device), x.device)
             # On the CPU, small maps with few seeds each copy a precomputed single-seed mask per
             # map; other cases write every block unit by index (see _paint for both and the
-            # measurements). The table painter selects seeds with nonzero/masked_select, which
-            # would synchronize a GPU, and was measured on the CPU only.
-            if x.device.type == "cpu" and use_table(grid, axes, block, spatial, seeds, flat.numel()):
+            # measurements).
+            if use_table(grid, axes, block, spatial, seeds, flat.numel(), x.device):
                 keep = seeds_to_keep_from_table(flat, grid, axes, block, spatial, seeds)
             else:
                 keep = seeds_to_dropped(flat, grid, axes, block, spatial, seeds, keep=True)
