@@ -4,6 +4,8 @@
 #   tests.log             the Triton path's tests on the GPU (masks identical to the reference)
 #   triton_config.json    gpu_tune.py: host costs, kernel times per launch configuration, best
 #   gpu_<name>.csv        run_all.py --only torch with the best configuration
+#   sass.txt              triton_sass.py for this GPU's architecture: static instruction counts
+#                         of the mask kernel, to read against the kernel times
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -19,3 +21,5 @@ config=()
 name=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import run_all; print(run_all.default_name())")
 timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run_all.py --only torch --no-progress --out "$OUT/$name" \
     --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]}" 2>&1 | tee "$OUT/bench.log"
+arch=$(python3 -c "import torch; m, n = torch.cuda.get_device_capability(); print(10 * m + n)")
+timeout 300 python3 benchmarks/triton_sass.py --arch "$arch" > "$OUT/sass.txt" 2>&1; tail -12 "$OUT/sass.txt"

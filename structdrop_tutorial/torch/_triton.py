@@ -28,13 +28,20 @@ a device where the kernels fail on their first use (with a warning, see :func:`d
 Measured on an NVIDIA H200 (``data/timings/gpu_nvidia_h200*.{csv,json}``, book chapter 8): the
 product kernel is faster than the ``x * mask`` floor (it reads a 1-byte mask), the mask kernel
 costs 2-5 floors (its block expansion, not the random numbers), and the host's launch costs
-dominate at the smallest shape; forward+backward is 4.5-6.4 times the floor there.
+dominate at the smallest shape; forward+backward is 4.5-6.4 times the floor there. Two changes
+came after that measurement, untimed: 2-D products for one map per program, and the
+``normalize="rate"`` scale passed by value (one launch fewer).
+
+Without a GPU the tests run these kernels in Triton's interpreter, and
+``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
+(``benchmarks/triton_sass.py --check``), so code the compiler rejects cannot pass CI.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import importlib.util
+import struct
 import warnings
 from typing import Dict, NamedTuple, Optional
 
@@ -190,27 +197,35 @@ def seed_grid(shape, device, gamma, block, seeds, key: torch.Tensor) -> torch.Te
     return out.view(seed_grid_shape(tuple(shape), block, "channels_first", seeds)).bool()
 
 
-def _apply(x: torch.Tensor, keep: torch.Tensor, param: torch.Tensor, from_count: bool,
+def _apply(x: torch.Tensor, keep: torch.Tensor, param, from_count: bool,
            out: torch.Tensor) -> torch.Tensor:
+    """``out = x * keep * scale``; ``param`` is the kept-unit count (a device tensor) when
+    ``from_count``, else the scale as a Python float (passed by value as its float64 bits)."""
     n = x.numel()
     launch = (-(-n // APPLY_BLOCK),)
+    count, bits = (param, 0) if from_count else (None, _float64_bits(param))
     with _on(x.device):
         _kernels().masked_scale_kernel[launch](
-            x, keep.view(torch.uint8), out, param, n, keep.numel(), FROM_COUNT=from_count,
+            x, keep.view(torch.uint8), out, count, bits, n, keep.numel(), FROM_COUNT=from_count,
             WIDE=x.dtype == torch.float64, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
     return out
 
 
-def _scale(keep: torch.Tensor, param: torch.Tensor, from_count: bool, dtype) -> torch.Tensor:
+def _float64_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+def _scale(keep: torch.Tensor, param, from_count: bool, dtype) -> torch.Tensor:
     """The scale as a 0-d tensor (for the double-backward fallback), divided as in the kernel."""
-    if not from_count:
-        return param[0].to(torch.float64 if dtype == torch.float64 else torch.float32)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if not from_count:  # the float64 scale rounded to the kernel's arithmetic type
+        return torch.tensor(param, dtype=torch.float64, device=keep.device).to(acc)
     return scale_from_count(param, keep.numel(), dtype)
 
 
 class MaskedScale(torch.autograd.Function):
     """``x * keep * scale`` by :func:`._triton_kernels.masked_scale_kernel`; saves the 1-byte
-    mask and the 8-byte count (or scale) for the backward pass."""
+    mask and the 8-byte count (or keeps the scale as a float) for the backward pass."""
 
     @staticmethod
     def forward(ctx, x, keep, param, from_count, inplace):
@@ -218,13 +233,17 @@ class MaskedScale(torch.autograd.Function):
         _apply(x, keep, param, from_count, out)
         if inplace:
             ctx.mark_dirty(x)
-        ctx.save_for_backward(keep, param)
+        if from_count:
+            ctx.save_for_backward(keep, param)
+        else:
+            ctx.save_for_backward(keep)
+            ctx.scale = param
         ctx.from_count = from_count
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        keep, param = ctx.saved_tensors
+        keep, param = ctx.saved_tensors if ctx.from_count else (ctx.saved_tensors[0], ctx.scale)
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         if grad.requires_grad:  # double backward: differentiable tensor operations
@@ -272,7 +291,6 @@ def _dropblock(x, gamma, block, seeds, normalize, rate, generator, inplace):
         keep, count = keep_mask(x.shape, x.device, gamma, block, seeds, key)
         if normalize == "batch":
             param, from_count = count, True
-        else:
-            param = torch.full((1,), 1.0 / (1.0 - rate), dtype=torch.float64, device=x.device)
-            from_count = False
+        else:  # passed to the kernel by value: no device tensor to fill
+            param, from_count = 1.0 / (1.0 - rate), False
     return MaskedScale.apply(x, keep, param, from_count, inplace)

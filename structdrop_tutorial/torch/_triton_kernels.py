@@ -42,7 +42,10 @@ def dropblock_mask_kernel(keep_ptr, count_ptr, key_ptr, thresh, n_mblocks,
 
     The seeds of the grid window that reaches the tile are drawn in registers (OR-ed over the
     depth window), then the block expansion is two band-matrix products: ``seeds @ Bw`` counts
-    the seeds that reach each column, ``Ah @ (that > 0)`` those that reach each unit.
+    the seeds that reach each column, ``Ah @ (that > 0)`` those that reach each unit. With one
+    map per program they are 2-D products: compiled for sm_90 at 56x56 (4 warps) that is 3.1
+    instead of 5.6 warp-instructions per unit, and wgmma instead of mma
+    (``benchmarks/triton_sass.py``).
     """
     pid = tl.program_id(0)
     mb = pid % n_mblocks
@@ -65,9 +68,13 @@ def dropblock_mask_kernel(keep_ptr, count_ptr, key_ptr, thresh, n_mblocks,
     j = w0 + tl.arange(0, TW)
     bw = (cols[:, None] >= j[None, :] + PW - BW + 1) & (cols[:, None] <= j[None, :] + PW)
     ah = (rows[None, :] >= i[:, None] + PH - BH + 1) & (rows[None, :] <= i[:, None] + PH)
-    across = tl.dot(seeds, tl.broadcast_to(bw.to(tl.float16)[None, :, :], (BM, GTW, TW)))
-    down = tl.dot(tl.broadcast_to(ah.to(tl.float16)[None, :, :], (BM, TH, GTH)),
-                  (across > 0).to(tl.float16))
+    if BM == 1:  # one map: plain 2-D products (batched ones of one map compile to more code)
+        across = tl.dot(tl.reshape(seeds, (GTH, GTW)), bw.to(tl.float16))
+        down = tl.reshape(tl.dot(ah.to(tl.float16), (across > 0).to(tl.float16)), (1, TH, TW))
+    else:
+        across = tl.dot(seeds, tl.broadcast_to(bw.to(tl.float16)[None, :, :], (BM, GTW, TW)))
+        down = tl.dot(tl.broadcast_to(ah.to(tl.float16)[None, :, :], (BM, TH, GTH)),
+                      (across > 0).to(tl.float16))
     valid = (m < M)[:, None, None] & (i < H)[None, :, None] & (j < W)[None, None, :]
     keep = (down == 0) & valid
     offs = (((m.to(tl.int64) * D + d) * H)[:, None, None] + i[None, :, None]) * W + j[None, None, :]
@@ -97,12 +104,13 @@ def seed_grid_kernel(seeds_ptr, key_ptr, thresh, M, GD, GH, GW, GW4,
     tl.store(seeds_ptr + offs, hit.to(tl.uint8), mask=inside)
 
 
-@triton.jit(do_not_specialize=["total"])
-def masked_scale_kernel(x_ptr, keep_ptr, out_ptr, param_ptr, n, total,
+@triton.jit(do_not_specialize=["total", "scale_bits"])
+def masked_scale_kernel(x_ptr, keep_ptr, out_ptr, count_ptr, scale_bits, n, total,
                         FROM_COUNT: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
-    """``out = x * keep * s``: with ``FROM_COUNT``, ``s = total / kept`` where ``param_ptr`` holds
-    the int64 number of kept units (``s = 0`` when nothing is kept); otherwise ``param_ptr``
-    holds ``s`` as a float64. Arithmetic in float32 (float64 when ``WIDE``), rounded once."""
+    """``out = x * keep * s``: with ``FROM_COUNT``, ``s = total / kept`` where ``count_ptr`` holds
+    the int64 number of kept units (``s = 0`` when nothing is kept); otherwise ``s`` is the
+    float64 whose bits are the integer ``scale_bits`` (a kernel argument: no device tensor to
+    fill). Arithmetic in float32 (float64 when ``WIDE``), rounded once."""
     start = tl.program_id(0).to(tl.int64) * BLOCK
     offs = start + tl.arange(0, BLOCK)
     inb = offs < n
@@ -110,9 +118,9 @@ def masked_scale_kernel(x_ptr, keep_ptr, out_ptr, param_ptr, n, total,
     k = tl.load(keep_ptr + offs, mask=inb)
     acc = tl.float64 if WIDE else tl.float32
     if FROM_COUNT:
-        kept = tl.load(param_ptr).to(acc)
+        kept = tl.load(count_ptr).to(acc)
         s = tl.where(kept > 0, total.to(acc) / tl.maximum(kept, 1.0), 0.0)
     else:
-        s = tl.load(param_ptr).to(acc)
+        s = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc)
     y = x.to(acc) * (k.to(acc) * s)
     tl.store(out_ptr + offs, y.to(x.dtype), mask=inb)
