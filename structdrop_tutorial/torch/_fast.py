@@ -167,6 +167,58 @@ def _scratch(dtype: torch.dtype) -> torch.Tensor:
     return buf
 
 
+# Most bytes of masks kept for reuse per thread (see reusable_mask); beyond it, plain allocation.
+POOL_MAX_BYTES = 1 << 28
+POOL_MAX_PER_SIZE = 4
+
+
+def _storage_use_count(t: torch.Tensor) -> Optional[int]:
+    """How many tensors share t's storage (plus one for the temporary storage object), or None
+    where this PyTorch does not say."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return None
+    return use_count(t.untyped_storage()._cdata)
+
+
+def reusable_mask(shape, device) -> torch.Tensor:
+    """An uninitialized bool tensor of ``shape`` for a DropBlock mask; on the CPU its memory is
+    recycled from an earlier call when no tensor uses it any more.
+
+    A fresh multi-megabyte mask costs a page fault per 4 KiB on first touch (glibc returns large
+    freed blocks to the system), about as much as painting it. The pool (per thread, at most
+    :data:`POOL_MAX_PER_SIZE` masks per size and :data:`POOL_MAX_BYTES` in all) hands out a
+    buffer only when the storage's use count shows that no tensor but the pool's holds it: not
+    the caller's mask, not a view of it, not the copy autograd saved for a backward pass that
+    has not run. The result is always a new view, so a caller's reference counts. Elsewhere
+    (other devices, PyTorch without the use count, inside torch.compile) it is ``torch.empty``.
+    """
+    device = torch.device(device)
+    numel = math.prod(int(n) for n in shape)
+    if device.type != "cpu" or _storage_use_count(_POOL_PROBE) is None or _compiling():
+        return torch.empty(shape, dtype=torch.bool, device=device)
+    pool = getattr(_LOCAL, "masks", None)
+    if pool is None:
+        pool = _LOCAL.masks = {}
+    bufs = pool.setdefault(numel, [])
+    for buf in bufs:
+        if _storage_use_count(buf) == 2:  # the pool's tensor and the probe's storage object
+            return buf.view(shape)
+    buf = torch.empty(numel, dtype=torch.bool)
+    held = sum(b.numel() for group in pool.values() for b in group)
+    if len(bufs) < POOL_MAX_PER_SIZE and held + numel <= POOL_MAX_BYTES:
+        bufs.append(buf)
+    return buf.view(shape)
+
+
+_POOL_PROBE = torch.empty(0)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 def _apply_chunked(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
     """CPU product in cache-sized chunks: convert a chunk of the mask, then one fused addcmul."""
     out = x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)

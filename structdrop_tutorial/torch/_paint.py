@@ -27,6 +27,8 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 
+from ._fast import reusable_mask
+
 # Largest index tensor built at once when painting blocks (entries).
 WRITE_GROUP = 1 << 22
 # Largest single-seed table (grid positions x map units, bytes) the table painter builds.
@@ -145,8 +147,7 @@ def seeds_to_dropped(flat_seeds: torch.Tensor, grid_shape: Sequence[int], axes: 
         it is a view into a larger buffer (the part that hangs over the border is cut off).
     """
     buf_shape = _buffer_shape(grid_shape, axes, block, spatial, seeds)
-    make = torch.ones if keep else torch.zeros
-    buf = make(buf_shape, dtype=torch.bool, device=flat_seeds.device)
+    buf = reusable_mask(buf_shape, flat_seeds.device).fill_(keep)
     _write_blocks(buf.view(-1), flat_seeds, grid_shape, buf_shape, axes, block, not keep)
     return _crop(buf, axes, block, spatial, seeds)
 
@@ -222,7 +223,8 @@ def seeds_to_keep_from_table(flat_seeds: torch.Tensor, grid_shape: Sequence[int]
         which.index_copy_(0, first_maps, flat_seeds.index_select(0, index) - first_maps * positions)
         later = torch.masked_select(flat_seeds, ~first)
     buf_shape = _buffer_shape(grid_shape, axes, block, spatial, seeds)
-    buf = torch.index_select(table, 0, which).view(buf_shape)
+    buf = reusable_mask(buf_shape, device)
+    torch.index_select(table, 0, which, out=buf.view(maps, table.shape[1]))
     _write_blocks(buf.view(-1), later, grid_shape, buf_shape, axes, block, False)
     return _crop(buf, axes, block, spatial, seeds)
 

@@ -28,7 +28,7 @@ from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
 from ..gamma import clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                       spatial_axes)
-from ._fast import bernoulli_positions, count_true, masked_scale, scale_from_count
+from ._fast import _compiling, bernoulli_positions, count_true, masked_scale, scale_from_count
 from ._paint import seeds_to_dropped, seeds_to_keep_from_table, use_table, window_or
 from . import _triton
 
@@ -221,11 +221,6 @@ def _dropblock_plan_cached(args, types):
 
 
 _PLAIN = (int, float, str, type(None))
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _dropblock_plan(shape, rate, block_size, data_format, gamma, seeds, share, normalize):
