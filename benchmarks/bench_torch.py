@@ -31,6 +31,11 @@ On a GPU (``--device cuda``, the default where CUDA is available) the same rows 
 the device synchronized around every measurement; DropBlock is also timed with its Triton path
 switched off (``tensor ops``), and the peak-memory column compares
 ``torch.cuda.max_memory_allocated`` of one forward+backward with the floor's, in this process.
+A third mode, ``graph`` (on by default there), captures one forward+backward of each op in a
+CUDA graph and times its replay: the host's launch costs drop out and the ratio is the
+device's. Ops draw from the default generator in that mode (capture accepts no other without
+registration); an op that cannot be captured is reported and left out. This mode was written
+without a GPU at hand and has only run with CUDA mocked.
 
 Usage::
 
@@ -70,10 +75,12 @@ COLUMNS = ["framework", "op", "shape", "mode", "median_s", "iqr_s", "ratio_to_fl
 
 
 # --------------------------------------------------------------------------- the ops
-def make_ops(shape, seed=0, device="cpu"):
-    """Name -> (callable(x) -> y, floor name). Masks of the floors are made here, once."""
+def make_ops(shape, seed=0, device="cpu", default_generator=False):
+    """Name -> (callable(x) -> y, floor name). Masks of the floors are made here, once. The
+    package's ops draw from a seeded generator of their own, or from the device's default
+    generator with ``default_generator`` (what CUDA-graph capture accepts)."""
     cpu_gen = torch.Generator().manual_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = None if default_generator else torch.Generator(device=device).manual_seed(seed)
     n, c = shape[:2]
     dense_mask = ((torch.rand(shape, generator=cpu_gen) >= RATE).float() / (1 - RATE)).to(device)
     ones = (1,) * (len(shape) - 2)
@@ -229,12 +236,34 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def cuda_graph(step, device):
+    """``replay`` of a CUDA graph holding one call of ``step``, warmed up first on a side
+    stream (kernels compiled, allocator pools settled), as capture requires."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def timed(fn, x, g, mode, threads, min_run_time, device="cpu"):
-    """Measurement of ``fn`` (forward, or forward+backward), and the minor page faults per
-    call seen while measuring it (fresh pages handed out by the OS, a cost of allocating big
-    tensors that differs between ops and shapes; see the module docstring)."""
+    """Measurement of ``fn`` (forward, forward+backward, or forward+backward replayed from a
+    CUDA graph), and the minor page faults per call seen while measuring it (fresh pages handed
+    out by the OS, a cost of allocating big tensors that differs between ops and shapes; see
+    the module docstring)."""
     calls = [0]
-    if mode == "fwd":
+    if mode == "graph":
+        replay = cuda_graph(lambda: torch.autograd.grad(fn(x), x, g), device)
+
+        def call():
+            calls[0] += 1
+            replay()
+    elif mode == "fwd":
         def call():
             calls[0] += 1
             with torch.no_grad():
@@ -261,19 +290,32 @@ def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu"):
     for shape in shapes:
         x = torch.randn(shape, device=device, requires_grad=True)
         g = torch.randn(shape, device=device)
-        ops = make_ops(shape, device=device)
         for mode in modes:
+            ops = make_ops(shape, device=device, default_generator=mode == "graph")
             times = {name: [] for name in ops}
             medians = {name: [] for name in ops}
             faults = {name: [] for name in ops}
+            failed = set()
             for _ in range(rounds):
                 for name, (fn, _) in ops.items():
-                    m, f = timed(fn, x, g, mode, threads, min_run_time, device)
+                    if name in failed:
+                        continue
+                    try:
+                        m, f = timed(fn, x, g, mode, threads, min_run_time, device)
+                    except Exception as exc:  # capture can fail where eager runs
+                        if mode != "graph":
+                            raise
+                        failed.add(name)
+                        print(f"{name} {tuple(shape)}: CUDA-graph capture failed "
+                              f"({type(exc).__name__}: {str(exc)[:200]}); left out")
+                        continue
                     times[name].extend(m.times)
                     medians[name].append(m.median)
                     faults[name].append(f)
             for name, (fn, floor) in ops.items():
                 ref = floor or name
+                if name in failed or ref in failed:
+                    continue
                 ratio = statistics.median(a / b for a, b in zip(medians[name], medians[ref]))
                 pooled = timing.Measurement(tuple(times[name]))
                 row = {"framework": "torch", "op": name, "shape": "x".join(map(str, shape)),
@@ -312,7 +354,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="interleaved repetitions")
     parser.add_argument("--min-run-time", type=float, default=0.3)
     parser.add_argument("--quick", action="store_true", help="one small shape, one round")
-    parser.add_argument("--modes", default="fwd,fwd+bwd")
+    parser.add_argument("--modes", default="fwd,fwd+bwd",
+                        help="fwd, fwd+bwd, graph (CUDA only; added by default there)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda where available)")
@@ -321,6 +364,11 @@ def main(argv=None):
     parser.add_argument("--triton-config", type=Path,
                         help="JSON from gpu_tune.py: launch parameters of the Triton path")
     args = parser.parse_args(argv)
+    on_gpu = torch.device(args.device).type == "cuda"
+    if "graph" in args.modes.split(",") and not on_gpu:
+        parser.error("--modes graph needs --device cuda")
+    if on_gpu and args.modes == parser.get_default("modes"):
+        args.modes += ",graph"
     if args.triton_config:
         config = json.loads(args.triton_config.read_text())["config"]
         for name, value in config.items():

@@ -3,7 +3,8 @@
 # the package is used from this checkout). Writes under $OUT (default ./gpu_out):
 #   tests.log             the Triton path's tests on the GPU (masks identical to the reference)
 #   triton_config.json    gpu_tune.py: host costs, kernel times per launch configuration, best
-#   gpu_<name>.csv        run_all.py --only torch with the best configuration
+#   gpu_<name>.csv        run_all.py --only torch with the best configuration (modes fwd,
+#                         fwd+bwd and graph: forward+backward replayed from a CUDA graph)
 #   sass.txt              triton_sass.py for this GPU's architecture: static instruction counts
 #                         of the mask kernel, to read against the kernel times
 set -uo pipefail
