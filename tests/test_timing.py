@@ -240,6 +240,47 @@ def test_bench_torch_smoke(tmp_path):
     assert {"fwd", "fwd+bwd"} <= {r["pass"] for r in rows}
 
 
+def test_bench_torch_graph_mode_with_cuda_mocked(monkeypatch):
+    """The CUDA-graph mode's control flow without a GPU: torch.cuda's stream and graph API are
+    mocked (replay does nothing, so the times mean nothing); every op gets a row, except one
+    whose capture fails, which is reported and left out."""
+    torch = pytest.importorskip("torch")
+    import contextlib
+    spec = importlib.util.spec_from_file_location("bench_torch", ROOT / "benchmarks" / "bench_torch.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def replay(self):
+            pass
+
+    captured = []
+
+    @contextlib.contextmanager
+    def graph(g):
+        captured.append(g)
+        if len(captured) == 3:  # the third op captured: structdrop dropblock
+            raise RuntimeError("operation not permitted when stream is capturing")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    rows = bench.run([(2, 4, 8, 8)], 2, 1, 0.001, ["graph"], memory=False, device="cpu")
+    ops = [r["op"] for r in rows]
+    assert "structdrop dropblock" not in ops and all(r["mode"] == "graph" for r in rows)
+    assert {"floor x*mask", "structdrop dropblock normalize=rate", "structdrop spatial_dropout"} <= set(ops)
+    assert len(captured) == len(ops) + 1
+    with pytest.raises(SystemExit):  # the mode needs CUDA
+        bench.main(["--modes", "graph", "--device", "cpu", "--quick"])
+
+
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
 def test_bench_tensorflow_smoke(tmp_path):
     rows, stdout = _run_bench("bench_tensorflow.py", tmp_path)
