@@ -346,6 +346,40 @@ def test_all_dropped_gives_zeros_and_zero_gradient(dtype, normalize):
     assert torch.isfinite(g).all() and torch.equal(g, torch.zeros_like(g))
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_cuda_graph_capture_draws_a_fresh_mask_per_replay():
+    """Forward+backward captured once in a CUDA graph: each replay draws a new key from the
+    default generator (graph-safe), and output and gradient are x * keep * scale for that
+    replay's mask. (The benchmark's "graph" mode relies on this.)"""
+    x = torch.ones(4, 8, 14, 14, device=DEVICE, requires_grad=True)
+    static = {}
+
+    def step():
+        static["y"] = sdt.dropblock(x, 0.2, 3)
+        (static["g"],) = torch.autograd.grad(static["y"], x, torch.ones_like(x))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    keeps = []
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        y, g = static["y"].detach().clone(), static["g"].clone()
+        keep = y != 0
+        scale = keep.numel() / int(keep.sum())
+        torch.testing.assert_close(y, keep.float() * scale, rtol=1e-6, atol=0)
+        torch.testing.assert_close(g, y, rtol=0, atol=0)
+        keeps.append(keep)
+    assert not torch.equal(keeps[0], keeps[1]) and not torch.equal(keeps[1], keeps[2])
+
+
 def test_launches_on_the_tensors_device(monkeypatch):
     """Triton launches on the current CUDA device: _on makes the tensors' device current when
     it differs, and does nothing for the current device or a CPU tensor."""

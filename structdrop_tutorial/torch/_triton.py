@@ -6,7 +6,8 @@ the memory traffic. Here one call is:
 
 1. an 8-byte key drawn on the device from its generator (``Tensor.random_``, so
    ``torch.manual_seed`` and ``seed=`` behave as for any random op, and nothing synchronizes;
-   capture in CUDA graphs has not been tested);
+   in a CUDA graph each replay should draw a fresh key from the default generator, which a
+   GPU-only test checks; it has not run yet, as no GPU was at hand since it was written);
 2. :func:`._triton_kernels.dropblock_mask_kernel`: every tile draws its seeds from a
    counter-based generator (Philox-4x32-10, four grid positions per call), expands them into
    blocks with two small band-matrix products, writes the boolean keep mask (1 byte per unit)
