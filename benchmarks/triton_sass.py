@@ -76,12 +76,12 @@ def recorded_launches(run):
     fake = SimpleNamespace(**{name: _Recorder(getattr(kernels, name), calls)
                               for name in ("dropblock_mask_kernel", "seed_grid_kernel",
                                            "masked_scale_kernel")})
-    real, real_force = _triton._kernels, _triton.FORCE
-    _triton._kernels, _triton.FORCE = (lambda: fake), True
+    real = _triton._kernels
+    _triton._kernels = lambda: fake
     try:
         run()
     finally:
-        _triton._kernels, _triton.FORCE = real, real_force
+        _triton._kernels = real
     return calls
 
 

@@ -51,7 +51,7 @@ def test_pool_is_bounded(monkeypatch):
 
 
 def test_plain_allocation_without_use_count(monkeypatch):
-    monkeypatch.setattr(_fast, "_storage_use_count", lambda t: None)
+    monkeypatch.setattr(_fast, "_USE_COUNT", None)
     a = _fast.reusable_mask((3, 3), "cpu")
     del a
     _fast.reusable_mask((3, 3), "cpu")

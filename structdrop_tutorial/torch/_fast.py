@@ -172,13 +172,14 @@ POOL_MAX_BYTES = 1 << 28
 POOL_MAX_PER_SIZE = 4
 
 
+# PyTorch's count of the references to a storage (private; absent from some versions).
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
+
+
 def _storage_use_count(t: torch.Tensor) -> Optional[int]:
     """How many tensors share t's storage (plus one for the temporary storage object), or None
     where this PyTorch does not say."""
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None:
-        return None
-    return use_count(t.untyped_storage()._cdata)
+    return None if _USE_COUNT is None else _USE_COUNT(t.untyped_storage()._cdata)
 
 
 def reusable_mask(shape, device) -> torch.Tensor:
@@ -195,23 +196,20 @@ def reusable_mask(shape, device) -> torch.Tensor:
     """
     device = torch.device(device)
     numel = math.prod(int(n) for n in shape)
-    if device.type != "cpu" or _storage_use_count(_POOL_PROBE) is None or _compiling():
+    if device.type != "cpu" or _USE_COUNT is None or _compiling():
         return torch.empty(shape, dtype=torch.bool, device=device)
     pool = getattr(_LOCAL, "masks", None)
     if pool is None:
         pool = _LOCAL.masks = {}
     bufs = pool.setdefault(numel, [])
     for buf in bufs:
-        if _storage_use_count(buf) == 2:  # the pool's tensor and the probe's storage object
+        if _storage_use_count(buf) == 2:  # the pool's tensor and the temporary storage object
             return buf.view(shape)
     buf = torch.empty(numel, dtype=torch.bool)
     held = sum(b.numel() for group in pool.values() for b in group)
     if len(bufs) < POOL_MAX_PER_SIZE and held + numel <= POOL_MAX_BYTES:
         bufs.append(buf)
     return buf.view(shape)
-
-
-_POOL_PROBE = torch.empty(0)
 
 
 def _compiling() -> bool:

@@ -163,8 +163,9 @@ def use_table(grid_shape, axes, block, spatial, seeds, n_seeds: int, device) -> 
     """Whether the table painter is expected to beat writing every block by index.
 
     It runs on the CPU only: it selects seeds with ``nonzero``/``masked_select``, which would
-    synchronize a GPU, and it was measured on the CPU. It needs ``channels_first``-like layouts (the spatial axes last, so a map is one contiguous
-    row), a table of at most :data:`TABLE_MAX_BYTES`, and at most
+    synchronize a GPU, and it was measured on the CPU. It needs ``channels_first``-like layouts
+    (the spatial axes last, so a map is one contiguous row), a table of at most
+    :data:`TABLE_MAX_BYTES`, and at most
     :data:`TABLE_MAX_SEEDS_PER_MAP` seeds per map on average: with more, most seeds are not
     first in their map and the gain is lost (measured: 0.6x the time of index writes at 0.4
     seeds per map, 0.97x at 1.1, 1.08x at 1.7).
