@@ -19,10 +19,12 @@ Memory: the bytes autograd saves for the backward pass, per input element (via
 forward+backward in a fresh process relative to the floor's (the floor's mask is created inside
 the measured window, since a layer has to hold it until the backward pass).
 
-Page faults: tensors above 32 MiB (the 28x28 and 56x56 cases) get fresh pages from the OS on
-every allocation with glibc's malloc, and an op that allocates more than the floor can also
-make the heap shrink and regrow between calls. Each row reports the minor page faults per
-call seen while it was timed, so a ratio can be read together with what the allocator did.
+Page faults: with glibc's default settings, tensors of 32 MiB and more (the 28x28 and 56x56
+cases) get fresh pages from the OS on every allocation, and an op that allocates more than the
+floor can also make the heap shrink and regrow between calls. ``run_all.py`` therefore starts
+this script with ``common.MALLOC_KEEP`` (malloc keeps freed memory) unless told otherwise; each
+row reports the minor page faults per call seen while it was timed, so a ratio can be read
+together with what the allocator did. The peak-memory processes always use the defaults.
 
 torchvision's ``drop_block2d`` (and ``drop_block3d``) and timm's ``DropBlock2d`` are measured
 when importable.
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -214,6 +217,13 @@ def cuda_peak_ratio(shape, device):
     return out["dropblock"] / out["floor"], out
 
 
+def default_malloc_env() -> dict:
+    """This environment without C-allocator settings (``run_all.py`` may have set some to keep
+    freed memory): the peak of one step in a fresh process is read with glibc's defaults, where
+    large tensors are unmapped when freed, so the high-water mark follows the live tensors."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+
 def peak_ratio(shape, threads):
     """Peak RSS growth of one dropblock fwd+bwd over the floor's, each in a fresh process."""
     out = {}
@@ -221,7 +231,7 @@ def peak_ratio(shape, threads):
         code = _PEAK_CHILD.format(root=str(ROOT), threads=threads, shape=tuple(shape), op=op,
                                   rate=RATE, block=BLOCK)
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True)
+                             check=True, env=default_malloc_env())
         out[op] = json.loads(res.stdout.strip().splitlines()[-1])["peak_kib"]
     return out["dropblock"] / out["floor"], out
 

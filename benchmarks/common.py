@@ -29,6 +29,23 @@ RATE = 0.1
 BLOCK = 7
 DEFAULT_THREADS = 2
 
+#: C-library allocator settings for the benchmark processes (``run_all.py`` sets them unless
+#: ``--default-malloc``): glibc's malloc then serves every tensor from its heap and never hands
+#: freed memory back to the OS. With its defaults, blocks of 32 MiB and more (the 28x28 and
+#: 56x56 tensors) are mapped afresh on every allocation and smaller freed memory is returned
+#: whenever enough of it sits at the top of the heap; each new page then faults in, which on the
+#: benchmark machine cost more than the multiply itself and depended on what the ops timed
+#: before had allocated. With these settings every op and its floor are timed at compute speed.
+MALLOC_KEEP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
+
+
+def malloc_setting(env=None) -> str:
+    """How the C allocator of a process with environment ``env`` was set up, for the CSV."""
+    env = os.environ if env is None else env
+    if all(env.get(k) == v for k, v in MALLOC_KEEP.items()):
+        return "keep freed memory"
+    return "default"
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -73,7 +90,7 @@ TINY_CASES = (
 COLUMNS = ["framework", "framework_version", "op", "pass", "case", "shape", "data_format",
            "dtype", "block", "rate", "elements", "median_s", "iqr_s", "runs", "number",
            "floor_median_s", "ratio", "device", "device_kind", "threads", "machine", "cpu",
-           "numpy", "python", "date"]
+           "numpy", "python", "date", "malloc"]
 
 
 def set_threads(threads: int | None) -> int:
@@ -119,7 +136,7 @@ def environment_columns(framework: str, version: str, device: str, device_kind: 
     return {"framework": framework, "framework_version": version, "device": device,
             "device_kind": device_kind, "threads": threads,
             "machine": machine_summary()["machine"], "cpu": cpu_name(), "numpy": np.__version__,
-            "python": platform.python_version(),
+            "python": platform.python_version(), "malloc": malloc_setting(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 

@@ -73,11 +73,16 @@ def script_command(path: Path, out: Path, *, quick: bool, tiny: bool, threads: i
     return cmd
 
 
-def child_env() -> dict:
+def child_env(keep_memory: bool = False) -> dict:
+    """Environment of the benchmark processes; ``keep_memory``: with
+    :data:`common.MALLOC_KEEP` (see there), unless the caller's environment sets those."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(common.DEFAULT_THREADS))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    if keep_memory:
+        for key, value in common.MALLOC_KEEP.items():
+            env.setdefault(key, value)
     return env
 
 
@@ -91,7 +96,7 @@ GPU_WORDS = ("nvidia", "gpu", "cuda", "tesla", "geforce", "quadro", "radeon", "i
              "tpu", "apple m")
 
 
-def normalize(rows: list, framework: str, threads: int) -> list:
+def normalize(rows: list, framework: str, threads: int, malloc: str = "") -> list:
     """Give every row the common columns (pass, ratio, case, device_kind, ...)."""
     from structdrop_tutorial.timing import cpu_name, machine_summary
     import datetime
@@ -124,7 +129,7 @@ def normalize(rows: list, framework: str, threads: int) -> list:
             row["device_kind"] = "gpu" if any(k in device.lower() for k in GPU_WORDS) else "cpu"
         defaults = {"threads": threads, "machine": machine_summary()["machine"], "cpu": cpu_name(),
                     "numpy": np.__version__, "python": platform.python_version(), "date": today,
-                    "rate": common.RATE, "block": common.BLOCK}
+                    "rate": common.RATE, "block": common.BLOCK, "malloc": malloc}
         for key, value in defaults.items():
             if not row.get(key):
                 row[key] = value
@@ -142,12 +147,17 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="small shapes (CI)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="time with the C allocator's defaults (page faults included) instead "
+                        "of common.MALLOC_KEEP")
     p.add_argument("--script-args", default="",
                    help="extra options for every script run, e.g. \"--rounds 3\"")
     args = p.parse_args(argv)
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or common.DEFAULT_THREADS)
-    env = child_env()
+    env = child_env(keep_memory=not args.default_malloc)
     env["OMP_NUM_THREADS"] = str(threads)
+    malloc = common.malloc_setting(env)
+    print(f"C allocator: {malloc}" + (f" {common.MALLOC_KEEP}" if malloc != "default" else ""))
     rows, failed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for script, framework in SCRIPTS:
@@ -170,7 +180,7 @@ def main(argv=None) -> int:
                 print(f"[fail] {script} exited with {proc.returncode}")
                 failed.append(script)
                 continue
-            rows.extend(normalize(common.read_csv(out), framework, threads))
+            rows.extend(normalize(common.read_csv(out), framework, threads, malloc))
     if not rows:
         print("no results")
         return 1

@@ -2,6 +2,8 @@
 # The GPU figures in one go, on a CUDA machine whose python3 has torch and triton (no install:
 # the package is used from this checkout). Writes under $OUT (default ./gpu_out):
 #   tests.log             the Triton path's tests on the GPU (masks identical to the reference)
+#   profile/, profile.txt profile_torch.py: where one forward+backward's host and device time go
+#                         (floor, DropBlock, DropBlock on tensor ops), with Chrome traces
 #   triton_config.json    gpu_tune.py: host costs, kernel times per launch configuration, best
 #   gpu_<name>.csv        run_all.py --only torch with the best configuration (modes fwd,
 #                         fwd+bwd and graph: forward+backward replayed from a CUDA graph)
@@ -16,6 +18,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -x -p no:cacheprovider tests/test_torch_triton.py \
     > "$OUT/tests.log" 2>&1; echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
+timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_torch.py --out "$OUT/profile" \
+    > "$OUT/profile.txt" 2>&1; echo "profile exit $?" | tee -a "$OUT/profile.txt"
 timeout "${TUNE_TIMEOUT:-200}" python3 benchmarks/gpu_tune.py --out "$OUT/triton_config.json" 2>&1 | tee "$OUT/tune.log"
 config=()
 [ -s "$OUT/triton_config.json" ] && config=(--triton-config "$OUT/triton_config.json")

@@ -281,6 +281,31 @@ def test_bench_torch_graph_mode_with_cuda_mocked(monkeypatch):
         bench.main(["--modes", "graph", "--device", "cpu", "--quick"])
 
 
+def test_profile_torch_smoke(tmp_path):
+    """profile_torch.py on the CPU: per-step wall time, the events behind it (DropBlock's own
+    autograd Function, forward and backward, among them) and a readable Chrome trace per op."""
+    pytest.importorskip("torch")
+    import gzip
+    import json
+    spec = importlib.util.spec_from_file_location("profile_torch", ROOT / "benchmarks" / "profile_torch.py")
+    prof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prof)
+    res = prof.main(["--device", "cpu", "--shapes", "2x4x16x16", "--steps", "2", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "profile.json").read_text()) == res
+    ops = res["shapes"]["2x4x16x16"]
+    assert set(ops) == {"floor x*mask", "structdrop dropblock"}
+    assert all(r["wall_us"] > 0 and r["top_cpu"] for r in ops.values())
+    names = " ".join(r["name"] for r in ops["structdrop dropblock"]["top_cpu"])
+    assert "MaskedScale" in names and "Backward" in names
+    assert "MaskedScale" not in " ".join(r["name"] for r in ops["floor x*mask"]["top_cpu"])
+    traces = sorted(tmp_path.glob("trace_*.json.gz"))
+    assert len(traces) == 2
+    for t in traces:
+        assert json.loads(gzip.decompress(t.read_bytes()))["traceEvents"]
+    with pytest.raises(SystemExit):
+        prof.main(["--steps", "0"])
+
+
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
 def test_bench_tensorflow_smoke(tmp_path):
     rows, stdout = _run_bench("bench_tensorflow.py", tmp_path)
@@ -315,6 +340,27 @@ def test_time_interleaved_round_robin_and_sync():
 def test_torch_sync_on_cpu_is_a_no_op():
     sync = timing.torch_sync("cpu")
     assert sync() is None and sync(object()) is None
+
+
+def test_run_all_keeps_memory_unless_told_and_records_it(monkeypatch):
+    """The benchmark processes get glibc settings that keep freed memory (no page faults from
+    fresh mappings), unless the caller set those variables or asked for the defaults; each
+    row says which allocator setting it was timed with."""
+    run_all = _run_all_module()
+    common = sys.modules["common"]
+    for key in common.MALLOC_KEEP:
+        monkeypatch.delenv(key, raising=False)
+    kept = run_all.child_env(keep_memory=True)
+    assert all(kept[k] == v for k, v in common.MALLOC_KEEP.items())
+    assert common.malloc_setting(kept) == "keep freed memory"
+    plain = run_all.child_env()
+    assert not set(common.MALLOC_KEEP) & set(plain) and common.malloc_setting(plain) == "default"
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")  # the caller's own choice wins
+    mine = run_all.child_env(keep_memory=True)
+    assert mine["MALLOC_MMAP_MAX_"] == "65536" and common.malloc_setting(mine) == "default"
+    (row,) = run_all.normalize([{"op": "floor", "median_s": "1"}], "numpy", 2, "default")
+    assert row["malloc"] == "default"
+    assert "malloc" in common.COLUMNS
 
 
 def test_run_all_normalizes_other_scripts_columns():

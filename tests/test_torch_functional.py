@@ -2,7 +2,8 @@
 
 DropBlock tests run on every path: ``"reference"`` passes ``uniform=`` noise (the dense path that
 follows the NumPy reference step by step); the fast paths pass ``seed=`` (sparse seed sampling)
-and paint the blocks either by index writes (``"fast-index"``) or, where the layout allows, from
+and paint the blocks either by index writes (``"fast-index"``: one index per block through a view
+of overlapping windows; ``"fast-unit"``: one index per unit) or, where the layout allows, from
 the single-seed table (``"fast-table"``); ``"fast"`` lets dropblock choose as it does for users.
 ``"triton"`` runs the CUDA path's Triton kernels on these CPU tensors in Triton's interpreter
 (tests/conftest.py switches it on where there is no GPU; channels_first inputs with per-channel
@@ -28,18 +29,21 @@ from helpers import brute_force_keep_mask, five_sigma_fraction_bound  # noqa: E4
 
 FORMATS = ["channels_first", "channels_last"]
 TRITON_ON_CPU = _triton.has_triton() and os.environ.get("TRITON_INTERPRET") == "1"
-PATHS = ["reference", "fast", "fast-index", "fast-table",
+PATHS = ["reference", "fast", "fast-index", "fast-unit", "fast-table",
          pytest.param("triton", marks=pytest.mark.skipif(
              not TRITON_ON_CPU, reason="needs triton and TRITON_INTERPRET=1 (tests/conftest.py)"))]
 
 
 @contextlib.contextmanager
 def painter(path):
-    """Force the fast path's painter: index writes only, the table wherever it applies, or the
-    Triton kernels (interpreted) wherever they apply."""
-    saved = _paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP, _triton.FORCE, _triton.TILE_UNITS
-    if path == "fast-index":
+    """Force the fast path's painter: index writes only (whole blocks through overlapping
+    windows, or unit by unit), the table wherever it applies, or the Triton kernels
+    (interpreted) wherever they apply."""
+    saved = (_paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP, _triton.FORCE,
+             _triton.TILE_UNITS, _paint.WINDOW_WRITES)
+    if path in ("fast-index", "fast-unit"):
         _paint.TABLE_MAX_BYTES = 0
+        _paint.WINDOW_WRITES = path == "fast-index"
     elif path == "fast-table":
         _paint.TABLE_MAX_SEEDS_PER_MAP = math.inf
     elif path == "triton":  # many maps per program: fewer interpreted programs
@@ -48,8 +52,9 @@ def painter(path):
         yield
     finally:
         (_paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP, _triton.FORCE,
-         _triton.TILE_UNITS) = saved
+         _triton.TILE_UNITS, _paint.WINDOW_WRITES) = saved
     assert not _triton._FAILED, _triton._FAILED  # the kernels ran, no silent fallback
+    assert _paint.WINDOW_WRITES, "window writes were turned off (PyTorch refused them)"
 
 
 def layout(spatial, fmt, batch=2, ch=3):
@@ -149,7 +154,7 @@ MASK_CASES = [((14, 14), 7), ((9, 13), (3, 6)), ((12,), 5), ((12,), 2), ((5, 6, 
 @pytest.mark.parametrize("share", [(), "channels", ("batch", "channels")])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("spatial, block", MASK_CASES)
-def test_fast_painters_equal_keep_mask(spatial, block, fmt, share):
+def test_fast_painters_equal_keep_mask(spatial, block, fmt, share, monkeypatch):
     """For the same seed positions, the fast painters give exactly dropblock_keep_mask's mask."""
     x_shape = layout(spatial, fmt, 3, 4)
     blk = sd.clip_block(block, spatial)
@@ -161,11 +166,15 @@ def test_fast_painters_equal_keep_mask(spatial, block, fmt, share):
         u[flat] = 0.0
         u = u.view(grid)
         ref = ~sdt.dropblock_keep_mask(u, 0.05, blk, fmt, seeds)
-        assert torch.equal(_paint.seeds_to_dropped(flat, grid, axes, blk, spatial, seeds), ref)
-        assert torch.equal(_paint.seeds_to_dropped(flat, grid, axes, blk, spatial, seeds, keep=True), ~ref)
-        if fmt == "channels_first":  # the table painter needs the spatial axes last
-            got = _paint.seeds_to_keep_from_table(flat, grid, axes, blk, spatial, seeds)
-            assert got.shape == ref.shape and torch.equal(got, ~ref)
+        for windows in (True, False):  # whole blocks through overlapping windows; unit writes
+            with monkeypatch.context() as m:
+                m.setattr(_paint, "WINDOW_WRITES", windows)
+                assert torch.equal(_paint.seeds_to_dropped(flat, grid, axes, blk, spatial, seeds), ref)
+                assert torch.equal(_paint.seeds_to_dropped(flat, grid, axes, blk, spatial, seeds,
+                                                           keep=True), ~ref)
+                if fmt == "channels_first":  # the table painter needs the spatial axes last
+                    got = _paint.seeds_to_keep_from_table(flat, grid, axes, blk, spatial, seeds)
+                    assert got.shape == ref.shape and torch.equal(got, ~ref)
         if seeds == "valid":
             assert torch.equal(_paint.seeds_to_dropped_separable(flat, grid, axes, blk, spatial), ref)
 
@@ -530,12 +539,39 @@ def test_grouped_and_unravelled_block_writes_equal_the_default(monkeypatch, fmt)
     x = torch.ones(layout((14, 14), fmt, 4, 6))
     with painter("fast-index"):
         one = sdt.dropblock(x, 0.2, 5, fmt, seed=9)
+    with painter("fast-unit"):
+        assert torch.equal(sdt.dropblock(x, 0.2, 5, fmt, seed=9), one)
         monkeypatch.setattr(_paint, "WRITE_GROUP", 7)  # one block offset per index_fill_ call
         assert torch.equal(sdt.dropblock(x, 0.2, 5, fmt, seed=9), one)
+    with painter("fast-index"):
         monkeypatch.setattr(_paint, "SEED_TABLE_MAX", 0)  # unravel seed positions instead
         assert torch.equal(sdt.dropblock(x, 0.2, 5, fmt, seed=9), one)
     with painter("fast-table"):
         assert torch.equal(sdt.dropblock(x, 0.2, 5, fmt, seed=9), one)
+
+
+def test_window_writes_fall_back_to_unit_writes_when_refused(monkeypatch):
+    """A PyTorch that refuses index_fill_ through the overlapping windows (say, a future
+    internal-overlap check) gets the same mask from unit writes, which it then keeps using."""
+    x = torch.ones(2, 3, 14, 14)
+    with painter("fast-index"):
+        want = sdt.dropblock(x, 0.2, 5, seed=4)
+    real = torch.Tensor.index_fill_
+    refused = []
+
+    def refuse_overlap(self, dim, index, value):
+        if len(set(self.stride())) < self.dim():  # the windows' view: stride 1 on two axes
+            refused.append(self.shape)
+            raise RuntimeError("unsupported operation: more than one element of the written-to "
+                               "tensor refers to a single memory location")
+        return real(self, dim, index, value)
+
+    monkeypatch.setattr(torch.Tensor, "index_fill_", refuse_overlap)
+    monkeypatch.setattr(_paint, "TABLE_MAX_BYTES", 0)
+    monkeypatch.setattr(_paint, "WINDOW_WRITES", True)
+    assert torch.equal(sdt.dropblock(x, 0.2, 5, seed=4), want)
+    assert len(refused) == 1 and not _paint.WINDOW_WRITES
+    assert torch.equal(sdt.dropblock(x, 0.2, 5, seed=4), want) and len(refused) == 1
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 2039, 2040, 2041, 8 * 255 * 3 + 5, 100003])
