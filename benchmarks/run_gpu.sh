@@ -9,22 +9,39 @@
 #                         fwd+bwd and graph: forward+backward replayed from a CUDA graph)
 #   sass.txt              triton_sass.py for this GPU's architecture: static instruction counts
 #                         of the mask kernel, to read against the kernel times
+#
+# STEPS picks the parts (default: all, in this order; each has its own timeout, together up to
+# about 19 minutes, more than one 10-minute call): for example
+#   STEPS="tests profile" bash benchmarks/run_gpu.sh     # about 5 minutes, Triton compiling cold
+#   STEPS="tune bench" bash benchmarks/run_gpu.sh        # a later call on the same machine
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
+STEPS=" ${STEPS:-tests profile tune bench sass} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -x -p no:cacheprovider tests/test_torch_triton.py \
-    > "$OUT/tests.log" 2>&1; echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
-timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_torch.py --out "$OUT/profile" \
-    > "$OUT/profile.txt" 2>&1; echo "profile exit $?" | tee -a "$OUT/profile.txt"
-timeout "${TUNE_TIMEOUT:-200}" python3 benchmarks/gpu_tune.py --out "$OUT/triton_config.json" 2>&1 | tee "$OUT/tune.log"
-config=()
-[ -s "$OUT/triton_config.json" ] && config=(--triton-config "$OUT/triton_config.json")
-name=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import run_all; print(run_all.default_name())")
-timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run_all.py --only torch --no-progress --out "$OUT/$name" \
-    --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]}" 2>&1 | tee "$OUT/bench.log"
-arch=$(python3 -c "import torch; m, n = torch.cuda.get_device_capability(); print(10 * m + n)")
-timeout 300 python3 benchmarks/triton_sass.py --arch "$arch" > "$OUT/sass.txt" 2>&1; tail -12 "$OUT/sass.txt"
+if want tests; then
+    timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -x -p no:cacheprovider tests/test_torch_triton.py \
+        > "$OUT/tests.log" 2>&1; echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
+fi
+if want profile; then
+    timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_torch.py --out "$OUT/profile" \
+        > "$OUT/profile.txt" 2>&1; echo "profile exit $?" | tee -a "$OUT/profile.txt"
+fi
+if want tune; then
+    timeout "${TUNE_TIMEOUT:-200}" python3 benchmarks/gpu_tune.py --out "$OUT/triton_config.json" 2>&1 | tee "$OUT/tune.log"
+fi
+if want bench; then
+    config=()
+    [ -s "$OUT/triton_config.json" ] && config=(--triton-config "$OUT/triton_config.json")
+    name=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import run_all; print(run_all.default_name())")
+    timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run_all.py --only torch --no-progress --out "$OUT/$name" \
+        --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]}" 2>&1 | tee "$OUT/bench.log"
+fi
+if want sass; then
+    arch=$(python3 -c "import torch; m, n = torch.cuda.get_device_capability(); print(10 * m + n)")
+    timeout 300 python3 benchmarks/triton_sass.py --arch "$arch" > "$OUT/sass.txt" 2>&1; tail -12 "$OUT/sass.txt"
+fi
