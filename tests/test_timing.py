@@ -304,6 +304,23 @@ def test_profile_torch_smoke(tmp_path):
         assert json.loads(gzip.decompress(t.read_bytes()))["traceEvents"]
     with pytest.raises(SystemExit):
         prof.main(["--steps", "0"])
+    # the device columns, as a CUDA profile reports them (PyTorch's names moved between releases)
+    from types import SimpleNamespace as Event
+
+    class FakeProfile:
+        def key_averages(self):
+            return [Event(key="mask_kernel", count=4, self_cpu_time_total=8.0,
+                          self_device_time_total=160.0),
+                    Event(key="aten::mul", count=4, self_cpu_time_total=40.0,
+                          self_cuda_time_total=80.0),
+                    Event(key="step", count=2, self_cpu_time_total=20.0,
+                          self_device_time_total=0.0)]
+
+    out = prof.summarize(FakeProfile(), steps=2, on_gpu=True)
+    assert out["device_us"] == 120.0
+    assert [(r["name"], r["self_device_us"]) for r in out["top_device"]] == [
+        ("mask_kernel", 80.0), ("aten::mul", 40.0)]
+    assert out["top_cpu"][0] == {"name": "aten::mul", "calls": 2.0, "self_cpu_us": 20.0}
 
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
