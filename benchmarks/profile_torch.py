@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 import sys
 import tempfile
 import time
@@ -153,7 +154,8 @@ def run(shapes, device, steps: int, out: Path | None = None) -> dict:
         for name, fn in make_ops(shape, device).items():
             trace = None
             if out is not None:
-                trace = out / f"trace_{label}_{name.replace(' ', '_').replace('*', '')}.json.gz"
+                slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+                trace = out / f"trace_{label}_{slug}.json.gz"
             per[name] = profile_op(fn, x, g, steps, device, trace)
             report(label, name, per[name])
     if out is not None:

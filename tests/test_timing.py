@@ -299,7 +299,8 @@ def test_profile_torch_smoke(tmp_path):
     assert "MaskedScale" in names and "Backward" in names
     assert "MaskedScale" not in " ".join(r["name"] for r in ops["floor x*mask"]["top_cpu"])
     traces = sorted(tmp_path.glob("trace_*.json.gz"))
-    assert len(traces) == 2
+    assert [t.name for t in traces] == ["trace_2x4x16x16_floor_x_mask.json.gz",
+                                        "trace_2x4x16x16_structdrop_dropblock.json.gz"]
     for t in traces:
         assert json.loads(gzip.decompress(t.read_bytes()))["traceEvents"]
     with pytest.raises(SystemExit):
