@@ -246,21 +246,6 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def cuda_graph(step, device):
-    """``replay`` of a CUDA graph holding one call of ``step``, warmed up first on a side
-    stream (kernels compiled, allocator pools settled), as capture requires."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
 def timed(fn, x, g, mode, threads, min_run_time, device="cpu"):
     """Measurement of ``fn`` (forward, forward+backward, or forward+backward replayed from a
     CUDA graph), and the minor page faults per call seen while measuring it (fresh pages handed
@@ -268,7 +253,7 @@ def timed(fn, x, g, mode, threads, min_run_time, device="cpu"):
     the module docstring)."""
     calls = [0]
     if mode == "graph":
-        replay = cuda_graph(lambda: torch.autograd.grad(fn(x), x, g), device)
+        replay = timing.cuda_graph(lambda: torch.autograd.grad(fn(x), x, g), device)
 
         def call():
             calls[0] += 1

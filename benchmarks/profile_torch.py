@@ -36,40 +36,23 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _triton  # noqa: E402
+import bench_torch  # noqa: E402  (the benchmark's ops, so both time the same calls)
 
-SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
-BLOCK, RATE = 7, 0.1
+SHAPES = bench_torch.SHAPES[:3]  # the three ResNet-50 stages
+#: The benchmark's ops profiled here (the tensor-op row exists on CUDA only).
+OPS = ("floor x*mask", "structdrop dropblock", "structdrop dropblock (tensor ops)")
 WARMUP = 5
 TOP = 12
 
 
-def parse_shape(text: str) -> tuple:
-    return tuple(int(s) for s in text.lower().split("x"))
-
-
 def make_ops(shape, device):
     """Name -> callable(x) -> y: the floor and DropBlock (and its tensor-op path on CUDA)."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    mask = ((torch.rand(shape, device=device, generator=gen) >= RATE).float() / (1 - RATE))
-    ops = {
-        "floor x*mask": lambda x: x * mask,
-        "structdrop dropblock": lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen),
-    }
-    if torch.device(device).type == "cuda" and _triton.has_triton():
-        def tensor_ops(x):
-            _triton.ENABLED = False
-            try:
-                return sdt.dropblock(x, RATE, BLOCK, seed=gen)
-            finally:
-                _triton.ENABLED = True
-        ops["structdrop dropblock (tensor ops)"] = tensor_ops
-    return ops
+    ops = bench_torch.make_ops(shape, device=device)
+    return {name: ops[name][0] for name in OPS if name in ops}
 
 
 def _sync(device):
@@ -186,7 +169,8 @@ def main(argv=None):
     if args.steps < 1:
         p.error(f"--steps must be at least 1, got {args.steps}")
     torch.set_num_threads(args.threads)
-    shapes = [parse_shape(s) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    shapes = ([tuple(int(n) for n in item.split("x")) for item in args.shapes.split(",")]
+              if args.shapes else SHAPES)
     print(f"torch {torch.__version__}, device {args.device}, {args.steps} steps per op")
     return run(shapes, args.device, args.steps, args.out)
 

@@ -286,6 +286,26 @@ def torch_sync(device: Any = None) -> Callable[[Any], None]:
     return lambda result=None: wait()
 
 
+def cuda_graph(step: Callable[[], Any], device: Any = None,
+               warmup: int = 3) -> Callable[[], None]:
+    """The ``replay`` of a CUDA graph holding one call of ``step``: time it to see the device's
+    cost without the host's launch costs. ``step`` runs ``warmup`` times first on a side stream
+    (kernels compiled, allocator pools settled), as capture requires; its tensors are the
+    graph's static inputs and outputs, and random ops must draw from the default generator."""
+    import torch
+
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def tensorflow_sync(result: Any = None) -> None:
     """Wait until TensorFlow's queued work (and ``result``) is done: the ``sync`` for TF code."""
     _tensorflow_sync(result)

@@ -16,6 +16,7 @@ import structdrop_tutorial as sd
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
+from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _triton  # noqa: E402
 
@@ -358,18 +359,10 @@ def test_cuda_graph_capture_draws_a_fresh_mask_per_replay():
         static["y"] = sdt.dropblock(x, 0.2, 3)
         (static["g"],) = torch.autograd.grad(static["y"], x, torch.ones_like(x))
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    replay = timing.cuda_graph(step)
     keeps = []
     for _ in range(3):
-        graph.replay()
+        replay()
         torch.cuda.synchronize()
         y, g = static["y"].detach().clone(), static["g"].clone()
         keep = y != 0

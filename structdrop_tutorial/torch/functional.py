@@ -286,7 +286,7 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
             total = math.prod(grid)
             flat = bernoulli_positions(total, g, _generator(seed, x.device), x.device)
             # On the CPU, small maps with few seeds each copy a precomputed single-seed mask per
-            # map; other cases write every block unit by index (see _paint for both and the
+            # map; other cases write every block by index (see _paint for both and the
             # measurements).
             if use_table(grid, axes, block, spatial, seeds, flat.numel(), x.device):
                 keep = seeds_to_keep_from_table(flat, grid, axes, block, spatial, seeds)
