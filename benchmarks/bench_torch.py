@@ -30,8 +30,9 @@ torchvision's ``drop_block2d`` (and ``drop_block3d``) and timm's ``DropBlock2d``
 when importable.
 
 On a GPU (``--device cuda``, the default where CUDA is available) the same rows are timed with
-the device synchronized around every measurement; DropBlock is also timed with its Triton path
-switched off (``tensor ops``), and the peak-memory column compares
+the device synchronized around every measurement; DropBlock is also timed with its Triton
+kernels' byte masks instead of row words (``byte masks``) and with its Triton path switched off
+(``tensor ops``), and the peak-memory column compares
 ``torch.cuda.max_memory_allocated`` of one forward+backward with the floor's, in this process.
 A third mode, ``graph`` (on by default there), captures one forward+backward of each op in a
 CUDA graph and times its replay: the host's launch costs drop out and the ratio is the
@@ -100,6 +101,8 @@ def make_ops(shape, seed=0, device="cpu", default_generator=False):
             lambda x: sdt.spatial_dropout(x, RATE, seed=gen), "floor x*mask[N,C,1,1]"),
     }
     if torch.device(device).type == "cuda" and _triton.has_triton():
+        ops["structdrop dropblock (byte masks)"] = (byte_masks(
+            lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen)), "floor x*mask")
         ops["structdrop dropblock (tensor ops)"] = (tensor_ops(
             lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen)), "floor x*mask")
     native = {3: torch.nn.functional.dropout1d, 4: torch.nn.functional.dropout2d,
@@ -127,6 +130,17 @@ def make_ops(shape, seed=0, device="cpu", default_generator=False):
     except Exception:
         pass
     return ops
+
+
+def byte_masks(fn):
+    """``fn`` with the Triton path's row words switched off (one mask byte per unit)."""
+    def call(x):
+        _triton.ROW_WORDS = False
+        try:
+            return fn(x)
+        finally:
+            _triton.ROW_WORDS = True
+    return call
 
 
 def tensor_ops(fn):

@@ -5,8 +5,9 @@ Prints (and writes as JSON with ``--out``):
 * host-side costs per call (microseconds of wall time, the GPU idle): the argument plan, the key
   draw, the counter allocation, an empty Triton launch, ``autograd.Function.apply``, and a whole
   ``dropblock`` forward and forward+backward on a tiny input (where the host is the bottleneck);
-* device time (``triton.testing.do_bench``, median, L2 flushed) of the mask kernel for several
-  maps-per-program targets and warp counts, and of the product kernel for several block sizes,
+* device time (``triton.testing.do_bench``, median, L2 flushed) of the byte-mask kernel for
+  several maps-per-program targets and warp counts, of the row-word mask kernel for several
+  grid rows per program and warp counts, and of both product kernels for several block sizes,
   at the three ResNet-50 shapes, against the floor ``x * mask`` measured the same way;
 * the launch parameters with the lowest total time over the shapes (``--out`` JSON: pass it to
   ``bench_torch.py --triton-config`` to measure with them).
@@ -93,7 +94,7 @@ def host_costs(dev):
 
 
 def sweep(dev):
-    results = {"mask": {}, "apply": {}, "floor": {}}
+    results = {"mask": {}, "apply": {}, "rows": {}, "apply_rows": {}, "floor": {}}
     gen = torch.Generator(device=dev).manual_seed(0)
     for shape in SHAPES:
         s = "x".join(map(str, shape))
@@ -116,6 +117,17 @@ def sweep(dev):
                 _triton.APPLY_BLOCK, _triton.APPLY_WARPS = size, warps
                 t = device_us(lambda: _triton._apply(x, keep, count, True, out))
                 results["apply"].setdefault(f"{size}/{warps}", {})[s] = t
+        for items in (128, 256, 512):  # row words
+            for warps in (1, 2, 4):
+                _triton.ROW_ITEMS, _triton.ROW_WARPS = items, warps
+                t = device_us(lambda: _triton.row_words(shape, dev, gamma, block, "valid", key))
+                results["rows"].setdefault(f"{items}/{warps}", {})[s] = t
+        words, count = _triton.row_words(shape, dev, gamma, block, "valid", key)
+        for size in (2048, 4096):  # a compile per row width and configuration: fewer here
+            for warps in (4, 8):
+                _triton.APPLY_BLOCK, _triton.APPLY_WARPS = size, warps
+                t = device_us(lambda: _triton._apply(x, words, count, True, out))
+                results["apply_rows"].setdefault(f"{size}/{warps}", {})[s] = t
     return results
 
 
@@ -142,14 +154,18 @@ def main(argv=None):
     res = sweep(dev)
     print("\ndevice time (us, median):  floor x*mask:",
           {s: round(t, 1) for s, t in res["floor"].items()})
-    for part in ("mask", "apply"):
+    for part in ("mask", "apply", "rows", "apply_rows"):
         print(f"  {part} kernel, config -> per shape")
         for cfg, per in res[part].items():
             print(f"    {cfg:10s} " + "  ".join(f"{t:8.1f}" for t in per.values())
                   + f"   (sum {sum(per.values()):.1f})")
     units, warps = map(int, best(res["mask"]).split("/"))
-    size, awarps = map(int, best(res["apply"]).split("/"))
-    config = {"TILE_UNITS": units, "MASK_WARPS": warps, "APPLY_BLOCK": size, "APPLY_WARPS": awarps}
+    items, rwarps = map(int, best(res["rows"]).split("/"))
+    # the product kernels share their launch parameters: the best for the row words, which the
+    # benchmark shapes use
+    size, awarps = map(int, best(res["apply_rows"]).split("/"))
+    config = {"TILE_UNITS": units, "MASK_WARPS": warps, "ROW_ITEMS": items, "ROW_WARPS": rwarps,
+              "APPLY_BLOCK": size, "APPLY_WARPS": awarps}
     print("\nbest:", config)
     if args.out:
         args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(dev),

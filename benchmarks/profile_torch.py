@@ -43,8 +43,9 @@ if str(HERE) not in sys.path:
 import bench_torch  # noqa: E402  (the benchmark's ops, so both time the same calls)
 
 SHAPES = bench_torch.SHAPES[:3]  # the three ResNet-50 stages
-#: The benchmark's ops profiled here (the tensor-op row exists on CUDA only).
-OPS = ("floor x*mask", "structdrop dropblock", "structdrop dropblock (tensor ops)")
+#: The benchmark's ops profiled here (the byte-mask and tensor-op rows exist on CUDA only).
+OPS = ("floor x*mask", "structdrop dropblock", "structdrop dropblock (byte masks)",
+       "structdrop dropblock (tensor ops)")
 WARMUP = 5
 TOP = 12
 

@@ -8,7 +8,7 @@
 #   gpu_<name>.csv        run_all.py --only torch with the best configuration (modes fwd,
 #                         fwd+bwd and graph: forward+backward replayed from a CUDA graph)
 #   sass.txt              triton_sass.py for this GPU's architecture: static instruction counts
-#                         of the mask kernel, to read against the kernel times
+#                         of both mask kernels, to read against the kernel times
 #
 # STEPS picks the parts (default: all, in this order; each has its own timeout, together up to
 # about 19 minutes, more than one 10-minute call): for example
@@ -24,15 +24,19 @@ want() { [[ "$STEPS" == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 if want tests; then
-    timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -x -p no:cacheprovider tests/test_torch_triton.py \
-        > "$OUT/tests.log" 2>&1; echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
+    # every geometry compiles its own kernels: spread them over processes where pytest-xdist is
+    workers=()
+    python3 -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
+    timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -x -p no:cacheprovider "${workers[@]}" \
+        tests/test_torch_triton.py > "$OUT/tests.log" 2>&1
+    echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
 fi
 if want profile; then
     timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_torch.py --out "$OUT/profile" \
         > "$OUT/profile.txt" 2>&1; echo "profile exit $?" | tee -a "$OUT/profile.txt"
 fi
 if want tune; then
-    timeout "${TUNE_TIMEOUT:-200}" python3 benchmarks/gpu_tune.py --out "$OUT/triton_config.json" 2>&1 | tee "$OUT/tune.log"
+    timeout "${TUNE_TIMEOUT:-300}" python3 benchmarks/gpu_tune.py --out "$OUT/triton_config.json" 2>&1 | tee "$OUT/tune.log"
 fi
 if want bench; then
     config=()

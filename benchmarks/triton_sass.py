@@ -13,8 +13,9 @@ arguments, constexprs and specializations (integers equal to 1, 16-byte alignmen
   The CPU test suite runs the kernels in Triton's interpreter, which accepts some programs the
   compiler rejects; this closes that gap.
 * otherwise: prints, for the three ResNet-50 shapes of issue 5 and 1, 2 and 4 warps, the
-  static SASS instruction count of the mask kernel and the warp-instructions per unit it
-  implies (static count x warps / units per program; loops counted once), its tensor-core
+  static SASS instruction count of both mask kernels (byte masks and row words) and the
+  warp-instructions per unit it implies (static count x warps / units per program; loops
+  counted once: the row-word kernel unrolls its loops, so it is counted in full), tensor-core
   instructions and the most frequent opcodes. A static count is not a timing; it says where
   the instructions go.
 
@@ -56,7 +57,8 @@ SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
 CHECKS = [((4, 3, 40), 5, "padded", 0.1), ((37, 1, 9), 9, "valid", 0.7),
           ((2, 3, 9, 9), 3, "valid", 0.1), ((1, 1, 70, 130), (2, 3), "padded", 0.7),
           ((37, 1, 5, 7), 3, "padded", 0.3), ((2, 2, 5, 6, 7), (2, 3, 3), "padded", 0.1),
-          ((1, 1, 3, 70, 9), 2, "valid", 1.0), ((32, 1024, 14, 14), 7, "valid", 0.01)]
+          ((1, 1, 3, 70, 9), 2, "valid", 1.0), ((32, 1024, 14, 14), 7, "valid", 0.01),
+          ((16, 256, 56, 56), 7, "valid", 0.01)]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
@@ -75,7 +77,8 @@ def recorded_launches(run):
     calls = []
     fake = SimpleNamespace(**{name: _Recorder(getattr(kernels, name), calls)
                               for name in ("dropblock_mask_kernel", "seed_grid_kernel",
-                                           "masked_scale_kernel")})
+                                           "masked_scale_kernel", "dropblock_rows_kernel",
+                                           "masked_rows_kernel")})
     real = _triton._kernels
     _triton._kernels = lambda: fake
     try:
@@ -127,23 +130,28 @@ def _mask_run(shape, block, seeds, gamma):
     def run():
         blk = clip_block(block, shape[2:])
         key = torch.zeros(1, dtype=torch.int64)
-        _triton.keep_mask(shape, "cpu", gamma, blk, seeds, key)
-        _triton.seed_grid(shape, "cpu", gamma, blk, seeds, key)
+        if _triton.geometry(shape, blk, seeds) is not None:
+            _triton.keep_mask(shape, "cpu", gamma, blk, seeds, key)
+            _triton.seed_grid(shape, "cpu", gamma, blk, seeds, key)
+        if _triton.row_geometry(shape, blk, seeds) is not None:
+            _triton.row_words(shape, "cpu", gamma, blk, seeds, key)
     return run
 
 
-def _product_run(dtype, from_count):
+def _product_run(dtype, from_count, width=None):
+    """The byte-mask product, or the row-word one for rows ``width`` wide."""
     def run():
-        x = torch.zeros(4096, dtype=dtype)
-        keep = torch.ones(4096, dtype=torch.bool)
+        x = torch.zeros(4096 if width is None else (64, width), dtype=dtype)
+        mask = (torch.ones(4096, dtype=torch.bool) if width is None
+                else torch.zeros(64, dtype=torch.int64))
         param = torch.ones(1, dtype=torch.int64) if from_count else 1.25
-        _triton._apply(x, keep, param, from_count, torch.empty_like(x))
+        _triton._apply(x, mask, param, from_count, torch.empty_like(x))
     return run
 
 
 def check(archs) -> int:
     runs = [_mask_run(*c) for c in CHECKS]
-    runs += [_product_run(d, f) for d in DTYPES for f in (True, False)]
+    runs += [_product_run(d, f, w) for d in DTYPES for f in (True, False) for w in (None, 56)]
     launches, seen = [], set()
     for run in runs:
         for fn, args, kwargs in recorded_launches(run):
@@ -165,23 +173,30 @@ def check(archs) -> int:
 
 
 def table(arch: int, shapes, block=7, gamma=0.01):
-    print(f"mask kernel, sm_{arch}, block {block}, valid seeds (static SASS; loops counted once; "
-          "* = the package's warp choice)")
-    print(f"{'shape':18s} {'maps x tile':13s} {'window':7s} {'warps':6s} {'instr':>6s} "
-          f"{'warp-instr/unit':>15s} {'MMA':>4s}  top opcodes")
+    print(f"mask kernels, sm_{arch}, block {block}, valid seeds (static SASS; loops counted once; "
+          "* = the package's warp choice; per unit: per unit of the tile, padding included)")
+    print(f"{'shape':18s} {'kernel':6s} {'maps x tile':14s} {'window':7s} {'warps':6s} "
+          f"{'instr':>6s} {'warp-instr/unit':>15s} {'MMA':>4s}  top opcodes")
     for shape in shapes:
-        (fn, args, kwargs), = [c for c in recorded_launches(_mask_run(shape, block, "valid", gamma))
-                               if c[0] is kernels.dropblock_mask_kernel]
-        for warps in (1, 2, 4):
-            ops = sass_counts(compile_launch(fn, args, dict(kwargs, num_warps=warps), arch))
-            total = sum(ops.values())
-            units = kwargs["BM"] * kwargs["TH"] * kwargs["TW"]
-            mma = sum(v for k, v in ops.items() if "MMA" in k)
-            top = ", ".join(f"{k} {v}" for k, v in ops.most_common(5))
-            chosen = "*" if warps == kwargs["num_warps"] else ""
-            print(f"{'x'.join(map(str, shape)):18s} {kwargs['BM']} x {kwargs['TH']}x{kwargs['TW']:<6} "
-                  f"{kwargs['GTH']}x{kwargs['GTW']:<4} {warps:<2d}{chosen:4s} {total:6d} "
-                  f"{total * warps / units:15.2f} {mma:4d}  {top}")
+        launches = recorded_launches(_mask_run(shape, block, "valid", gamma))
+        for kernel, name in ((kernels.dropblock_mask_kernel, "bytes"),
+                             (kernels.dropblock_rows_kernel, "rows")):
+            for fn, args, kwargs in [c for c in launches if c[0] is kernel]:
+                rows = name == "rows"
+                width = args[fn.arg_names.index("W")] if rows else kwargs["TW"]
+                window = (f"{kwargs['GTH']}x{4 * kwargs['GQ']}" if rows
+                          else f"{kwargs['GTH']}x{kwargs['GTW']}")
+                for warps in (1, 2, 4):
+                    ops = sass_counts(compile_launch(fn, args, dict(kwargs, num_warps=warps), arch))
+                    total = sum(ops.values())
+                    units = kwargs["BM"] * kwargs["TH"] * width
+                    mma = sum(v for k, v in ops.items() if "MMA" in k)
+                    top = ", ".join(f"{k} {v}" for k, v in ops.most_common(5))
+                    chosen = "*" if warps == kwargs["num_warps"] else ""
+                    tile = f"{kwargs['BM']} x {kwargs['TH']}x{width}"
+                    print(f"{'x'.join(map(str, shape)):18s} {name:6s} {tile:14s} {window:7s} "
+                          f"{warps:<2d}{chosen:4s} {total:6d} {total * warps / units:15.2f} "
+                          f"{mma:4d}  {top}")
 
 
 def main(argv=None) -> int:

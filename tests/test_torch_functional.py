@@ -7,7 +7,9 @@ of overlapping windows; ``"fast-unit"``: one index per unit) or, where the layou
 the single-seed table (``"fast-table"``); ``"fast"`` lets dropblock choose as it does for users.
 ``"triton"`` runs the CUDA path's Triton kernels on these CPU tensors in Triton's interpreter
 (tests/conftest.py switches it on where there is no GPU; channels_first inputs with per-channel
-masks, the rest dispatch to the tensor path as they would on a GPU).
+masks, the rest dispatch to the tensor path as they would on a GPU): the row-word kernels where
+rows fit a 64-bit word, the byte-mask ones elsewhere; ``"triton-bytes"`` the byte-mask kernels
+everywhere.
 """
 import os
 import contextlib
@@ -29,31 +31,35 @@ from helpers import brute_force_keep_mask, five_sigma_fraction_bound  # noqa: E4
 
 FORMATS = ["channels_first", "channels_last"]
 TRITON_ON_CPU = _triton.has_triton() and os.environ.get("TRITON_INTERPRET") == "1"
-PATHS = ["reference", "fast", "fast-index", "fast-unit", "fast-table",
-         pytest.param("triton", marks=pytest.mark.skipif(
-             not TRITON_ON_CPU, reason="needs triton and TRITON_INTERPRET=1 (tests/conftest.py)"))]
+PATHS = ["reference", "fast", "fast-index", "fast-unit", "fast-table"] + [
+    pytest.param(path, marks=pytest.mark.skipif(
+        not TRITON_ON_CPU, reason="needs triton and TRITON_INTERPRET=1 (tests/conftest.py)"))
+    for path in ("triton", "triton-bytes")]
 
 
 @contextlib.contextmanager
 def painter(path):
     """Force the fast path's painter: index writes only (whole blocks through overlapping
     windows, or unit by unit), the table wherever it applies, or the Triton kernels
-    (interpreted) wherever they apply."""
+    (interpreted) wherever they apply: row words where rows fit a word, else bytes
+    ("triton"), or bytes everywhere ("triton-bytes")."""
     saved = (_paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP, _triton.FORCE,
-             _triton.TILE_UNITS, _paint.WINDOW_WRITES)
+             _triton.TILE_UNITS, _paint.WINDOW_WRITES, _triton.ROW_WORDS)
     if path in ("fast-index", "fast-unit"):
         _paint.TABLE_MAX_BYTES = 0
         _paint.WINDOW_WRITES = path == "fast-index"
     elif path == "fast-table":
         _paint.TABLE_MAX_SEEDS_PER_MAP = math.inf
-    elif path == "triton":  # many maps per program: fewer interpreted programs
+    elif path.startswith("triton"):  # many maps per program: fewer interpreted programs
         _triton.FORCE, _triton.TILE_UNITS = True, 1 << 14
+        _triton.ROW_WORDS = path == "triton"
     try:
         yield
     finally:
         (_paint.TABLE_MAX_BYTES, _paint.TABLE_MAX_SEEDS_PER_MAP, _triton.FORCE,
-         _triton.TILE_UNITS, _paint.WINDOW_WRITES) = saved
+         _triton.TILE_UNITS, _paint.WINDOW_WRITES, _triton.ROW_WORDS) = saved
     assert not _triton._FAILED, _triton._FAILED  # the kernels ran, no silent fallback
+    assert not _triton._ROWS_FAILED, _triton._ROWS_FAILED
     assert _paint.WINDOW_WRITES, "window writes were turned off (PyTorch refused them)"
 
 

@@ -1,5 +1,7 @@
 """The Triton DropBlock path (structdrop_tutorial.torch._triton): exact masks, seed statistics,
-determinism, the product kernel and its gradients, fallbacks.
+determinism, the product kernels and their gradients, fallbacks. Both mask representations are
+covered: row words (maps at most 64 units wide) and one byte per unit; tests of the public
+function run with each (the ``mask_kind`` fixture).
 
 On a GPU the kernels run compiled on CUDA tensors. Without one, tests/conftest.py sets
 TRITON_INTERPRET=1 and the autouse fixture sets ``_triton.FORCE`` so that CPU tensors take the
@@ -35,8 +37,19 @@ def triton_path(monkeypatch):
     monkeypatch.setattr(_triton, "FORCE", DEVICE == "cpu")
     yield
     # a kernel failing on first use would be caught and replaced by tensor operations (with a
-    # warning): no test may pass that way
+    # warning), row words failing their check by byte masks: no test may pass that way
     assert not _triton._FAILED, _triton._FAILED
+    assert not _triton._ROWS_FAILED, _triton._ROWS_FAILED
+
+
+@pytest.fixture(params=["rows", "bytes"])
+def mask_kind(request, monkeypatch):
+    """Public calls with row words where rows fit a word ("rows"; wider inputs use bytes), or
+    with byte masks everywhere ("bytes", where the row-word kernel must not run)."""
+    monkeypatch.setattr(_triton, "ROW_WORDS", request.param == "rows")
+    if request.param == "bytes":
+        monkeypatch.setattr(_triton, "_row_words", lambda *a: pytest.fail("row words used"))
+    return request.param
 
 
 def key(value):
@@ -91,6 +104,16 @@ def check_keep_mask(shape, block, seeds, gamma):
     assert keep.dtype == torch.bool and keep.shape == shape and keep.device == ref.device
     assert torch.equal(keep, ref)
     assert count.dtype == torch.int64 and int(count) == int(keep.sum())
+    if _triton.row_geometry(shape, blk, seeds) is not None:  # the row-word kernel, same seeds
+        words, count = _triton.row_words(shape, DEVICE, gamma, blk, seeds, k)
+        w = shape[-1]
+        assert words.dtype == torch.int64 and words.numel() == keep.numel() // w
+        assert torch.equal(_triton.words_keep_mask(words, shape), ref)
+        assert int(count) == int(keep.sum())
+        if w < 64:  # no bit past the row's end
+            assert int((words >> w).abs().sum()) == 0
+    else:
+        assert shape[-1] > 64 or sd.seed_grid_shape(shape, blk, "channels_first", seeds)[-1] > 64
     return seeds_grid, count
 
 
@@ -123,6 +146,10 @@ def test_mask_does_not_depend_on_the_tiling(monkeypatch, shape, block):
     for units in (256, 1024, 8192):
         monkeypatch.setattr(_triton, "TILE_UNITS", units)
         masks.append(_triton.keep_mask(shape, DEVICE, 0.2, block, "padded", key(5))[0])
+    for items in (16, 64, 512):  # row words: 1 to 16-64 maps per program
+        monkeypatch.setattr(_triton, "ROW_ITEMS", items)
+        words = _triton.row_words(shape, DEVICE, 0.2, block, "padded", key(5))[0]
+        masks.append(_triton.words_keep_mask(words, shape))
     assert all(torch.equal(m, masks[0]) for m in masks[1:])
     assert 0 < int(masks[0].sum()) < masks[0].numel()
 
@@ -132,15 +159,21 @@ def test_mask_does_not_depend_on_the_tiling(monkeypatch, shape, block):
 @pytest.mark.parametrize("shape, block, seeds", [((2, 3, 9, 9), 3, "valid"),
                                                  ((4, 3, 20), 5, "padded"),
                                                  ((1, 2, 4, 6, 7), (2, 3, 3), "valid")])
-def test_public_dropblock_takes_triton_path(monkeypatch, shape, block, seeds, normalize):
+def test_public_dropblock_takes_triton_path(monkeypatch, mask_kind, shape, block, seeds, normalize):
     """sdt.dropblock(seed=int) calls _triton.dropblock once; y == x * keep * scale with
-    keep = (y != 0) for x = ones, scale numel / kept ("batch") or 1 / (1 - rate)."""
+    keep = (y != 0) for x = ones, scale numel / kept ("batch") or 1 / (1 - rate); keep is the
+    mask dropblock_keep_mask paints from the seeds of the key that seed=11 draws."""
     calls = counting_dropblock(monkeypatch)
     rate = 0.3
     ones = torch.ones(shape, dtype=torch.float64, device=DEVICE)
     y = sdt.dropblock(ones, rate, block, seeds=seeds, normalize=normalize, seed=11)
     assert len(calls) == 1 and y.device == ones.device and y.dtype == torch.float64
     keep = y != 0
+    gamma, blk = calls[0][1], calls[0][2]
+    k = _triton.new_key(DEVICE, torch.Generator(device=DEVICE).manual_seed(11))
+    grid = _triton.seed_grid(shape, DEVICE, gamma, blk, seeds, k)
+    assert torch.equal(keep, sdt.dropblock_keep_mask(torch.where(grid, 0.0, 1.0), 0.5, blk,
+                                                     "channels_first", seeds))
     assert 0 < int(keep.sum()) < keep.numel()
     scale = keep.numel() / int(keep.sum()) if normalize == "batch" else 1.0 / (1.0 - rate)
     assert torch.equal(y, ones * keep * scale)
@@ -173,6 +206,77 @@ def test_usable():
     assert not _triton.usable(x.cpu(), "channels_first", ())
 
 
+@pytest.mark.parametrize("shape, rows", [((2, 3, 9, 64), True), ((2, 3, 9, 65), False),
+                                         ((2, 3, 40), True), ((2, 3, 2, 5, 70), False)])
+def test_row_words_where_rows_fit(monkeypatch, shape, rows):
+    """dropblock keeps row words for rows up to 64 wide and byte masks beyond; what autograd
+    saves is then 8 bytes per row or 1 byte per unit, and the 8-byte count."""
+    used = []
+    real_rows, real_bytes = _triton._row_words, _triton._mask_bytes
+    monkeypatch.setattr(_triton, "_row_words", lambda *a: used.append("rows") or real_rows(*a))
+    monkeypatch.setattr(_triton, "_mask_bytes", lambda *a: used.append("bytes") or real_bytes(*a))
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    sdt.dropblock(x, 0.2, 3, seed=1)  # a first use of row words also runs their check
+    used.clear()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = sdt.dropblock(x, 0.2, 3, seed=1)
+    assert used == ["rows" if rows else "bytes"]
+    nbytes = sum(t.untyped_storage().nbytes() for t in saved)
+    if rows:
+        assert nbytes == 8 * x.numel() // shape[-1] + 8
+    else:
+        assert nbytes == x.numel() + 8
+    keep = y != 0
+    assert 0 < int(keep.sum()) < keep.numel()
+
+
+def test_row_words_are_checked_against_bytes_on_first_use(monkeypatch):
+    """The first call with a row-word geometry on a device runs both mask kernels on a fixed key
+    (drawing nothing from the generator) and compares them; later calls run row words only."""
+    monkeypatch.setattr(_triton, "_ROWS_CHECKED", set())
+    used = []
+    real_rows, real_bytes = _triton._row_words, _triton._mask_bytes
+    monkeypatch.setattr(_triton, "_row_words", lambda *a: used.append("rows") or real_rows(*a))
+    monkeypatch.setattr(_triton, "_mask_bytes", lambda *a: used.append("bytes") or real_bytes(*a))
+    x = torch.randn(2, 3, 10, 12, device=DEVICE)
+    first = sdt.dropblock(x, 0.2, 3, seed=5)
+    assert used == ["rows", "bytes", "rows"] and len(_triton._ROWS_CHECKED) == 1
+    used.clear()
+    assert torch.equal(sdt.dropblock(x, 0.2, 3, seed=5), first)  # the check drew no numbers
+    assert used == ["rows"]
+
+
+@pytest.mark.parametrize("fault", ["wrong words", "wrong count", "exception"])
+def test_row_words_failing_their_check_fall_back_to_bytes(monkeypatch, fault):
+    """Row words that differ from the byte mask (or a row-word kernel that raises): one
+    warning, byte masks on that device from then on, and a correct DropBlock output."""
+    monkeypatch.setattr(_triton, "_ROWS_CHECKED", set())
+    monkeypatch.setattr(_triton, "_ROWS_FAILED", {})
+    real_rows = _triton._row_words
+
+    def faulty(*args):
+        if fault == "exception":
+            raise RuntimeError("barrier broken")
+        words, count = real_rows(*args)
+        return (words ^ 1, count) if fault == "wrong words" else (words, count + 1)
+
+    monkeypatch.setattr(_triton, "_row_words", faulty)
+    x = torch.ones(3, 2, 9, 9, dtype=torch.float64, device=DEVICE)
+    with pytest.warns(RuntimeWarning, match="row-word kernel failed its check"):
+        y = sdt.dropblock(x, 0.3, 3, seed=1)
+    assert list(_triton._ROWS_FAILED) == [str(x.device)] and not _triton._FAILED
+    keep = y != 0
+    assert 0 < int(keep.sum()) < keep.numel() and is_union_of_blocks(keep, (3, 3))
+    assert torch.equal(y, x * keep * (keep.numel() / int(keep.sum())))
+    monkeypatch.setattr(_triton, "_row_words", lambda *a: pytest.fail("row words used"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sdt.dropblock(x, 0.3, 3, seed=2).shape == x.shape
+    _triton._ROWS_FAILED.clear()  # this test's own dict (monkeypatched); the fixture checks it
+
+
 def test_geometry_limits_and_fallback(monkeypatch):
     """geometry is None past CUDA's grid limits (65535 tiles on axes 1, 2; 2**31 on axis 0),
     and dropblock then falls back to tensor operations with a valid DropBlock output."""
@@ -187,8 +291,19 @@ def test_geometry_limits_and_fallback(monkeypatch):
     assert _triton.geometry((1, 1, 200, 200), (3, 63), "valid") is None  # 64 + 63 + 3 columns
     assert _triton.geometry((1, 1, 200, 200), (66, 3), "valid") is None  # 64 + 65 rows
     assert _triton.geometry((1, 1, 400, 400), (200, 200), "padded") is None
+    # row words: rows and rows of seeds at most 64 wide, windows as the byte kernel's
+    assert _triton.row_geometry((2, 3, 9, 64), (3, 3), "valid") is not None
+    assert _triton.row_geometry((2, 3, 9, 65), (3, 3), "valid") is None
+    assert _triton.row_geometry((2, 3, 9, 62), (3, 3), "padded") is not None  # 64 seed columns
+    assert _triton.row_geometry((2, 3, 9, 63), (3, 3), "padded") is None  # 65
+    assert _triton.row_geometry((4, 8, 64), (7,), "valid").rows == 32  # 1-D: one word per map
+    assert _triton.row_geometry((1, 1, 200, 20), (66, 3), "valid") is None  # 64 + 65 rows
+    assert _triton.row_geometry((1, 1, 65535 * 64, 5), (3, 3), "valid") is not None
+    assert _triton.row_geometry((1, 1, 65536 * 64, 5), (3, 3), "valid") is None
     monkeypatch.setattr(_triton, "geometry", lambda *a, **k: None)
-    monkeypatch.setattr(_triton, "keep_mask", lambda *a, **k: pytest.fail("Triton mask used"))
+    monkeypatch.setattr(_triton, "row_geometry", lambda *a, **k: None)
+    monkeypatch.setattr(_triton, "_mask_bytes", lambda *a, **k: pytest.fail("Triton mask used"))
+    monkeypatch.setattr(_triton, "_row_words", lambda *a, **k: pytest.fail("Triton mask used"))
     x = torch.ones(4, 3, 12, 12, dtype=torch.float64, device=DEVICE)
     y = sdt.dropblock(x, 0.3, 3, seed=2)
     keep = y != 0
@@ -252,7 +367,7 @@ def test_seed_statistics(shape, block, gamma):
 @pytest.mark.parametrize("seeds", ["valid", "padded"])
 @pytest.mark.parametrize("shape, block", [((20, 20, 14, 14), 7), ((20, 20, 9, 12), (3, 5)),
                                           ((50, 40, 20), 4), ((10, 10, 6, 7, 8), (2, 3, 3))])
-def test_drop_fraction_matches_expected(monkeypatch, shape, block, seeds):
+def test_drop_fraction_matches_expected(monkeypatch, mask_kind, shape, block, seeds):
     """Drop fraction vs sd.expected_drop_fraction within five_sigma_fraction_bound over the
     N*C independent maps. Bigger tiles only shorten the interpreter's run (same mask)."""
     monkeypatch.setattr(_triton, "TILE_UNITS", 8192 if DEVICE == "cpu" else _triton.TILE_UNITS)
@@ -267,7 +382,7 @@ def test_drop_fraction_matches_expected(monkeypatch, shape, block, seeds):
 
 
 # --------------------------------------------------------------------------- determinism
-def test_determinism():
+def test_determinism(mask_kind):
     shape, block = (2, 3, 9, 11), (3, 3)
     a = _triton.keep_mask(shape, DEVICE, 0.3, block, "valid", key(1))[0]
     assert torch.equal(a, _triton.keep_mask(shape, DEVICE, 0.3, block, "valid", key(1))[0])
@@ -286,24 +401,27 @@ def test_determinism():
 
 
 # --------------------------------------------------------------------------- product kernel
-SHAPE = (3, 5, 301)  # 4515 elements: two full programs of the product kernel and a tail
+# 4515 elements: two full programs of the product kernel and a tail; rows wider than a word
+# (byte masks) and 43 wide (row words with the "rows" mask kind)
+SHAPES = [(3, 5, 301), (3, 5, 7, 43)]
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=["wide", "narrow"])
 @pytest.mark.parametrize("normalize", ["batch", "rate"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_product_and_gradient(dtype, normalize):
+def test_product_and_gradient(mask_kind, dtype, normalize, shape):
     """y and dL/dx are x * keep * scale and g * keep * scale (float64 exact, float32 1e-6,
     half types: the float32 product rounded once); inplace writes the same values into x."""
-    ones = torch.ones(SHAPE, dtype=torch.float64, device=DEVICE)
+    ones = torch.ones(shape, dtype=torch.float64, device=DEVICE)
     keep = sdt.dropblock(ones, 0.2, 7, normalize=normalize, seed=4) != 0
     scale = keep.numel() / int(keep.sum()) if normalize == "batch" else 1 / 0.8
     tol = dict(rtol=0, atol=0) if dtype == torch.float64 else (
         dict(rtol=1e-6, atol=0) if dtype == torch.float32 else {})
-    x = torch.randn(SHAPE, device=DEVICE).to(dtype).requires_grad_()
+    x = torch.randn(shape, device=DEVICE).to(dtype).requires_grad_()
     y = sdt.dropblock(x, 0.2, 7, normalize=normalize, seed=4)
     assert y.dtype == dtype and torch.isfinite(y.float()).all()
     torch.testing.assert_close(y, (x.detach().double() * keep * scale).to(dtype), **tol)
-    g = torch.randn(SHAPE, device=DEVICE).to(dtype)
+    g = torch.randn(shape, device=DEVICE).to(dtype)
     (gx,) = torch.autograd.grad(y, x, g)
     assert gx.dtype == dtype
     torch.testing.assert_close(gx, (g.double() * keep * scale).to(dtype), **tol)
@@ -313,7 +431,7 @@ def test_product_and_gradient(dtype, normalize):
 
 
 @pytest.mark.parametrize("normalize", ["batch", "rate"])
-def test_gradcheck(normalize):
+def test_gradcheck(mask_kind, normalize):
     x = torch.randn(2, 2, 5, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
     fn = lambda t: sdt.dropblock(t, 0.3, 2, normalize=normalize, seed=3)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,), fast_mode=True)
@@ -321,7 +439,7 @@ def test_gradcheck(normalize):
 
 
 @pytest.mark.parametrize("normalize", ["batch", "rate"])
-def test_double_backward_is_mask_times_scale(normalize):
+def test_double_backward_is_mask_times_scale(mask_kind, normalize):
     """d/dv of (dy/dx)^T v is keep * scale (the backward's differentiable branch), bit for bit:
     that branch divides numel by kept as the kernels do (not numel * (1 / kept), which is what
     torch's ``int / tensor`` computes, 1 ulp off for seed=6)."""
@@ -339,7 +457,7 @@ def test_double_backward_is_mask_times_scale(normalize):
 
 @pytest.mark.parametrize("normalize", ["batch", "rate"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_all_dropped_gives_zeros_and_zero_gradient(dtype, normalize):
+def test_all_dropped_gives_zeros_and_zero_gradient(mask_kind, dtype, normalize):
     x = torch.randn(2, 3, 6, 6, device=DEVICE).to(dtype).requires_grad_()
     y = sdt.dropblock(x, 0.5, 3, gamma=1.0, normalize=normalize)
     assert y.dtype == dtype and torch.equal(y, torch.zeros_like(y))
@@ -400,9 +518,12 @@ def test_launches_on_the_tensors_device(monkeypatch):
 
 def test_first_use_failure_falls_back_once_with_a_warning(monkeypatch):
     """A kernel that cannot compile on this device (e.g. a GPU Triton cannot target): the first
-    call warns and falls back to tensor operations, later calls fall back without trying."""
+    call warns (for the row words' check, then for the byte-mask kernels) and falls back to
+    tensor operations, later calls fall back without trying."""
     monkeypatch.setattr(_triton, "_CHECKED", set())
     monkeypatch.setattr(_triton, "_FAILED", {})
+    monkeypatch.setattr(_triton, "_ROWS_CHECKED", set())
+    monkeypatch.setattr(_triton, "_ROWS_FAILED", {})
 
     class Broken:
         def __getitem__(self, grid):
@@ -410,11 +531,15 @@ def test_first_use_failure_falls_back_once_with_a_warning(monkeypatch):
 
     class Kernels:
         dropblock_mask_kernel = masked_scale_kernel = seed_grid_kernel = Broken()
+        dropblock_rows_kernel = masked_rows_kernel = Broken()
 
     monkeypatch.setattr(_triton, "_kernels", lambda: Kernels)
     x = torch.ones(3, 2, 9, 9, dtype=torch.float64, device=DEVICE)
-    with pytest.warns(RuntimeWarning, match="no kernel for this GPU"):
+    with pytest.warns(RuntimeWarning, match="no kernel for this GPU") as record:
         y = sdt.dropblock(x, 0.3, 3, seed=1)
+    assert [str(w.message).split(" (")[0] for w in record] == [
+        f"structdrop: the Triton DropBlock row-word kernel failed its check on {x.device}",
+        f"structdrop: the Triton DropBlock kernels failed on {x.device}"]
     keep = y != 0
     assert 0 < int(keep.sum()) < keep.numel() and is_union_of_blocks(keep, (3, 3))
     assert torch.equal(y, x * keep * (keep.numel() / int(keep.sum())))
@@ -423,10 +548,11 @@ def test_first_use_failure_falls_back_once_with_a_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sdt.dropblock(x, 0.3, 3, seed=2).shape == x.shape
-    _triton._FAILED.clear()  # this test's own dict (monkeypatched); the fixture checks it after
+    _triton._FAILED.clear()  # this test's own dicts (monkeypatched); the fixture checks them
+    _triton._ROWS_FAILED.clear()
 
 
-def test_a_checked_combination_is_not_caught(monkeypatch):
+def test_a_checked_combination_is_not_caught(monkeypatch, mask_kind):
     """Once a (device, geometry, dtype, normalize) combination ran, its errors propagate."""
     monkeypatch.setattr(_triton, "_CHECKED", set())
     monkeypatch.setattr(_triton, "_FAILED", {})
@@ -437,7 +563,8 @@ def test_a_checked_combination_is_not_caught(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a real error")
 
-    monkeypatch.setattr(_triton, "keep_mask", broken)
+    monkeypatch.setattr(_triton, "_mask_bytes", broken)
+    monkeypatch.setattr(_triton, "_row_words", broken)
     with pytest.raises(RuntimeError, match="a real error"):
         sdt.dropblock(x, 0.3, 3, seed=1)
     assert _triton._FAILED == {}

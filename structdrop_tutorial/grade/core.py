@@ -29,7 +29,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -375,7 +375,7 @@ def compare_arrays(name: str, got, expected, atol: float = 0.0, rtol: float = 0.
     prefixed to the detail so the learner can reproduce the case.
     """
     prefix = f"{context}: " if context else ""
-    tol = (f"exact" if atol == 0 and rtol == 0 else
+    tol = ("exact" if atol == 0 and rtol == 0 else
            f"tolerance atol={atol:g}" + (f", rtol={rtol:g}" if rtol else ""))
     if got is None:
         return Property(name, False, f"{prefix}expected {describe(expected)}, got None "

@@ -203,7 +203,7 @@ async def _run_once(cells: List[_Cell], cwd: str, kernel_name: str, cell_timeout
                     left = total_timeout - (time.monotonic() - start)
                     failure = (i, "total" if spec.role != "grade" and left <= 1 else "timeout")
                     break
-                except Exception as exc:  # nbclient may report a dead kernel in other ways
+                except Exception:  # nbclient may report a dead kernel in other ways
                     alive = False
                     try:
                         alive = await client.km.is_alive() if client.km else False

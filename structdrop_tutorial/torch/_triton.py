@@ -8,30 +8,39 @@ the memory traffic. Here one call is:
    ``torch.manual_seed`` and ``seed=`` behave as for any random op, and nothing synchronizes;
    in a CUDA graph each replay should draw a fresh key from the default generator, which a
    GPU-only test checks; it has not run yet, as no GPU was at hand since it was written);
-2. :func:`._triton_kernels.dropblock_mask_kernel`: every tile draws its seeds from a
-   counter-based generator (Philox-4x32-10, four grid positions per call), expands them into
-   blocks with two small band-matrix products, writes the boolean keep mask (1 byte per unit)
-   and adds its count of kept units to a device counter;
-3. :func:`._triton_kernels.masked_scale_kernel`: ``x * keep * scale`` with the scale
-   ``numel / kept`` read from the counter on the device: no host synchronization.
+2. a mask kernel: every program draws its seeds from a counter-based generator (Philox-4x32-10,
+   four grid positions per call), expands them into blocks, and adds its count of kept units
+   to a device counter. Where rows are at most 64 units wide (every ResNet stage DropBlock is
+   used in) the mask is one 64-bit word per row, bit ``w`` set when unit ``w`` is dropped
+   (:func:`._triton_kernels.dropblock_rows_kernel`: a block's width is shifted ORs of a word,
+   its height an OR of neighbouring rows' words); wider rows get a boolean mask, one byte per
+   unit, with the blocks expanded by two small band-matrix products
+   (:func:`._triton_kernels.dropblock_mask_kernel`);
+3. a product kernel, ``x * keep * scale`` with the scale ``numel / kept`` read from the counter
+   on the device (no host synchronization), reading the words or the bytes.
 
-The backward pass runs kernel 3 on the upstream gradient; autograd keeps the 1-byte mask.
+The backward pass runs kernel 3 on the upstream gradient; autograd keeps the mask: 8 bytes per
+row (0.14-0.57 bytes per unit at 56 to 14 units wide) or 1 byte per unit.
 
 Seeds are i.i.d. Bernoulli(``p``) per seed position with ``p = round(gamma * 2**32) / 2**32``
 (within ``2**-33`` of gamma). Given the seeds, the mask is exactly the one
 :func:`structdrop_tutorial.torch.dropblock_keep_mask` builds: :func:`seed_grid` returns the seeds
-a key produces, and the tests compare the two masks.
+a key produces, and the tests compare the masks of both kernels with it.
 
 Used for ``"channels_first"`` contiguous inputs with per-channel masks (``share=()``), the
 paper's setting and PyTorch's layout; anything else takes the tensor-operation path, and so does
-a device where the kernels fail on their first use (with a warning, see :func:`dropblock`).
+a device where the kernels fail on their first use (with a warning, see :func:`dropblock`). The
+first use of each row-word geometry on a device is compared with the byte-mask kernel on a fixed
+key; a device where they disagree uses byte masks (with a warning).
 
-Measured on an NVIDIA H200 (``data/timings/gpu_nvidia_h200*.{csv,json}``, book chapter 8): the
-product kernel is faster than the ``x * mask`` floor (it reads a 1-byte mask), the mask kernel
-costs 2-5 floors (its block expansion, not the random numbers), and the host's launch costs
-dominate at the smallest shape; forward+backward is 4.5-6.4 times the floor there. Two changes
-came after that measurement, untimed: 2-D products for one map per program, and the
-``normalize="rate"`` scale passed by value (one launch fewer).
+Measured on an NVIDIA H200 before the row words existed (``data/timings/gpu_nvidia_h200*``,
+book chapter 8): the byte-mask product kernel is faster than the ``x * mask`` floor (it reads a
+1-byte mask), the byte-mask kernel costs 2-5 floors (its block expansion, not the random
+numbers), and the host's launch costs dominate at the smallest shape; forward+backward is
+4.5-6.4 times the floor there. Untimed since (no GPU): the row-word kernels (compiled for
+sm_90, 0.41 / 0.75 / 0.70 warp-instructions per unit at 14x14 / 28x28 / 56x56 against the
+byte-mask kernel's 2.23 / 2.95 / 3.15, ``benchmarks/triton_sass.py``), 2-D products for one
+map per program, and the ``normalize="rate"`` scale passed by value (one launch fewer).
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
@@ -66,6 +75,15 @@ APPLY_WARPS = 4
 #: 32x1024x14x14 (4 maps of 16x16 per program) 36 / 61 / 41 / 58; 32x512x28x28 (one 32x32 tile)
 #: 89 / 99 / 134 / 250; 16x256x56x56 (one 64x64 tile) 206 / 240 / 204 / 299.
 MASK_WARPS = None
+#: Keep the mask as one 64-bit word per row (bit ``w`` set: unit ``w`` dropped) where rows and
+#: rows of seeds are at most 64 wide; one byte per unit otherwise (tests switch it off to run
+#: both kernels on every geometry).
+ROW_WORDS = True
+#: Grid rows per program of the row-word mask kernel (whole maps batched up to this many) and
+#: its warps (sm_90 static counts, warp-instructions per unit, 1 / 2 / 4 warps: 14x14 0.41 /
+#: 0.45 / 0.52, 28x28 0.73 / 0.74 / 0.84, 56x56 0.76 / 0.70 / 0.79; untimed).
+ROW_ITEMS = 256
+ROW_WARPS = 2
 # Largest tile side (64 x 64 units) and largest seed window side: blocks too large for a
 # 128-wide window (about 62 units and more) take the tensor path, whose cost does not grow with
 # the block's area in registers.
@@ -117,11 +135,9 @@ class Geometry(NamedTuple):
     gtw: int
 
 
-@functools.lru_cache(maxsize=256)
-def geometry(shape: tuple, block: tuple, seeds: str, tile_units: int = TILE_UNITS) -> Optional[Geometry]:
-    """Launch geometry of the mask kernel for a channels_first input, or None when the input is
-    too large for the launch grid or the block too large for the seed window (the caller falls
-    back to tensor operations)."""
+def _maps(shape: tuple, block: tuple, seeds: str):
+    """The kernels' view of a channels_first input: ``M`` maps of ``D x H x W`` units, the block
+    and seed padding per axis, and the seed grid of one map."""
     n, c, *spatial = shape
     if len(spatial) == 1:  # fold the maps into the rows of one map: the same seeds, see kernels
         m, (d, h, w), blk = 1, (1, n * c, spatial[0]), (1, 1, block[0])
@@ -131,6 +147,15 @@ def geometry(shape: tuple, block: tuple, seeds: str, tile_units: int = TILE_UNIT
         blk = ((1,) + tuple(block)) if len(spatial) == 2 else tuple(block)
     pads = tuple(b - 1 if seeds == "padded" else 0 for b in blk)
     gd, gh, gw = seed_grid_shape((1, 1, d, h, w), blk, "channels_first", seeds)[2:]
+    return m, d, h, w, blk, pads, gd, gh, gw
+
+
+@functools.lru_cache(maxsize=256)
+def geometry(shape: tuple, block: tuple, seeds: str, tile_units: int = TILE_UNITS) -> Optional[Geometry]:
+    """Launch geometry of the mask kernel for a channels_first input, or None when the input is
+    too large for the launch grid or the block too large for the seed window (the caller falls
+    back to tensor operations)."""
+    m, d, h, w, blk, pads, gd, gh, gw = _maps(shape, block, seeds)
     th = min(max(_pow2(h), 16), _MAX_TILE)
     tw = min(max(_pow2(w), 16), _MAX_TILE)
     gth = max(_pow2(min(th + blk[1] - 1, gh)), 16)
@@ -147,6 +172,43 @@ def geometry(shape: tuple, block: tuple, seeds: str, tile_units: int = TILE_UNIT
         return None
     dims = (m, d, h, w, gd, gh, gw, -(-gw // 4)) + pads + blk
     return Geometry(dims, n_mblocks, launch, bm, th, tw, gth, gtw)
+
+
+class RowGeometry(NamedTuple):
+    dims: tuple       # M, D, H, W, GD, GH, GW, GW4
+    consts: tuple     # PD, PH, PW, BD, BH, BW, BM, TH, GTH, GQ (compile-time constants)
+    n_mblocks: int
+    launch: tuple     # launch grid of the row-word mask kernel
+    rows: int         # M * D * H: one word per row
+    scratch: int      # int64 entries of scratch memory the kernel needs
+
+
+_CONSTS = ("PD", "PH", "PW", "BD", "BH", "BW", "BM", "TH", "GTH", "GQ")
+
+
+@functools.lru_cache(maxsize=256)
+def row_geometry(shape: tuple, block: tuple, seeds: str,
+                 items: int = ROW_ITEMS) -> Optional[RowGeometry]:
+    """Launch geometry of the row-word mask kernel, or None when rows or rows of seeds are
+    wider than 64 (one word), the seed window is taller than the byte kernel's, or the input
+    exceeds the launch grid."""
+    m, d, h, w, blk, pads, gd, gh, gw = _maps(shape, block, seeds)
+    th = min(_pow2(h), _MAX_TILE)
+    gth = _pow2(min(th + blk[1] - 1, gh))
+    if w > 64 or gw > 64 or gth > _MAX_WINDOW:
+        return None
+    bm = 1
+    if th >= h:  # one tile per map: batch maps up to ``items`` grid rows
+        per = max(1, items // gth)
+        bm = min(1 << (per.bit_length() - 1), _pow2(m))
+    n_mblocks = -(-m // bm)
+    launch = (n_mblocks * d, -(-h // th))
+    if launch[0] >= 2 ** 31 or launch[1] > _GRID_LIMIT:
+        return None
+    dims = (m, d, h, w, gd, gh, gw, -(-gw // 4))
+    consts = pads + blk + (bm, th, gth, -(-gw // 4))
+    return RowGeometry(dims, consts, n_mblocks, launch, m * d * h,
+                       launch[0] * launch[1] * bm * gth)
 
 
 def mask_warps(geo: Geometry) -> int:
@@ -176,7 +238,10 @@ def _fitting_geometry(shape, block, seeds) -> Geometry:
 def keep_mask(shape, device, gamma, block, seeds, key: torch.Tensor):
     """Boolean keep mask of a channels_first input of ``shape`` and the int64 count of kept
     units (a 1-element tensor), for the seeds ``key`` selects."""
-    geo = _fitting_geometry(shape, block, seeds)
+    return _mask_bytes(_fitting_geometry(shape, block, seeds), shape, device, gamma, key)
+
+
+def _mask_bytes(geo: Geometry, shape, device, gamma, key: torch.Tensor):
     keep = torch.empty(tuple(shape), dtype=torch.bool, device=device)
     count = torch.zeros(1, dtype=torch.int64, device=device)
     with _on(keep.device):
@@ -184,6 +249,35 @@ def keep_mask(shape, device, gamma, block, seeds, key: torch.Tensor):
             keep.view(torch.uint8), count, key, threshold(gamma), geo.n_mblocks, *geo.dims,
             BM=geo.bm, TH=geo.th, TW=geo.tw, GTH=geo.gth, GTW=geo.gtw, num_warps=mask_warps(geo))
     return keep, count
+
+
+def _row_words(geo: RowGeometry, device, gamma, key: torch.Tensor):
+    """Row words (int64) and the count; the kernel's scratch memory is freed on return."""
+    words = torch.empty(geo.rows, dtype=torch.int64, device=device)
+    scratch = torch.empty(geo.scratch, dtype=torch.int64, device=device)
+    count = torch.zeros(1, dtype=torch.int64, device=device)
+    with _on(words.device):
+        _kernels().dropblock_rows_kernel[geo.launch](
+            words, scratch, count, key, threshold(gamma), geo.n_mblocks, *geo.dims,
+            **dict(zip(_CONSTS, geo.consts)), num_warps=ROW_WARPS)
+    return words, count
+
+
+def row_words(shape, device, gamma, block, seeds, key: torch.Tensor):
+    """The row words (int64, one per row of the ``(N*C*D*H, W)`` view, bit ``w`` set when unit
+    ``w`` is dropped) and the int64 count of kept units, for the seeds ``key`` selects: the
+    mask :func:`keep_mask` returns, as :func:`words_keep_mask` expands it."""
+    geo = row_geometry(tuple(shape), tuple(block), seeds, ROW_ITEMS)
+    if geo is None:
+        raise ValueError(f"rows of input shape {tuple(shape)} with block {tuple(block)} are "
+                         "wider than one 64-bit word")
+    return _row_words(geo, device, gamma, key)
+
+
+def words_keep_mask(words: torch.Tensor, shape) -> torch.Tensor:
+    """The boolean keep mask of ``shape`` that row words describe."""
+    bits = (words[:, None] >> torch.arange(shape[-1], device=words.device)) & 1
+    return (bits == 0).reshape(shape)
 
 
 def seed_grid(shape, device, gamma, block, seeds, key: torch.Tensor) -> torch.Tensor:
@@ -198,17 +292,24 @@ def seed_grid(shape, device, gamma, block, seeds, key: torch.Tensor) -> torch.Te
     return out.view(seed_grid_shape(tuple(shape), block, "channels_first", seeds)).bool()
 
 
-def _apply(x: torch.Tensor, keep: torch.Tensor, param, from_count: bool,
+def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
            out: torch.Tensor) -> torch.Tensor:
-    """``out = x * keep * scale``; ``param`` is the kept-unit count (a device tensor) when
-    ``from_count``, else the scale as a Python float (passed by value as its float64 bits)."""
+    """``out = x * keep * scale``; ``mask`` is the boolean keep mask or x's row words (int64);
+    ``param`` is the kept-unit count (a device tensor) when ``from_count``, else the scale as a
+    Python float (passed by value as its float64 bits)."""
     n = x.numel()
     launch = (-(-n // APPLY_BLOCK),)
     count, bits = (param, 0) if from_count else (None, _float64_bits(param))
+    wide = x.dtype == torch.float64
     with _on(x.device):
-        _kernels().masked_scale_kernel[launch](
-            x, keep.view(torch.uint8), out, count, bits, n, keep.numel(), FROM_COUNT=from_count,
-            WIDE=x.dtype == torch.float64, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
+        if mask.dtype == torch.int64:
+            _kernels().masked_rows_kernel[launch](
+                x, mask, out, count, bits, n, n, W=x.shape[-1], FROM_COUNT=from_count,
+                WIDE=wide, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
+        else:
+            _kernels().masked_scale_kernel[launch](
+                x, mask.view(torch.uint8), out, count, bits, n, n, FROM_COUNT=from_count,
+                WIDE=wide, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
     return out
 
 
@@ -224,9 +325,14 @@ def _scale(keep: torch.Tensor, param, from_count: bool, dtype) -> torch.Tensor:
     return scale_from_count(param, keep.numel(), dtype)
 
 
+def _keep(mask: torch.Tensor, shape) -> torch.Tensor:
+    return words_keep_mask(mask, shape) if mask.dtype == torch.int64 else mask
+
+
 class MaskedScale(torch.autograd.Function):
-    """``x * keep * scale`` by :func:`._triton_kernels.masked_scale_kernel`; saves the 1-byte
-    mask and the 8-byte count (or keeps the scale as a float) for the backward pass."""
+    """``x * keep * scale`` by :func:`._triton_kernels.masked_scale_kernel` (or
+    ``masked_rows_kernel``); saves the mask (1 byte per unit, or a word per row) and the 8-byte
+    count (or keeps the scale as a float) for the backward pass."""
 
     @staticmethod
     def forward(ctx, x, keep, param, from_count, inplace):
@@ -248,6 +354,7 @@ class MaskedScale(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         if grad.requires_grad:  # double backward: differentiable tensor operations
+            keep = _keep(keep, grad.shape)
             scale = _scale(keep, param, ctx.from_count, grad.dtype)
             return grad * (keep.to(grad.dtype) * scale).to(grad.dtype), None, None, None, None
         grad = grad.contiguous()
@@ -260,22 +367,65 @@ class MaskedScale(torch.autograd.Function):
 # combination that already ran are not caught.
 _CHECKED: set = set()
 _FAILED: Dict[str, str] = {}
+# Row-word geometries whose first use on a device gave the byte-mask kernel's mask, and devices
+# where they did not (or failed): those use byte masks from then on, after one warning.
+_ROWS_CHECKED: set = set()
+_ROWS_FAILED: Dict[str, str] = {}
+_CHECK_KEY = 0x2545F4914F6CDD1D  # a fixed key: the check draws nothing from any generator
+
+
+def _rows_problem(x: torch.Tensor, gamma: float, geo: RowGeometry, block: tuple, seeds: str):
+    """None when the row-word kernel gives the byte-mask kernel's mask and count for this
+    geometry (same key, on x's device; skipped while a CUDA graph is being captured, where
+    nothing may synchronize), else what went wrong."""
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return None
+    try:
+        with torch.no_grad():
+            key = torch.full((1,), _CHECK_KEY, dtype=torch.int64, device=x.device)
+            words, count = _row_words(geo, x.device, gamma, key)
+            keep, expected = keep_mask(x.shape, x.device, gamma, block, seeds, key)
+            same = torch.equal(words_keep_mask(words, x.shape), keep)
+            if same and torch.equal(count, expected):
+                return None
+            return f"row words {'' if same else 'and mask '}differ from the byte-mask kernel's"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize: str,
               rate: float, generator: Optional[torch.Generator], inplace: bool):
     """DropBlock of a channels_first contiguous input (see :func:`usable`), or None when the
     caller should use tensor operations: the input does not fit the launch grid or the seed
-    window, or the kernels failed on their first use on this device (with a warning)."""
-    geo = geometry(tuple(x.shape), tuple(block), seeds, TILE_UNITS)
+    window, or the kernels failed on their first use on this device (with a warning).
+
+    The first use of a row-word geometry on a device is checked against the byte-mask kernel
+    (the one measured on a GPU); should they disagree, or the row-word kernel fail, the device
+    uses byte masks from then on (with a warning)."""
+    shape, block = tuple(x.shape), tuple(block)
     device = str(x.device)
+    geo = None
+    if ROW_WORDS and device not in _ROWS_FAILED:
+        geo = row_geometry(shape, block, seeds, ROW_ITEMS)
+        if geo is not None and (device, geo) not in _ROWS_CHECKED:
+            problem = _rows_problem(x, gamma, geo, block, seeds)
+            if problem is not None:
+                _ROWS_FAILED[device] = problem
+                warnings.warn(f"structdrop: the Triton DropBlock row-word kernel failed its check "
+                              f"on {device} ({problem[:300]}); DropBlock uses byte masks on this "
+                              "device from now on", RuntimeWarning, stacklevel=3)
+                geo = None
+            else:
+                _ROWS_CHECKED.add((device, geo))
+    if geo is None:
+        geo = geometry(shape, block, seeds, TILE_UNITS)
     if geo is None or device in _FAILED:
         return None
     signature = (device, geo, x.dtype, normalize)
     if signature in _CHECKED:
-        return _dropblock(x, gamma, block, seeds, normalize, rate, generator, inplace)
+        return _dropblock(x, gamma, geo, normalize, rate, generator, inplace)
     try:
-        out = _dropblock(x, gamma, block, seeds, normalize, rate, generator, inplace)
+        out = _dropblock(x, gamma, geo, normalize, rate, generator, inplace)
     except Exception as exc:  # first use on this device: compile or launch failed
         _FAILED[device] = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"structdrop: the Triton DropBlock kernels failed on {device} "
@@ -286,10 +436,13 @@ def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize
     return out
 
 
-def _dropblock(x, gamma, block, seeds, normalize, rate, generator, inplace):
+def _dropblock(x, gamma, geo, normalize, rate, generator, inplace):
     with torch.no_grad():
         key = new_key(x.device, generator)
-        keep, count = keep_mask(x.shape, x.device, gamma, block, seeds, key)
+        if isinstance(geo, RowGeometry):
+            keep, count = _row_words(geo, x.device, gamma, key)
+        else:
+            keep, count = _mask_bytes(geo, x.shape, x.device, gamma, key)
         if normalize == "batch":
             param, from_count = count, True
         else:  # passed to the kernel by value: no device tensor to fill

@@ -7,10 +7,11 @@ seeds). The seed grid is ``(M, GD, GH, GW)``; seed ``g`` covers the units ``u`` 
 padded ones (the same sets :func:`structdrop_tutorial.torch.dropblock_keep_mask` paints).
 
 Seeds come from Philox-4x32-10, a counter-based generator: grid position ``(m, gd, gh, gw)`` reads
-lane ``gw % 4`` of the counter ``((m * GD + gd) * GH + gh) * ceil(GW / 4) + gw // 4`` under the
-call's 64-bit key, and is a seed when that 32-bit word is below ``round(gamma * 2**32)``. Every
-position has its own word whatever the tiling, so the mask does not depend on the launch
-configuration, and :func:`seed_grid_kernel` can write the very seeds the mask kernel used.
+lane ``(0, 2, 1, 3)[gw % 4]`` of the counter ``((m * GD + gd) * GH + gh) * ceil(GW / 4) + gw // 4``
+under the call's 64-bit key, and is a seed when that 32-bit word is below
+``round(gamma * 2**32)``. Every position has its own word whatever the tiling, so the mask does
+not depend on the launch configuration, both mask kernels (bytes and row words) draw the same
+seeds, and :func:`seed_grid_kernel` can write the very seeds the mask kernels used.
 """
 import triton
 import triton.language as tl
@@ -116,6 +117,108 @@ def masked_scale_kernel(x_ptr, keep_ptr, out_ptr, count_ptr, scale_bits, n, tota
     inb = offs < n
     x = tl.load(x_ptr + offs, mask=inb)
     k = tl.load(keep_ptr + offs, mask=inb)
+    acc = tl.float64 if WIDE else tl.float32
+    if FROM_COUNT:
+        kept = tl.load(count_ptr).to(acc)
+        s = tl.where(kept > 0, total.to(acc) / tl.maximum(kept, 1.0), 0.0)
+    else:
+        s = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc)
+    y = x.to(acc) * (k.to(acc) * s)
+    tl.store(out_ptr + offs, y.to(x.dtype), mask=inb)
+
+
+# --------------------------------------------------------------------------- row words
+# Maps at most 64 units wide (with seed rows at most 64 positions wide) keep their mask as one
+# 64-bit word per row: bit ``w`` of row ``(m, d, h)`` is set when unit ``(m, d, h, w)`` is
+# dropped. The mask kernel draws the same Philox words as above, so given a key both
+# representations hold the same mask.
+
+@triton.jit
+def _popcount(v):
+    """Set bits of each uint64 (SWAR)."""
+    v = v - ((v >> 1) & 0x5555555555555555)
+    v = (v & 0x3333333333333333) + ((v >> 2) & 0x3333333333333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return (v * 0x0101010101010101) >> 56
+
+
+@triton.jit
+def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, thresh, n_mblocks,
+                          M, D, H, W, GD, GH, GW, GW4, PD: tl.constexpr, PH: tl.constexpr,
+                          PW: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
+                          BW: tl.constexpr, BM: tl.constexpr, TH: tl.constexpr,
+                          GTH: tl.constexpr, GQ: tl.constexpr):
+    """Row words (int64, ``(M, D, H)``) of ``BM`` maps, one depth slice and ``TH`` rows; adds
+    the number of kept units to ``count_ptr``.
+
+    Each thread packs the seeds of grid rows into words, ``GQ`` Philox draws (four columns
+    each) per row and depth of the window; a block's width is ``BW`` shifted ORs of a word.
+    Its height is an OR over ``BH`` grid rows, which live in other threads: the widened words
+    go to this program's own slice of ``scratch_ptr``, and after a barrier each unit row reads
+    the ``BH`` it needs."""
+    pid = tl.program_id(0)
+    mb = pid % n_mblocks
+    d = pid // n_mblocks
+    h0 = tl.program_id(1) * TH
+    key = tl.load(key_ptr)
+    bm = tl.arange(0, BM)
+    m = mb * BM + bm
+    gh0 = tl.maximum(h0 + PH - BH + 1, 0)
+    rows = gh0 + tl.arange(0, GTH)
+    seeds = tl.zeros((BM, GTH), dtype=tl.uint64)
+    for k in range(0, BD):  # the depth window: grid slices d + PD - BD + 1 .. d + PD
+        gd = d + PD - BD + 1 + k
+        counter = ((m.to(tl.int64) * GD + gd) * GH)[:, None] + rows[None, :]
+        counter = counter * GW4
+        inside = (m < M)[:, None] & (rows < GH)[None, :] & ((gd >= 0) & (gd < GD))
+        for q in tl.static_range(GQ):  # columns 4q .. 4q + 3 read lanes 0, 2, 1, 3
+            r0, r1, r2, r3 = tl.randint4x(key, counter + q)
+            nib = ((r0.to(tl.int64) < thresh) & inside & (4 * q < GW)).to(tl.uint64)
+            nib |= ((r2.to(tl.int64) < thresh) & inside & (4 * q + 1 < GW)).to(tl.uint64) << 1
+            nib |= ((r1.to(tl.int64) < thresh) & inside & (4 * q + 2 < GW)).to(tl.uint64) << 2
+            nib |= ((r3.to(tl.int64) < thresh) & inside & (4 * q + 3 < GW)).to(tl.uint64) << 3
+            seeds |= nib << (4 * q)
+    across = tl.zeros((BM, GTH), dtype=tl.uint64)
+    for k in tl.static_range(BW):  # seed column g covers units g - PW .. g - PW + BW - 1
+        if k >= PW:
+            across |= seeds << (k - PW)
+        else:
+            across |= seeds >> (PW - k)
+    prog = (pid.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)) * (BM * GTH)
+    scratch = scratch_ptr + prog + bm[:, None] * GTH
+    tl.store(scratch + tl.arange(0, GTH)[None, :], across.to(tl.int64, bitcast=True))
+    tl.debug_barrier()  # the stores above are visible to the whole program after this
+    i = h0 + tl.arange(0, TH)
+    words = tl.zeros((BM, TH), dtype=tl.int64)
+    for k in tl.static_range(BH):  # unit row i: grid rows i + PH - BH + 1 .. i + PH
+        g = i + (PH - BH + 1 + k) - gh0
+        ok = (g >= 0) & (g < GTH)
+        words |= tl.load(scratch + g[None, :], mask=ok[None, :], other=0, cache_modifier=".cg")
+    full = (tl.full((), 2, tl.uint64) << (W - 1).to(tl.uint64)) - 1  # the W low bits
+    words = words.to(tl.uint64, bitcast=True) & full
+    valid = (m < M)[:, None] & (i < H)[None, :]
+    offs = ((m.to(tl.int64) * D + d) * H)[:, None] + i[None, :]
+    tl.store(words_ptr + offs, words.to(tl.int64, bitcast=True), mask=valid)
+    dropped = tl.sum(tl.sum(tl.where(valid, _popcount(words), 0).to(tl.int64), axis=1), axis=0)
+    units = tl.sum(tl.sum(valid.to(tl.int64), axis=1), axis=0) * W
+    tl.atomic_add(count_ptr, units - dropped)
+
+
+@triton.jit(do_not_specialize=["total", "scale_bits"])
+def masked_rows_kernel(x_ptr, words_ptr, out_ptr, count_ptr, scale_bits, n, total,
+                       W: tl.constexpr, FROM_COUNT: tl.constexpr, WIDE: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """``out = x * keep * s`` as :func:`masked_scale_kernel`, the keep mask read from row words:
+    ``x`` is viewed as rows of ``W`` units, unit ``(r, w)`` kept when bit ``w`` of word ``r`` is
+    clear."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    row0 = start // W
+    local = (start - row0 * W).to(tl.int32) + tl.arange(0, BLOCK)  # division by a constant
+    offs = start + tl.arange(0, BLOCK)
+    inb = offs < n
+    word = tl.load(words_ptr + (row0 + local // W), mask=inb, other=0)
+    k = ((word >> (local % W).to(tl.int64)) & 1) == 0
+    x = tl.load(x_ptr + offs, mask=inb)
     acc = tl.float64 if WIDE else tl.float32
     if FROM_COUNT:
         kept = tl.load(count_ptr).to(acc)

@@ -5,7 +5,6 @@ blocks (odd, even, non-square, larger than the map) and rates from several seeds
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
