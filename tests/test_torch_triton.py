@@ -82,6 +82,7 @@ GEOMETRIES = [  # (shape, block before clipping)
     ((1, 1, 70, 130), (60, 100)),
     ((2, 2, 5, 6, 7), (2, 3, 3)), ((1, 2, 4, 4, 4), 5), ((1, 1, 3, 70, 9), 2),  # 3-D
     ((3, 3, 2, 3, 4), 2),
+    ((2, 2, 9, 64), 7), ((1, 2, 5, 62), 3), ((3, 2, 64), 5),  # rows of a whole word (or 64 seeds)
 ]
 IDS = [f"{s}-{b}".replace(" ", "") for s, b in GEOMETRIES]
 HIGH = (1, 4, 7, 9, 13)  # 1-D, 2-D one and several tiles, 37 maps, 3-D taller than 64
@@ -245,6 +246,23 @@ def test_row_words_are_checked_against_bytes_on_first_use(monkeypatch):
     used.clear()
     assert torch.equal(sdt.dropblock(x, 0.2, 3, seed=5), first)  # the check drew no numbers
     assert used == ["rows"]
+
+
+def test_unchecked_row_words_are_not_used_while_capturing(monkeypatch):
+    """The check synchronizes, which a CUDA graph capture forbids: an unchecked row-word
+    geometry takes byte masks during capture (and stays unchecked); a checked one row words."""
+    monkeypatch.setattr(_triton, "_ROWS_CHECKED", set())
+    monkeypatch.setattr(_triton, "_capturing", lambda x: True)
+    real_rows = _triton._row_words
+    monkeypatch.setattr(_triton, "_row_words", lambda *a: pytest.fail("row words used"))
+    x = torch.ones(2, 3, 10, 12, dtype=torch.float64, device=DEVICE)
+    keep = sdt.dropblock(x, 0.2, 3, seed=5) != 0
+    assert 0 < int(keep.sum()) < keep.numel() and not _triton._ROWS_CHECKED
+    geo = _triton.row_geometry(tuple(x.shape), (3, 3), "valid", _triton.ROW_ITEMS)
+    _triton._ROWS_CHECKED.add((str(x.device), geo))
+    used = []
+    monkeypatch.setattr(_triton, "_row_words", lambda *a: used.append(1) or real_rows(*a))
+    assert torch.equal(sdt.dropblock(x, 0.2, 3, seed=5) != 0, keep) and used == [1]
 
 
 @pytest.mark.parametrize("fault", ["wrong words", "wrong count", "exception"])

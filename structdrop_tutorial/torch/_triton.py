@@ -374,12 +374,13 @@ _ROWS_FAILED: Dict[str, str] = {}
 _CHECK_KEY = 0x2545F4914F6CDD1D  # a fixed key: the check draws nothing from any generator
 
 
+def _capturing(x: torch.Tensor) -> bool:
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _rows_problem(x: torch.Tensor, gamma: float, geo: RowGeometry, block: tuple, seeds: str):
     """None when the row-word kernel gives the byte-mask kernel's mask and count for this
-    geometry (same key, on x's device; skipped while a CUDA graph is being captured, where
-    nothing may synchronize), else what went wrong."""
-    if x.is_cuda and torch.cuda.is_current_stream_capturing():
-        return None
+    geometry (same key, on x's device), else what went wrong."""
     try:
         with torch.no_grad():
             key = torch.full((1,), _CHECK_KEY, dtype=torch.int64, device=x.device)
@@ -401,13 +402,16 @@ def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize
 
     The first use of a row-word geometry on a device is checked against the byte-mask kernel
     (the one measured on a GPU); should they disagree, or the row-word kernel fail, the device
-    uses byte masks from then on (with a warning)."""
+    uses byte masks from then on (with a warning). While a CUDA graph is being captured nothing
+    may synchronize, so an unchecked row-word geometry uses byte masks there."""
     shape, block = tuple(x.shape), tuple(block)
     device = str(x.device)
     geo = None
     if ROW_WORDS and device not in _ROWS_FAILED:
         geo = row_geometry(shape, block, seeds, ROW_ITEMS)
-        if geo is not None and (device, geo) not in _ROWS_CHECKED:
+        if geo is not None and (device, geo) not in _ROWS_CHECKED and _capturing(x):
+            geo = None
+        elif geo is not None and (device, geo) not in _ROWS_CHECKED:
             problem = _rows_problem(x, gamma, geo, block, seeds)
             if problem is not None:
                 _ROWS_FAILED[device] = problem
