@@ -101,10 +101,9 @@ def make_ops(shape, seed=0, device="cpu", default_generator=False):
             lambda x: sdt.spatial_dropout(x, RATE, seed=gen), "floor x*mask[N,C,1,1]"),
     }
     if torch.device(device).type == "cuda" and _triton.has_triton():
-        ops["structdrop dropblock (byte masks)"] = (byte_masks(
-            lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen)), "floor x*mask")
-        ops["structdrop dropblock (tensor ops)"] = (tensor_ops(
-            lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen)), "floor x*mask")
+        for name, flag in (("byte masks", "ROW_WORDS"), ("tensor ops", "ENABLED")):
+            ops[f"structdrop dropblock ({name})"] = (switched(
+                lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen), flag, False), "floor x*mask")
     native = {3: torch.nn.functional.dropout1d, 4: torch.nn.functional.dropout2d,
               5: torch.nn.functional.dropout3d}[len(shape)]
     ops[f"torch F.{native.__name__}"] = (lambda x: native(x, RATE, training=True),
@@ -132,25 +131,17 @@ def make_ops(shape, seed=0, device="cpu", default_generator=False):
     return ops
 
 
-def byte_masks(fn):
-    """``fn`` with the Triton path's row words switched off (one mask byte per unit)."""
+def switched(fn, flag, value):
+    """``fn`` with the Triton path's setting ``flag`` set to ``value`` during the call:
+    ``ROW_WORDS=False`` for one mask byte per unit instead of row words, ``ENABLED=False`` for
+    the tensor-operation path every device has."""
     def call(x):
-        _triton.ROW_WORDS = False
+        saved = getattr(_triton, flag)
+        setattr(_triton, flag, value)
         try:
             return fn(x)
         finally:
-            _triton.ROW_WORDS = True
-    return call
-
-
-def tensor_ops(fn):
-    """``fn`` with the Triton path switched off (the tensor-operation path every device has)."""
-    def call(x):
-        _triton.ENABLED = False
-        try:
-            return fn(x)
-        finally:
-            _triton.ENABLED = True
+            setattr(_triton, flag, saved)
     return call
 
 

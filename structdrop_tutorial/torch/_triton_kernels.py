@@ -115,15 +115,23 @@ def masked_scale_kernel(x_ptr, keep_ptr, out_ptr, count_ptr, scale_bits, n, tota
     start = tl.program_id(0).to(tl.int64) * BLOCK
     offs = start + tl.arange(0, BLOCK)
     inb = offs < n
-    x = tl.load(x_ptr + offs, mask=inb)
     k = tl.load(keep_ptr + offs, mask=inb)
+    _store_scaled(x_ptr, out_ptr, offs, inb, k, count_ptr, scale_bits, total, FROM_COUNT, WIDE)
+
+
+@triton.jit
+def _store_scaled(x_ptr, out_ptr, offs, inb, keep, count_ptr, scale_bits, total,
+                  FROM_COUNT: tl.constexpr, WIDE: tl.constexpr):
+    """``out = x * keep * s`` at ``offs`` (``keep`` 0 or 1), the scale as the product kernels'
+    docstrings say."""
+    x = tl.load(x_ptr + offs, mask=inb)
     acc = tl.float64 if WIDE else tl.float32
     if FROM_COUNT:
         kept = tl.load(count_ptr).to(acc)
         s = tl.where(kept > 0, total.to(acc) / tl.maximum(kept, 1.0), 0.0)
     else:
         s = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc)
-    y = x.to(acc) * (k.to(acc) * s)
+    y = x.to(acc) * (keep.to(acc) * s)
     tl.store(out_ptr + offs, y.to(x.dtype), mask=inb)
 
 
@@ -218,12 +226,4 @@ def masked_rows_kernel(x_ptr, words_ptr, out_ptr, count_ptr, scale_bits, n, tota
     inb = offs < n
     word = tl.load(words_ptr + (row0 + local // W), mask=inb, other=0)
     k = ((word >> (local % W).to(tl.int64)) & 1) == 0
-    x = tl.load(x_ptr + offs, mask=inb)
-    acc = tl.float64 if WIDE else tl.float32
-    if FROM_COUNT:
-        kept = tl.load(count_ptr).to(acc)
-        s = tl.where(kept > 0, total.to(acc) / tl.maximum(kept, 1.0), 0.0)
-    else:
-        s = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc)
-    y = x.to(acc) * (k.to(acc) * s)
-    tl.store(out_ptr + offs, y.to(x.dtype), mask=inb)
+    _store_scaled(x_ptr, out_ptr, offs, inb, k, count_ptr, scale_bits, total, FROM_COUNT, WIDE)
