@@ -83,6 +83,7 @@ GEOMETRIES = [  # (shape, block before clipping)
     ((2, 2, 5, 6, 7), (2, 3, 3)), ((1, 2, 4, 4, 4), 5), ((1, 1, 3, 70, 9), 2),  # 3-D
     ((3, 3, 2, 3, 4), 2),
     ((2, 2, 9, 64), 7), ((1, 2, 5, 62), 3), ((3, 2, 64), 5),  # rows of a whole word (or 64 seeds)
+    ((2, 3, 6, 1), 3),  # maps one unit wide (a width the compiler makes a constant)
 ]
 IDS = [f"{s}-{b}".replace(" ", "") for s, b in GEOMETRIES]
 HIGH = (1, 4, 7, 9, 13)  # 1-D, 2-D one and several tiles, 37 maps, 3-D taller than 64

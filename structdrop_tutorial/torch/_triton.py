@@ -38,7 +38,7 @@ book chapter 8): the byte-mask product kernel is faster than the ``x * mask`` fl
 1-byte mask), the byte-mask kernel costs 2-5 floors (its block expansion, not the random
 numbers), and the host's launch costs dominate at the smallest shape; forward+backward is
 4.5-6.4 times the floor there. Untimed since (no GPU): the row-word kernels (compiled for
-sm_90, 0.41 / 0.75 / 0.70 warp-instructions per unit at 14x14 / 28x28 / 56x56 against the
+sm_90, 0.39 / 0.65 / 0.61 warp-instructions per unit at 14x14 / 28x28 / 56x56 against the
 byte-mask kernel's 2.23 / 2.95 / 3.15, ``benchmarks/triton_sass.py``), 2-D products for one
 map per program, and the ``normalize="rate"`` scale passed by value (one launch fewer).
 
@@ -80,8 +80,8 @@ MASK_WARPS = None
 #: both kernels on every geometry).
 ROW_WORDS = True
 #: Grid rows per program of the row-word mask kernel (whole maps batched up to this many) and
-#: its warps (sm_90 static counts, warp-instructions per unit, 1 / 2 / 4 warps: 14x14 0.41 /
-#: 0.45 / 0.52, 28x28 0.73 / 0.74 / 0.84, 56x56 0.76 / 0.70 / 0.79; untimed).
+#: its warps (sm_90 static counts, warp-instructions per unit, 1 / 2 / 4 warps: 14x14 0.36 /
+#: 0.39 / 0.47, 28x28 0.62 / 0.65 / 0.73, 56x56 0.63 / 0.61 / 0.65; untimed).
 ROW_ITEMS = 256
 ROW_WARPS = 2
 # Largest tile side (64 x 64 units) and largest seed window side: blocks too large for a

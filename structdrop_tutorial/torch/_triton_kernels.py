@@ -151,6 +151,12 @@ def _popcount(v):
 
 
 @triton.jit
+def _low_bits(n):
+    """A uint64 with its ``n`` low bits set, 1 <= n <= 64 (``n`` may be a constexpr 1)."""
+    return (tl.full((), 2, tl.uint64) << (tl.cast(n, tl.uint64) - 1)) - 1
+
+
+@triton.jit
 def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, thresh, n_mblocks,
                           M, D, H, W, GD, GH, GW, GW4, PD: tl.constexpr, PH: tl.constexpr,
                           PW: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
@@ -173,19 +179,27 @@ def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, thresh, n_
     m = mb * BM + bm
     gh0 = tl.maximum(h0 + PH - BH + 1, 0)
     rows = gh0 + tl.arange(0, GTH)
+    last = tl.maximum(thresh - 1, 0).to(tl.uint32)  # a word is a seed when <= last (thresh > 0)
     seeds = tl.zeros((BM, GTH), dtype=tl.uint64)
     for k in range(0, BD):  # the depth window: grid slices d + PD - BD + 1 .. d + PD
         gd = d + PD - BD + 1 + k
         counter = ((m.to(tl.int64) * GD + gd) * GH)[:, None] + rows[None, :]
         counter = counter * GW4
-        inside = (m < M)[:, None] & (rows < GH)[None, :] & ((gd >= 0) & (gd < GD))
+        low = tl.zeros((BM, GTH), dtype=tl.uint32)  # columns 0 .. 31, 32-bit arithmetic
+        high = tl.zeros((BM, GTH), dtype=tl.uint32)  # columns 32 .. 63
         for q in tl.static_range(GQ):  # columns 4q .. 4q + 3 read lanes 0, 2, 1, 3
             r0, r1, r2, r3 = tl.randint4x(key, counter + q)
-            nib = ((r0.to(tl.int64) < thresh) & inside & (4 * q < GW)).to(tl.uint64)
-            nib |= ((r2.to(tl.int64) < thresh) & inside & (4 * q + 1 < GW)).to(tl.uint64) << 1
-            nib |= ((r1.to(tl.int64) < thresh) & inside & (4 * q + 2 < GW)).to(tl.uint64) << 2
-            nib |= ((r3.to(tl.int64) < thresh) & inside & (4 * q + 3 < GW)).to(tl.uint64) << 3
-            seeds |= nib << (4 * q)
+            nib = ((r0 <= last).to(tl.uint32) | ((r2 <= last).to(tl.uint32) << 1)
+                   | ((r1 <= last).to(tl.uint32) << 2) | ((r3 <= last).to(tl.uint32) << 3))
+            if q < 8:
+                low |= nib << (4 * q)
+            else:
+                high |= nib << (4 * q - 32)
+        inside = (m < M)[:, None] & (rows < GH)[None, :] & ((gd >= 0) & (gd < GD))
+        row = (high.to(tl.uint64) << 32) | low.to(tl.uint64)
+        seeds |= tl.where(inside, row, tl.zeros_like(row))
+    seeds &= _low_bits(GW)  # no seeds past the grid's last column
+    seeds = tl.where(thresh > 0, seeds, tl.zeros_like(seeds))
     across = tl.zeros((BM, GTH), dtype=tl.uint64)
     for k in tl.static_range(BW):  # seed column g covers units g - PW .. g - PW + BW - 1
         if k >= PW:
@@ -202,8 +216,7 @@ def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, thresh, n_
         g = i + (PH - BH + 1 + k) - gh0
         ok = (g >= 0) & (g < GTH)
         words |= tl.load(scratch + g[None, :], mask=ok[None, :], other=0, cache_modifier=".cg")
-    full = (tl.full((), 2, tl.uint64) << (W - 1).to(tl.uint64)) - 1  # the W low bits
-    words = words.to(tl.uint64, bitcast=True) & full
+    words = words.to(tl.uint64, bitcast=True) & _low_bits(W)
     valid = (m < M)[:, None] & (i < H)[None, :]
     offs = ((m.to(tl.int64) * D + d) * H)[:, None] + i[None, :]
     tl.store(words_ptr + offs, words.to(tl.int64, bitcast=True), mask=valid)
