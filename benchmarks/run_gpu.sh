@@ -14,6 +14,8 @@
 # about 19 minutes, more than one 10-minute call): for example
 #   STEPS="tests profile" bash benchmarks/run_gpu.sh     # about 5 minutes, Triton compiling cold
 #   STEPS="tune bench" bash benchmarks/run_gpu.sh        # a later call on the same machine
+# TEST_K selects tests (pytest -k) and BENCH_ARGS passes more arguments to bench_torch.py, e.g.
+#   TEST_K="public or equals_reference" BENCH_ARGS="--shapes 32x1024x14x14,16x256x56x56"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -28,7 +30,7 @@ if want tests; then
     workers=()
     python3 -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
     timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -x -p no:cacheprovider "${workers[@]}" \
-        tests/test_torch_triton.py > "$OUT/tests.log" 2>&1
+        ${TEST_K:+-k "$TEST_K"} tests/test_torch_triton.py > "$OUT/tests.log" 2>&1
     echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
 fi
 if want profile; then
@@ -43,7 +45,8 @@ if want bench; then
     [ -s "$OUT/triton_config.json" ] && config=(--triton-config "$OUT/triton_config.json")
     name=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import run_all; print(run_all.default_name())")
     timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run_all.py --only torch --no-progress --out "$OUT/$name" \
-        --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]}" 2>&1 | tee "$OUT/bench.log"
+        --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]} ${BENCH_ARGS:-}" \
+        2>&1 | tee "$OUT/bench.log"
 fi
 if want sass; then
     arch=$(python3 -c "import torch; m, n = torch.cuda.get_device_capability(); print(10 * m + n)")
