@@ -63,6 +63,15 @@ def counting_dropblock(monkeypatch):
     return calls
 
 
+def recording_mask_kernels(monkeypatch):
+    """Wrap both mask kernels' launchers so that each call appends "rows" or "bytes" to the
+    returned list."""
+    used, real_rows, real_bytes = [], _triton._row_words, _triton._mask_bytes
+    monkeypatch.setattr(_triton, "_row_words", lambda *a: used.append("rows") or real_rows(*a))
+    monkeypatch.setattr(_triton, "_mask_bytes", lambda *a: used.append("bytes") or real_bytes(*a))
+    return used
+
+
 def is_union_of_blocks(keep, block):
     """Whether the dropped units of a ``(N, C, *spatial)`` mask are a union of whole blocks with
     valid seeds: the set equals its opening (blocks fully dropped, painted again)."""
@@ -213,10 +222,7 @@ def test_usable():
 def test_row_words_where_rows_fit(monkeypatch, shape, rows):
     """dropblock keeps row words for rows up to 64 wide and byte masks beyond; what autograd
     saves is then 8 bytes per row or 1 byte per unit, and the 8-byte count."""
-    used = []
-    real_rows, real_bytes = _triton._row_words, _triton._mask_bytes
-    monkeypatch.setattr(_triton, "_row_words", lambda *a: used.append("rows") or real_rows(*a))
-    monkeypatch.setattr(_triton, "_mask_bytes", lambda *a: used.append("bytes") or real_bytes(*a))
+    used = recording_mask_kernels(monkeypatch)
     x = torch.randn(shape, device=DEVICE, requires_grad=True)
     sdt.dropblock(x, 0.2, 3, seed=1)  # a first use of row words also runs their check
     used.clear()
@@ -237,10 +243,7 @@ def test_row_words_are_checked_against_bytes_on_first_use(monkeypatch):
     """The first call with a row-word geometry on a device runs both mask kernels on a fixed key
     (drawing nothing from the generator) and compares them; later calls run row words only."""
     monkeypatch.setattr(_triton, "_ROWS_CHECKED", set())
-    used = []
-    real_rows, real_bytes = _triton._row_words, _triton._mask_bytes
-    monkeypatch.setattr(_triton, "_row_words", lambda *a: used.append("rows") or real_rows(*a))
-    monkeypatch.setattr(_triton, "_mask_bytes", lambda *a: used.append("bytes") or real_bytes(*a))
+    used = recording_mask_kernels(monkeypatch)
     x = torch.randn(2, 3, 10, 12, device=DEVICE)
     first = sdt.dropblock(x, 0.2, 3, seed=5)
     assert used == ["rows", "bytes", "rows"] and len(_triton._ROWS_CHECKED) == 1

@@ -386,10 +386,11 @@ def _rows_problem(x: torch.Tensor, gamma: float, geo: RowGeometry, block: tuple,
             key = torch.full((1,), _CHECK_KEY, dtype=torch.int64, device=x.device)
             words, count = _row_words(geo, x.device, gamma, key)
             keep, expected = keep_mask(x.shape, x.device, gamma, block, seeds, key)
-            same = torch.equal(words_keep_mask(words, x.shape), keep)
-            if same and torch.equal(count, expected):
-                return None
-            return f"row words {'' if same else 'and mask '}differ from the byte-mask kernel's"
+            if not torch.equal(words_keep_mask(words, x.shape), keep):
+                return "its mask differs from the byte-mask kernel's"
+            if not torch.equal(count, expected):
+                return "its count of kept units differs from the byte-mask kernel's"
+            return None
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
 
@@ -409,18 +410,19 @@ def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize
     geo = None
     if ROW_WORDS and device not in _ROWS_FAILED:
         geo = row_geometry(shape, block, seeds, ROW_ITEMS)
-        if geo is not None and (device, geo) not in _ROWS_CHECKED and _capturing(x):
-            geo = None
-        elif geo is not None and (device, geo) not in _ROWS_CHECKED:
-            problem = _rows_problem(x, gamma, geo, block, seeds)
-            if problem is not None:
-                _ROWS_FAILED[device] = problem
-                warnings.warn(f"structdrop: the Triton DropBlock row-word kernel failed its check "
-                              f"on {device} ({problem[:300]}); DropBlock uses byte masks on this "
-                              "device from now on", RuntimeWarning, stacklevel=3)
+        if geo is not None and (device, geo) not in _ROWS_CHECKED:
+            if _capturing(x):  # the check synchronizes, which capture forbids: bytes this time
                 geo = None
             else:
-                _ROWS_CHECKED.add((device, geo))
+                problem = _rows_problem(x, gamma, geo, block, seeds)
+                if problem is None:
+                    _ROWS_CHECKED.add((device, geo))
+                else:
+                    _ROWS_FAILED[device] = problem
+                    warnings.warn(f"structdrop: the Triton DropBlock row-word kernel failed its "
+                                  f"check on {device} ({problem[:300]}); DropBlock uses byte "
+                                  "masks on this device from now on", RuntimeWarning, stacklevel=3)
+                    geo = None
     if geo is None:
         geo = geometry(shape, block, seeds, TILE_UNITS)
     if geo is None or device in _FAILED:
