@@ -90,6 +90,28 @@ def host_costs(dev):
         "dropblock fwd+bwd (tiny)": lambda: torch.autograd.grad(
             sdt.dropblock(tiny, RATE, BLOCK, seed=gen), tiny, g),
     }
+    # the pieces of a row-word and a byte-mask forward, one by one
+    shape, block = tuple(tiny.shape), (BLOCK, BLOCK)
+    gamma = functional._dropblock_plan(shape, RATE, BLOCK, "channels_first", "exact", "valid",
+                                       (), "batch")[4]
+    key = _triton.new_key(dev, gen)
+    rgeo = _triton.row_geometry(shape, block, "valid", _triton.ROW_ITEMS)
+    bgeo = _triton.geometry(shape, block, "valid", _triton.TILE_UNITS)
+    words, count = _triton._row_words(rgeo, dev, gamma, key)
+    keep, _ = _triton._mask_bytes(bgeo, shape, dev, gamma, key)
+    out_ = torch.empty_like(tiny)
+    costs.update({
+        "row-word mask kernel + buffers": lambda: _triton._row_words(rgeo, dev, gamma, key),
+        "byte mask kernel + buffers": lambda: _triton._mask_bytes(bgeo, shape, dev, gamma, key),
+        "row-word product launch": lambda: _triton._apply(tiny.detach(), words, count, True, out_),
+        "byte product launch": lambda: _triton._apply(tiny.detach(), keep, count, True, out_),
+        "MaskedScale.apply fwd (row words)": lambda: _triton.MaskedScale.apply(
+            tiny, words, count, True, False),
+        "MaskedScale fwd+bwd (row words)": lambda: torch.autograd.grad(
+            _triton.MaskedScale.apply(tiny, words, count, True, False), tiny, g),
+        "_triton.dropblock fwd (no_grad)": lambda: _no_grad(
+            _triton.dropblock, tiny, gamma, block, "valid", "batch", RATE, gen, False),
+    })
     out = {name: round(wall_us(fn), 2) for name, fn in costs.items()}
     _triton.ROW_WORDS = False  # the same with one mask byte per unit
     try:
@@ -98,6 +120,43 @@ def host_costs(dev):
     finally:
         _triton.ROW_WORDS = True
     return out
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+def cprofile(dev, n=2000, top=35):
+    """cProfile of ``n`` tiny DropBlock forward+backward steps (row words, then byte masks):
+    which Python functions the host time goes to."""
+    import cProfile
+    import io
+    import pstats
+    tiny = torch.randn(1, 1, 16, 16, device=dev, requires_grad=True)
+    g = torch.ones_like(tiny)
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def steps():
+        for _ in range(n):
+            torch.autograd.grad(sdt.dropblock(tiny, RATE, BLOCK, seed=gen), tiny, g)
+        torch.cuda.synchronize()
+
+    text = []
+    for rows in (True, False):
+        _triton.ROW_WORDS = rows
+        try:
+            steps()  # warm
+            prof = cProfile.Profile()
+            prof.enable()
+            steps()
+            prof.disable()
+        finally:
+            _triton.ROW_WORDS = True
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+        text.append(f"==== row words: {rows}, {n} steps ====\n" + buf.getvalue())
+    return "\n".join(text)
 
 
 def sweep(dev):
@@ -146,6 +205,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path)
     p.add_argument("--host-only", action="store_true", help="host costs only, no kernel sweep")
+    p.add_argument("--cprofile", type=Path, help="write a cProfile of tiny steps to this file")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
@@ -153,6 +213,8 @@ def main(argv=None):
     print("\nhost wall time per call (us):")
     for name, t in costs.items():
         print(f"  {name:34s} {t:8.2f}")
+    if args.cprofile:
+        args.cprofile.write_text(cprofile(dev))
     if args.host_only:
         if args.out:
             args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(dev),

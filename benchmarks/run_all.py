@@ -150,6 +150,9 @@ def main(argv=None) -> int:
     p.add_argument("--default-malloc", action="store_true",
                    help="time with the C allocator's defaults (page faults included) instead "
                         "of common.MALLOC_KEEP")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds each script may run; one stopped at the limit keeps the rows "
+                        "it wrote (the PyTorch script writes after each shape) and counts as failed")
     p.add_argument("--script-args", default="",
                    help="extra options for every script run, e.g. \"--rounds 3\"")
     args = p.parse_args(argv)
@@ -175,12 +178,16 @@ def main(argv=None) -> int:
                                  progress=not args.no_progress) + shlex.split(args.script_args)
             print(f"[run] {' '.join(Path(c).name if c == str(path) else c for c in cmd[1:])}",
                   flush=True)
-            proc = subprocess.run(cmd, env=env)
-            if proc.returncode != 0 or not out.exists():
-                print(f"[fail] {script} exited with {proc.returncode}")
+            try:
+                code = subprocess.run(cmd, env=env, timeout=args.time_limit).returncode
+            except subprocess.TimeoutExpired:
+                code = f"no result within --time-limit {args.time_limit:g} s"
+            if code != 0 or not out.exists():
+                print(f"[fail] {script}: {code if isinstance(code, str) else f'exited with {code}'}"
+                      + ("; keeping the rows it wrote" if out.exists() else ""), flush=True)
                 failed.append(script)
-                continue
-            rows.extend(normalize(common.read_csv(out), framework, threads, malloc))
+            if out.exists():
+                rows.extend(normalize(common.read_csv(out), framework, threads, malloc))
     if not rows:
         print("no results")
         return 1

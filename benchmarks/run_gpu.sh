@@ -2,18 +2,21 @@
 # The GPU figures in one go, on a CUDA machine whose python3 has torch and triton (no install:
 # the package is used from this checkout). Writes under $OUT (default ./gpu_out):
 #   tests.log             the Triton path's tests on the GPU (masks identical to the reference)
-#   profile/, profile.txt profile_torch.py: where one forward+backward's host and device time go
-#                         (floor, DropBlock, DropBlock on tensor ops), with Chrome traces
+#   profile.txt           profile_torch.py: where one forward+backward's host and device time go
+#                         (floor, DropBlock, DropBlock on tensor ops)
+#   profile.tgz           its Chrome traces and JSON, and gpu_tune.py's cProfile of tiny steps
 #   triton_config.json    gpu_tune.py: host costs, kernel times per launch configuration, best
 #   gpu_<name>.csv        run_all.py --only torch with the best configuration (modes fwd,
 #                         fwd+bwd and graph: forward+backward replayed from a CUDA graph)
 #   sass.txt              triton_sass.py for this GPU's architecture: static instruction counts
 #                         of both mask kernels, to read against the kernel times
 #
-# STEPS picks the parts (default: all, in this order; each has its own timeout, together up to
-# about 19 minutes, more than one 10-minute call): for example
-#   STEPS="tests profile" bash benchmarks/run_gpu.sh     # about 5 minutes, Triton compiling cold
-#   STEPS="tune bench" bash benchmarks/run_gpu.sh        # a later call on the same machine
+# STEPS picks the parts (default: all, in this order; each has its own timeout). Measured on an
+# H100 (16 CPU cores, Triton compiling cold): tests 34 s over 14 processes (TEST_WORKERS=14);
+# tune about 2 minutes; bench with ROUNDS=2 MIN_RUN_TIME=0.1 about 3 minutes for the five
+# shapes (with ROUNDS=3 MIN_RUN_TIME=0.2 the three 2-D shapes did not finish in 200 s). For example
+#   STEPS="tests bench" TEST_WORKERS=14 ROUNDS=2 MIN_RUN_TIME=0.1 bash benchmarks/run_gpu.sh
+#   STEPS="profile tune sass" bash benchmarks/run_gpu.sh
 # TEST_K selects tests (pytest -k) and BENCH_ARGS passes more arguments to bench_torch.py, e.g.
 #   TEST_K="public or equals_reference" BENCH_ARGS="--shapes 32x1024x14x14,16x256x56x56"
 set -uo pipefail
@@ -37,16 +40,22 @@ if want profile; then
     timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_torch.py --out "$OUT/profile" \
         > "$OUT/profile.txt" 2>&1; echo "profile exit $?" | tee -a "$OUT/profile.txt"
 fi
-if want tune; then
-    timeout "${TUNE_TIMEOUT:-300}" python3 benchmarks/gpu_tune.py --out "$OUT/triton_config.json" 2>&1 | tee "$OUT/tune.log"
+if want tune; then  # its figures are in the JSON; the log goes to stdout only
+    mkdir -p "$OUT/profile"
+    timeout "${TUNE_TIMEOUT:-300}" python3 benchmarks/gpu_tune.py --out "$OUT/triton_config.json" \
+        --cprofile "$OUT/profile/cprofile.txt" 2>&1
 fi
 if want bench; then
     config=()
     [ -s "$OUT/triton_config.json" ] && config=(--triton-config "$OUT/triton_config.json")
     name=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import run_all; print(run_all.default_name())")
-    timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run_all.py --only torch --no-progress --out "$OUT/$name" \
-        --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]} ${BENCH_ARGS:-}" \
+    # the CSV is written after each shape: a run stopped at the limit keeps what it measured
+    timeout $(( ${BENCH_TIMEOUT:-300} + 60 )) python3 benchmarks/run_all.py --only torch --no-progress \
+        --out "$OUT/$name" --time-limit "${BENCH_TIMEOUT:-300}" --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]} ${BENCH_ARGS:-}" \
         2>&1 | tee "$OUT/bench.log"
+fi
+if [ -d "$OUT/profile" ]; then  # the device tool returns at most 8 files: one archive
+    tar -czf "$OUT/profile.tgz" -C "$OUT" profile && rm -rf "$OUT/profile"
 fi
 if want sass; then
     arch=$(python3 -c "import torch; m, n = torch.cuda.get_device_capability(); print(10 * m + n)")

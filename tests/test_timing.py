@@ -161,8 +161,10 @@ def test_committed_timings_load():
         rows = timing.load_timings([name])
         assert rows, name
         for row in rows:
-            assert row["device"] and row["op"] and row["pass"] in ("fwd", "fwd+bwd")
+            assert row["device"] and row["op"] and row["pass"] in ("fwd", "fwd+bwd", "graph")
             assert row["median_s"] > 0
+            # "graph": forward+backward replayed from a CUDA graph, measured on GPUs only
+            assert row["pass"] != "graph" or row["device_kind"] == "gpu", (name, row["op"])
 
 
 def test_committed_timing_details_load():

@@ -6,8 +6,8 @@ the memory traffic. Here one call is:
 
 1. an 8-byte key drawn on the device from its generator (``Tensor.random_``, so
    ``torch.manual_seed`` and ``seed=`` behave as for any random op, and nothing synchronizes;
-   in a CUDA graph each replay should draw a fresh key from the default generator, which a
-   GPU-only test checks; it has not run yet, as no GPU was at hand since it was written);
+   in a CUDA graph each replay draws a fresh key from the default generator, which a GPU-only
+   test checks; it passed on an H100);
 2. a mask kernel: every program draws its seeds from a counter-based generator (Philox-4x32-10,
    four grid positions per call), expands them into blocks, and adds its count of kept units
    to a device counter. Where rows are at most 64 units wide (every ResNet stage DropBlock is
@@ -33,14 +33,16 @@ a device where the kernels fail on their first use (with a warning, see :func:`d
 first use of each row-word geometry on a device is compared with the byte-mask kernel on a fixed
 key; a device where they disagree uses byte masks (with a warning).
 
-Measured on an NVIDIA H200 before the row words existed (``data/timings/gpu_nvidia_h200*``,
-book chapter 8): the byte-mask product kernel is faster than the ``x * mask`` floor (it reads a
-1-byte mask), the byte-mask kernel costs 2-5 floors (its block expansion, not the random
-numbers), and the host's launch costs dominate at the smallest shape; forward+backward is
-4.5-6.4 times the floor there. Untimed since (no GPU): the row-word kernels (compiled for
-sm_90, 0.39 / 0.65 / 0.61 warp-instructions per unit at 14x14 / 28x28 / 56x56 against the
-byte-mask kernel's 2.23 / 2.95 / 3.15, ``benchmarks/triton_sass.py``), 2-D products for one
-map per program, and the ``normalize="rate"`` scale passed by value (one launch fewer).
+Measured on an NVIDIA H100 (``data/timings/gpu_nvidia_h100_80gb_hbm3*``, book chapter 8; the
+tests of this path passed there, compiled): at 32x1024x14x14 / 32x512x28x28 / 16x256x56x56 the
+row-word mask kernel takes 13 / 23 / 24 us and its product kernel 25 / 44 / 44 us, against
+32 / 57 / 57 us for the floor ``x * mask`` (the byte-mask kernel: 41 / 88 / 103 us). Replayed
+from a CUDA graph, where the host's costs are gone, forward+backward is 1.07 / 1.01 / 1.01 times
+the floor's. Eagerly it is 5.3 / 4.5 / 3.3 times: the floor is bound by the host there (about
+100 us per forward+backward however small the input), and one call here costs the host 4-5
+times that (two Python-level launches and a key and a counter forward, an autograd function
+whose backward runs Python on the autograd thread). An earlier H200 run of the byte-mask
+kernels is in ``data/timings/gpu_nvidia_h200*``.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
@@ -73,17 +75,19 @@ APPLY_WARPS = 4
 #: Warps per program of the mask kernel; None: one warp for tiles of up to 1024 units, else 4.
 #: Measured on an H200 (mask kernel alone, rate 0.1, block 7; 1 / 2 / 4 / 8 warps, microseconds):
 #: 32x1024x14x14 (4 maps of 16x16 per program) 36 / 61 / 41 / 58; 32x512x28x28 (one 32x32 tile)
-#: 89 / 99 / 134 / 250; 16x256x56x56 (one 64x64 tile) 206 / 240 / 204 / 299.
+#: 89 / 99 / 134 / 250; 16x256x56x56 (one 64x64 tile) 206 / 240 / 204 / 299. On an H100
+#: (1 / 2 / 4 warps): 40.5 / 37.4 / 41.9; 87.6 / 74.4 / 94.2; 298 / 120 / 103.
 MASK_WARPS = None
 #: Keep the mask as one 64-bit word per row (bit ``w`` set: unit ``w`` dropped) where rows and
 #: rows of seeds are at most 64 wide; one byte per unit otherwise (tests switch it off to run
 #: both kernels on every geometry).
 ROW_WORDS = True
 #: Grid rows per program of the row-word mask kernel (whole maps batched up to this many) and
-#: its warps (sm_90 static counts, warp-instructions per unit, 1 / 2 / 4 warps: 14x14 0.36 /
-#: 0.39 / 0.47, 28x28 0.62 / 0.65 / 0.73, 56x56 0.63 / 0.61 / 0.65; untimed).
+#: its warps: the lowest summed device time over the three ResNet-50 shapes in
+#: ``benchmarks/gpu_tune.py``'s sweep on an H100 (256 rows, 4 warps: 13.1 / 23.4 / 23.5 us at
+#: 14x14 / 28x28 / 56x56; 2 warps 20.5 / 23.9 / 23.4; the floor ``x * mask`` 32 / 57 / 57).
 ROW_ITEMS = 256
-ROW_WARPS = 2
+ROW_WARPS = 4
 # Largest tile side (64 x 64 units) and largest seed window side: blocks too large for a
 # 128-wide window (about 62 units and more) take the tensor path, whose cost does not grow with
 # the block's area in registers.
