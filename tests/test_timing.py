@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -381,6 +382,28 @@ def test_run_all_keeps_memory_unless_told_and_records_it(monkeypatch):
     (row,) = run_all.normalize([{"op": "floor", "median_s": "1"}], "numpy", 2, "default")
     assert row["malloc"] == "default"
     assert "malloc" in common.COLUMNS
+
+
+def test_run_all_keeps_the_rows_of_a_script_stopped_at_its_time_limit(tmp_path, monkeypatch, capsys):
+    """A benchmark stopped by ``--time-limit`` counts as failed, but the rows it had written
+    (the PyTorch script writes its CSV after each shape) are merged, not lost."""
+    run_all = _run_all_module()
+    script = tmp_path / "bench_fake.py"
+    script.write_text(
+        "import argparse, time\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--csv'); a = p.parse_args()\n"
+        "open(a.csv, 'w').write('op,shape,pass,median_s\\nfloor,8x8,fwd,0.001\\n')\n"
+        "time.sleep(120)\n")
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "SCRIPTS", (("bench_fake.py", "numpy"),))
+    out = tmp_path / "merged.csv"
+    start = time.perf_counter()
+    code = run_all.main(["--only", "numpy", "--no-progress", "--out", str(out), "--time-limit", "5"])
+    assert time.perf_counter() - start < 60  # stopped, not slept out
+    assert code == 1 and "no result within --time-limit 5 s; keeping the rows it wrote" in capsys.readouterr().out
+    with open(out, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["op"] == "floor" and row["framework"] == "numpy" and float(row["median_s"]) == 0.001
 
 
 def test_run_all_normalizes_other_scripts_columns():
