@@ -33,6 +33,9 @@ if str(ROOT) not in sys.path:
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _triton, functional  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_torch import switched  # noqa: E402  (an op with one Triton setting changed)
+
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
 BLOCK, RATE = 7, 0.1
 
@@ -92,8 +95,7 @@ def host_costs(dev):
     }
     # the pieces of a row-word and a byte-mask forward, one by one
     shape, block = tuple(tiny.shape), (BLOCK, BLOCK)
-    gamma = functional._dropblock_plan(shape, RATE, BLOCK, "channels_first", "exact", "valid",
-                                       (), "batch")[4]
+    gamma = _gamma(shape)
     key = _triton.new_key(dev, gen)
     rgeo = _triton.row_geometry(shape, block, "valid", _triton.ROW_ITEMS)
     bgeo = _triton.geometry(shape, block, "valid", _triton.TILE_UNITS)
@@ -113,13 +115,16 @@ def host_costs(dev):
             _triton.dropblock, tiny, gamma, block, "valid", "batch", RATE, gen, False),
     })
     out = {name: round(wall_us(fn), 2) for name, fn in costs.items()}
-    _triton.ROW_WORDS = False  # the same with one mask byte per unit
-    try:
-        for name in ("dropblock fwd (tiny)", "dropblock fwd+bwd (tiny)"):
-            out[name.replace("tiny", "tiny, byte masks")] = round(wall_us(costs[name]), 2)
-    finally:
-        _triton.ROW_WORDS = True
+    for name in ("dropblock fwd (tiny)", "dropblock fwd+bwd (tiny)"):  # one mask byte per unit
+        bytes_ = switched(lambda _, fn=costs[name]: fn(), "ROW_WORDS", False)
+        out[name.replace("tiny", "tiny, byte masks")] = round(wall_us(lambda: bytes_(None)), 2)
     return out
+
+
+def _gamma(shape):
+    """The seed probability of the benchmark's DropBlock at ``shape``."""
+    return functional._dropblock_plan(shape, RATE, BLOCK, "channels_first", "exact", "valid",
+                                      (), "batch")[4]
 
 
 def _no_grad(fn, *args):
@@ -137,22 +142,19 @@ def cprofile(dev, n=2000, top=35):
     g = torch.ones_like(tiny)
     gen = torch.Generator(device=dev).manual_seed(0)
 
-    def steps():
+    def steps(_=None):
         for _ in range(n):
             torch.autograd.grad(sdt.dropblock(tiny, RATE, BLOCK, seed=gen), tiny, g)
         torch.cuda.synchronize()
 
     text = []
     for rows in (True, False):
-        _triton.ROW_WORDS = rows
-        try:
-            steps()  # warm
-            prof = cProfile.Profile()
-            prof.enable()
-            steps()
-            prof.disable()
-        finally:
-            _triton.ROW_WORDS = True
+        run = switched(steps, "ROW_WORDS", rows)
+        run(None)  # warm
+        prof = cProfile.Profile()
+        prof.enable()
+        run(None)
+        prof.disable()
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
         text.append(f"==== row words: {rows}, {n} steps ====\n" + buf.getvalue())
@@ -168,8 +170,7 @@ def sweep(dev):
         m = (torch.rand(shape, device=dev) >= RATE).float()
         results["floor"][s] = device_us(lambda: x * m)
         block = (BLOCK, BLOCK)
-        gamma = functional._dropblock_plan(shape, RATE, BLOCK, "channels_first", "exact",
-                                           "valid", (), "batch")[4]
+        gamma = _gamma(shape)
         key = _triton.new_key(dev, gen)
         for units in (256, 1024, 4096):  # only changes tiles of whole maps (14x14 here)
             for warps in (1, 2, 4):

@@ -406,7 +406,7 @@ def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize
     window, or the kernels failed on their first use on this device (with a warning).
 
     The first use of a row-word geometry on a device is checked against the byte-mask kernel
-    (the one measured on a GPU); should they disagree, or the row-word kernel fail, the device
+    (the older one, which wider rows use anyway); should they disagree, or the row-word kernel fail, the device
     uses byte masks from then on (with a warning). While a CUDA graph is being captured nothing
     may synchronize, so an unchecked row-word geometry uses byte masks there."""
     shape, block = tuple(x.shape), tuple(block)
