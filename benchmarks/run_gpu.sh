@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU figures in one go, on a CUDA machine whose python3 has torch and triton (no install:
 # the package is used from this checkout). Writes under $OUT (default ./gpu_out):
-#   tests.log             the Triton path's tests on the GPU (masks identical to the reference)
+#   tests.log             the Triton path's tests on the GPU (masks identical to the reference,
+#                         every direct launch checked against Triton's own kernel lookup)
+#   host_probe.json/.txt  host_probe.py: the host's cost of each piece of a call, eager steps
+#   network.json/.txt     bench_network.py: what each op adds to a conv -> BN -> ReLU stage's step
 #   profile.txt           profile_torch.py: where one forward+backward's host and device time go
 #                         (floor, DropBlock, DropBlock on tensor ops)
 #   profile.tgz           its Chrome traces and JSON, and gpu_tune.py's cProfile of tiny steps
@@ -22,7 +25,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-STEPS=" ${STEPS:-tests profile tune bench sass} "
+STEPS=" ${STEPS:-tests probe profile tune bench network sass} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 want() { [[ "$STEPS" == *" $1 "* ]]; }
@@ -33,8 +36,12 @@ if want tests; then
     workers=()
     python3 -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
     timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -x -p no:cacheprovider "${workers[@]}" \
-        ${TEST_K:+-k "$TEST_K"} tests/test_torch_triton.py > "$OUT/tests.log" 2>&1
+        ${TEST_K:+-k "$TEST_K"} tests/test_torch_triton.py tests/test_torch_launch.py > "$OUT/tests.log" 2>&1
     echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
+fi
+if want probe; then  # host costs of the pieces and eager steps against the floor
+    timeout "${PROBE_TIMEOUT:-150}" python3 benchmarks/host_probe.py --n "${PROBE_N:-300}" \
+        --out "$OUT/host_probe.json" > "$OUT/host_probe.txt" 2>&1; echo "probe exit $?" | tee -a "$OUT/host_probe.txt"
 fi
 if want profile; then
     timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_torch.py --out "$OUT/profile" \
@@ -53,6 +60,10 @@ if want bench; then
     timeout $(( ${BENCH_TIMEOUT:-300} + 60 )) python3 benchmarks/run_all.py --only torch --no-progress \
         --out "$OUT/$name" --time-limit "${BENCH_TIMEOUT:-300}" --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]} ${BENCH_ARGS:-}" \
         2>&1 | tee "$OUT/bench.log"
+fi
+if want network; then  # the ops inside a conv -> BN -> ReLU stage, eager steps
+    timeout "${NETWORK_TIMEOUT:-150}" python3 benchmarks/bench_network.py --rounds "${NETWORK_ROUNDS:-30}" \
+        --out "$OUT/network.json" > "$OUT/network.txt" 2>&1; echo "network exit $?" | tee -a "$OUT/network.txt"
 fi
 if [ -d "$OUT/profile" ]; then  # the device tool returns at most 8 files: one archive
     tar -czf "$OUT/profile.tgz" -C "$OUT" profile && rm -rf "$OUT/profile"

@@ -182,6 +182,7 @@ def table(arch: int, shapes, block=7, gamma=0.01):
         for kernel, name in ((kernels.dropblock_mask_kernel, "bytes"),
                              (kernels.dropblock_rows_kernel, "rows")):
             for fn, args, kwargs in [c for c in launches if c[0] is kernel]:
+                kwargs = dict(zip(fn.arg_names, args), **kwargs)  # constants passed by position
                 rows = name == "rows"
                 width = args[fn.arg_names.index("W")] if rows else kwargs["TW"]
                 window = (f"{kwargs['GTH']}x{4 * kwargs['GQ']}" if rows

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _triton  # noqa: E402
+from structdrop_tutorial.torch import _launch, _triton  # noqa: E402
 
 from helpers import five_sigma_fraction_bound  # noqa: E402
 
@@ -35,6 +35,8 @@ def triton_path(monkeypatch):
     afterwards, no device may have been marked as failed."""
     monkeypatch.setattr(_triton, "ENABLED", True)
     monkeypatch.setattr(_triton, "FORCE", DEVICE == "cpu")
+    # on a GPU every direct launch is checked against Triton's own choice of compiled kernel
+    monkeypatch.setattr(_launch, "VERIFY", DEVICE == "cuda")
     yield
     # a kernel failing on first use would be caught and replaced by tensor operations (with a
     # warning), row words failing their check by byte masks: no test may pass that way
@@ -403,6 +405,50 @@ def test_drop_fraction_matches_expected(monkeypatch, mask_kind, shape, block, se
     assert abs(frac - expected) <= five_sigma_fraction_bound(expected, shape[0] * shape[1])
 
 
+# --------------------------------------------------------------------------- keys
+@pytest.mark.parametrize("value", [5, 2 ** 31 + 7, 0x5DEECE66D1234567])
+def test_int_key_gives_the_tensor_keys_masks(value):
+    """A key passed by value (an int, as eager CUDA calls make) selects the same seeds, masks
+    and counts as the same key read from a device tensor (as under CUDA-graph capture), in
+    every kernel; 32-bit and 64-bit ints alike."""
+    shape, block = (2, 3, 9, 11), (3, 3)
+    grid = _triton.seed_grid(shape, DEVICE, 0.3, block, "padded", value)
+    assert torch.equal(grid, _triton.seed_grid(shape, DEVICE, 0.3, block, "padded", key(value)))
+    assert grid.any()
+    for fn in (_triton.keep_mask, _triton.row_words):
+        got = fn(shape, DEVICE, 0.3, block, "padded", value)
+        want = fn(shape, DEVICE, 0.3, block, "padded", key(value))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_int_keys_outside_63_bits_are_rejected():
+    for bad in (-1, 2 ** 63):
+        with pytest.raises(ValueError, match="key must be in"):
+            _triton.keep_mask((1, 1, 8, 8), DEVICE, 0.3, (3, 3), "valid", bad)
+
+
+def test_host_key_mix():
+    """Keys made on the host: 63 bits with bit 62 set (always a 64-bit kernel argument), a
+    function of seed and offset only, and distinct over many offsets and seeds."""
+    keys = {_triton._mix(seed, 4 * k) for seed in (0, 1, 2 ** 63 + 5) for k in range(2000)}
+    assert len(keys) == 6000
+    assert all(2 ** 62 <= k < 2 ** 63 for k in keys)
+    assert _triton._mix(7, 12) == _triton._mix(7, 12) != _triton._mix(7, 16)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="host keys are made for CUDA generators")
+def test_eager_cuda_key_is_made_on_the_host(monkeypatch):
+    """Eagerly on CUDA the key is an int from the generator's seed and offset, which advances
+    by 4 as for any random op; with HOST_KEYS off it is a tensor drawn on the device."""
+    gen = torch.Generator(device=DEVICE).manual_seed(9)
+    k = _triton.new_key(torch.device(DEVICE), gen)
+    assert k == _triton._mix(9, 0) and gen.get_offset() == 4
+    torch.cuda.manual_seed(3)
+    assert _triton.new_key(torch.device(DEVICE), None) == _triton._mix(3, 0)
+    monkeypatch.setattr(_triton, "HOST_KEYS", False)
+    assert isinstance(_triton.new_key(torch.device(DEVICE), gen), torch.Tensor)
+
+
 # --------------------------------------------------------------------------- determinism
 def test_determinism(mask_kind):
     shape, block = (2, 3, 9, 11), (3, 3)
@@ -529,7 +575,7 @@ def test_launches_on_the_tensors_device(monkeypatch):
             return False
 
     monkeypatch.setattr(torch.cuda, "device", Recorder)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_triton, "_current_device", lambda: 0)
     with _triton._on("cpu"), _triton._on("cuda:0"), _triton._on("cuda"):
         pass
     assert entered == []

@@ -60,6 +60,7 @@ from typing import Dict, NamedTuple, Optional
 import torch
 
 from ..shapes import seed_grid_shape
+from . import _launch
 from ._fast import scale_from_count
 
 #: Use the Triton path on CUDA when it applies (tests switch it off to compare the paths).
@@ -118,10 +119,18 @@ def usable(x: torch.Tensor, data_format: str, share) -> bool:
 def _on(device):
     """A context that makes ``device`` current for Triton's launch: Triton launches on the
     current CUDA device, whatever device the tensors are on. Nothing to do in the common case."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    if device.type == "cuda" and device.index is not None and device.index != _current_device():
         return torch.cuda.device(device)
-    return contextlib.nullcontext()
+    return _NULL
+
+
+_NULL = contextlib.nullcontext()
+
+
+def _current_device() -> int:
+    return torch._C._cuda_getDevice()  # torch.cuda.current_device without its lazy-init check
 
 
 def _pow2(n: int) -> int:
@@ -187,9 +196,6 @@ class RowGeometry(NamedTuple):
     scratch: int      # int64 entries of scratch memory the kernel needs
 
 
-_CONSTS = ("PD", "PH", "PW", "BD", "BH", "BW", "BM", "TH", "GTH", "GQ")
-
-
 @functools.lru_cache(maxsize=256)
 def row_geometry(shape: tuple, block: tuple, seeds: str,
                  items: int = ROW_ITEMS) -> Optional[RowGeometry]:
@@ -226,9 +232,55 @@ def threshold(gamma: float) -> int:
     return min(max(int(round(float(gamma) * 2.0 ** 32)), 0), 2 ** 32)
 
 
-def new_key(device, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """A fresh 63-bit Philox key on ``device``, drawn from ``generator`` (or the default one)."""
+#: Make eager keys on the host from the generator's seed and Philox offset (no device work);
+#: tests switch it off to check the device-drawn keys that CUDA-graph capture uses.
+HOST_KEYS = True
+_M64 = (1 << 64) - 1
+
+
+def _mix(seed: int, offset: int) -> int:
+    """A 63-bit key from a generator's seed and offset (splitmix64's finalizer); bit 62 is set
+    so that Triton always receives it as a 64-bit integer."""
+    z = (seed + 0x9E3779B97F4A7C15 * (offset + 1)) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return ((z ^ (z >> 31)) & ((1 << 62) - 1)) | (1 << 62)
+
+
+def new_key(device, generator: Optional[torch.Generator]):
+    """A fresh Philox key for one call, from ``generator`` (or ``device``'s default generator).
+
+    Eagerly on CUDA it is a Python int made from the generator's seed and Philox offset, which
+    it advances by 4 as a random op would (so ``torch.manual_seed`` and ``seed=`` give the same
+    masks again, and no device work is queued). While a CUDA graph is captured, on other
+    devices, or where the generator has no offset, it is a 1-element int64 tensor drawn on the
+    device (``random_``: a captured graph draws a fresh key on every replay)."""
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    if HOST_KEYS and device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+        gen = generator
+        if gen is None:
+            index = device.index if device.index is not None else _current_device()
+            gen = torch.cuda.default_generators[index]
+        try:
+            seed, offset = gen.initial_seed(), gen.get_offset()
+            gen.set_offset(offset + 4)
+        except (AttributeError, RuntimeError):  # a generator without a Philox offset
+            pass
+        else:
+            return _mix(seed, offset)
     return torch.empty(1, dtype=torch.int64, device=device).random_(generator=generator)
+
+
+def _key_args(key):
+    """The kernels' key parameters ``(key_ptr, key_value, KEY_PTR)`` and the part of the launch
+    key they decide: a device tensor is read in the kernel, an int is passed by value."""
+    if isinstance(key, torch.Tensor):
+        return (key, 0, True), "ptr"
+    key = int(key)
+    if not 0 <= key < 2 ** 63:
+        raise ValueError(f"key must be in [0, 2**63), got {key}")
+    return (None, key, False), ("i32" if key < 2 ** 31 else "i64")
 
 
 def _fitting_geometry(shape, block, seeds) -> Geometry:
@@ -239,35 +291,41 @@ def _fitting_geometry(shape, block, seeds) -> Geometry:
     return geo
 
 
-def keep_mask(shape, device, gamma, block, seeds, key: torch.Tensor):
+def keep_mask(shape, device, gamma, block, seeds, key):
     """Boolean keep mask of a channels_first input of ``shape`` and the int64 count of kept
-    units (a 1-element tensor), for the seeds ``key`` selects."""
+    units (a 1-element tensor), for the seeds ``key`` selects (an int, or an int64 tensor of
+    one element on ``device``)."""
     return _mask_bytes(_fitting_geometry(shape, block, seeds), shape, device, gamma, key)
 
 
-def _mask_bytes(geo: Geometry, shape, device, gamma, key: torch.Tensor):
+def _mask_bytes(geo: Geometry, shape, device, gamma, key):
     keep = torch.empty(tuple(shape), dtype=torch.bool, device=device)
     count = torch.zeros(1, dtype=torch.int64, device=device)
+    thresh = threshold(gamma)
+    key_args, kind = _key_args(key)
     with _on(keep.device):
-        _kernels().dropblock_mask_kernel[geo.launch](
-            keep.view(torch.uint8), count, key, threshold(gamma), geo.n_mblocks, *geo.dims,
-            BM=geo.bm, TH=geo.th, TW=geo.tw, GTH=geo.gth, GTW=geo.gtw, num_warps=mask_warps(geo))
+        _launch.launch(_kernels().dropblock_mask_kernel, geo.launch, (geo, thresh, kind),
+                       (keep.view(torch.uint8), count, *key_args[:2], thresh, geo.n_mblocks,
+                        *geo.dims, geo.bm, geo.th, geo.tw, geo.gth, geo.gtw, key_args[2]),
+                       mask_warps(geo))
     return keep, count
 
 
-def _row_words(geo: RowGeometry, device, gamma, key: torch.Tensor):
+def _row_words(geo: RowGeometry, device, gamma, key):
     """Row words (int64) and the count; the kernel's scratch memory is freed on return."""
     words = torch.empty(geo.rows, dtype=torch.int64, device=device)
     scratch = torch.empty(geo.scratch, dtype=torch.int64, device=device)
     count = torch.zeros(1, dtype=torch.int64, device=device)
+    thresh = threshold(gamma)
+    key_args, kind = _key_args(key)
     with _on(words.device):
-        _kernels().dropblock_rows_kernel[geo.launch](
-            words, scratch, count, key, threshold(gamma), geo.n_mblocks, *geo.dims,
-            **dict(zip(_CONSTS, geo.consts)), num_warps=ROW_WARPS)
+        _launch.launch(_kernels().dropblock_rows_kernel, geo.launch, (geo, thresh, kind),
+                       (words, scratch, count, *key_args[:2], thresh, geo.n_mblocks, *geo.dims,
+                        *geo.consts, key_args[2]), ROW_WARPS)
     return words, count
 
 
-def row_words(shape, device, gamma, block, seeds, key: torch.Tensor):
+def row_words(shape, device, gamma, block, seeds, key):
     """The row words (int64, one per row of the ``(N*C*D*H, W)`` view, bit ``w`` set when unit
     ``w`` is dropped) and the int64 count of kept units, for the seeds ``key`` selects: the
     mask :func:`keep_mask` returns, as :func:`words_keep_mask` expands it."""
@@ -284,15 +342,16 @@ def words_keep_mask(words: torch.Tensor, shape) -> torch.Tensor:
     return (bits == 0).reshape(shape)
 
 
-def seed_grid(shape, device, gamma, block, seeds, key: torch.Tensor) -> torch.Tensor:
+def seed_grid(shape, device, gamma, block, seeds, key) -> torch.Tensor:
     """The seeds (bool, shaped like the seed grid) that :func:`keep_mask` draws for ``key``."""
     geo = _fitting_geometry(shape, block, seeds)
     m, _, _, _, gd, gh, gw, gw4 = geo.dims[:8]
     out = torch.zeros((m, gd, gh, gw), dtype=torch.uint8, device=device)
     launch = (m * gd, -(-gh // geo.gth), -(-gw // geo.gtw))
     with _on(out.device):
-        _kernels().seed_grid_kernel[launch](out, key, threshold(gamma), m, gd, gh, gw, gw4,
-                                            GTH=geo.gth, GTW=geo.gtw)
+        (key_ptr, key_value, from_ptr), _ = _key_args(key)
+        _kernels().seed_grid_kernel[launch](out, key_ptr, key_value, threshold(gamma), m, gd, gh,
+                                            gw, gw4, GTH=geo.gth, GTW=geo.gtw, KEY_PTR=from_ptr)
     return out.view(seed_grid_shape(tuple(shape), block, "channels_first", seeds)).bool()
 
 
@@ -305,15 +364,18 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
     launch = (-(-n // APPLY_BLOCK),)
     count, bits = (param, 0) if from_count else (None, _float64_bits(param))
     wide = x.dtype == torch.float64
+    # what decides the kernels' specialization besides the constants: dtype, alignment, n
+    key = (x.dtype, x.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, n, from_count)
     with _on(x.device):
         if mask.dtype == torch.int64:
-            _kernels().masked_rows_kernel[launch](
-                x, mask, out, count, bits, n, n, W=x.shape[-1], FROM_COUNT=from_count,
-                WIDE=wide, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
+            w = x.shape[-1]
+            _launch.launch(_kernels().masked_rows_kernel, launch, key + (w,),
+                           (x, mask, out, count, bits, n, n, w, from_count, wide, APPLY_BLOCK),
+                           APPLY_WARPS)
         else:
-            _kernels().masked_scale_kernel[launch](
-                x, mask.view(torch.uint8), out, count, bits, n, n, FROM_COUNT=from_count,
-                WIDE=wide, BLOCK=APPLY_BLOCK, num_warps=APPLY_WARPS)
+            _launch.launch(_kernels().masked_scale_kernel, launch, key,
+                           (x, mask.view(torch.uint8), out, count, bits, n, n, from_count, wide,
+                            APPLY_BLOCK), APPLY_WARPS)
     return out
 
 
@@ -387,9 +449,8 @@ def _rows_problem(x: torch.Tensor, gamma: float, geo: RowGeometry, block: tuple,
     geometry (same key, on x's device), else what went wrong."""
     try:
         with torch.no_grad():
-            key = torch.full((1,), _CHECK_KEY, dtype=torch.int64, device=x.device)
-            words, count = _row_words(geo, x.device, gamma, key)
-            keep, expected = keep_mask(x.shape, x.device, gamma, block, seeds, key)
+            words, count = _row_words(geo, x.device, gamma, _CHECK_KEY)
+            keep, expected = keep_mask(x.shape, x.device, gamma, block, seeds, _CHECK_KEY)
             if not torch.equal(words_keep_mask(words, x.shape), keep):
                 return "its mask differs from the byte-mask kernel's"
             if not torch.equal(count, expected):
@@ -447,14 +508,28 @@ def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize
 
 
 def _dropblock(x, gamma, geo, normalize, rate, generator, inplace):
-    with torch.no_grad():
-        key = new_key(x.device, generator)
-        if isinstance(geo, RowGeometry):
-            keep, count = _row_words(geo, x.device, gamma, key)
-        else:
-            keep, count = _mask_bytes(geo, x.shape, x.device, gamma, key)
-        if normalize == "batch":
-            param, from_count = count, True
-        else:  # passed to the kernel by value: no device tensor to fill
-            param, from_count = 1.0 / (1.0 - rate), False
-    return MaskedScale.apply(x, keep, param, from_count, inplace)
+    # Nothing here records autograd history (fresh buffers, Triton launches), so no no_grad.
+    key = new_key(x.device, generator)
+    if isinstance(geo, RowGeometry):
+        keep, count = _row_words(geo, x.device, gamma, key)
+    else:
+        keep, count = _mask_bytes(geo, x.shape, x.device, gamma, key)
+    if normalize == "batch":
+        param, from_count = count, True
+    else:  # passed to the kernel by value: no device tensor to fill
+        param, from_count = 1.0 / (1.0 - rate), False
+    return masked_scale(x, keep, param, from_count, inplace)
+
+
+# ``MaskedScale.apply`` is a Python wrapper (functorch bookkeeping) around the C++ apply; on a
+# GPU its cost is a visible share of a call's host time, so plain calls use the C++ one.
+_BASE_APPLY = super(torch.autograd.Function, MaskedScale).apply
+
+
+def masked_scale(x, keep, param, from_count: bool, inplace: bool) -> torch.Tensor:
+    """``MaskedScale.apply(x, keep, param, from_count, inplace)``, through the C++ apply where
+    no functorch transform is active, ``x`` is a plain tensor and nothing is being compiled."""
+    if (torch._C._are_functorch_transforms_active() or _launch._compiling()
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)):
+        return MaskedScale.apply(x, keep, param, from_count, inplace)
+    return _BASE_APPLY(x, keep, param, from_count, inplace)

@@ -8,7 +8,8 @@ padded ones (the same sets :func:`structdrop_tutorial.torch.dropblock_keep_mask`
 
 Seeds come from Philox-4x32-10, a counter-based generator: grid position ``(m, gd, gh, gw)`` reads
 lane ``(0, 2, 1, 3)[gw % 4]`` of the counter ``((m * GD + gd) * GH + gh) * ceil(GW / 4) + gw // 4``
-under the call's 64-bit key, and is a seed when that 32-bit word is below
+under the call's 64-bit key (passed by value, or read from memory where it is drawn on the device,
+``KEY_PTR``), and is a seed when that 32-bit word is below
 ``round(gamma * 2**32)``. Every position has its own word whatever the tiling, so the mask does
 not depend on the launch configuration, both mask kernels (bytes and row words) draw the same
 seeds, and :func:`seed_grid_kernel` can write the very seeds the mask kernels used.
@@ -34,10 +35,19 @@ def _seed_tile(key, thresh, m, gd, gh0, gw0, M, GD, GH, GW, GW4,
 
 
 @triton.jit
-def dropblock_mask_kernel(keep_ptr, count_ptr, key_ptr, thresh, n_mblocks,
+def _key(key_ptr, key_value, KEY_PTR: tl.constexpr):
+    """The call's Philox key: loaded from ``key_ptr`` (drawn on the device) or ``key_value``."""
+    if KEY_PTR:
+        return tl.load(key_ptr)
+    else:
+        return key_value
+
+
+@triton.jit(do_not_specialize=["key_value"])
+def dropblock_mask_kernel(keep_ptr, count_ptr, key_ptr, key_value, thresh, n_mblocks,
                           M, D, H, W, GD, GH, GW, GW4, PD, PH, PW, BD: tl.constexpr, BH, BW,
                           BM: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                          GTH: tl.constexpr, GTW: tl.constexpr):
+                          GTH: tl.constexpr, GTW: tl.constexpr, KEY_PTR: tl.constexpr):
     """Keep mask (uint8, ``(M, D, H, W)``) of one tile: ``BM`` maps, one depth slice, ``TH x TW``
     units; adds the number of kept units to ``count_ptr``.
 
@@ -53,7 +63,7 @@ def dropblock_mask_kernel(keep_ptr, count_ptr, key_ptr, thresh, n_mblocks,
     d = pid // n_mblocks
     h0 = tl.program_id(1) * TH
     w0 = tl.program_id(2) * TW
-    key = tl.load(key_ptr)
+    key = _key(key_ptr, key_value, KEY_PTR)
     m = mb * BM + tl.arange(0, BM)
     gh0 = tl.maximum(h0 + PH - BH + 1, 0)
     gw0 = (tl.maximum(w0 + PW - BW + 1, 0) // 4) * 4
@@ -84,9 +94,9 @@ def dropblock_mask_kernel(keep_ptr, count_ptr, key_ptr, thresh, n_mblocks,
     tl.atomic_add(count_ptr, kept.to(tl.int64))
 
 
-@triton.jit
-def seed_grid_kernel(seeds_ptr, key_ptr, thresh, M, GD, GH, GW, GW4,
-                     GTH: tl.constexpr, GTW: tl.constexpr):
+@triton.jit(do_not_specialize=["key_value"])
+def seed_grid_kernel(seeds_ptr, key_ptr, key_value, thresh, M, GD, GH, GW, GW4,
+                     GTH: tl.constexpr, GTW: tl.constexpr, KEY_PTR: tl.constexpr):
     """The seeds :func:`dropblock_mask_kernel` draws for the same key, written as uint8 into
     an ``(M, GD, GH, GW)`` tensor (tests compare the masks built from them)."""
     pid = tl.program_id(0)
@@ -94,7 +104,7 @@ def seed_grid_kernel(seeds_ptr, key_ptr, thresh, M, GD, GH, GW, GW4,
     gd = pid % GD
     gh0 = tl.program_id(1) * GTH
     gw0 = tl.program_id(2) * GTW
-    key = tl.load(key_ptr)
+    key = _key(key_ptr, key_value, KEY_PTR)
     m = m_gd + tl.arange(0, 1)
     hit = _seed_tile(key, thresh, m, gd, gh0, gw0, M, GD, GH, GW, GW4, 1, GTH, GTW)
     rows = gh0 + tl.arange(0, GTH)
@@ -156,12 +166,13 @@ def _low_bits(n):
     return (tl.full((), 2, tl.uint64) << (tl.cast(n, tl.uint64) - 1)) - 1
 
 
-@triton.jit
-def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, thresh, n_mblocks,
-                          M, D, H, W, GD, GH, GW, GW4, PD: tl.constexpr, PH: tl.constexpr,
-                          PW: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
-                          BW: tl.constexpr, BM: tl.constexpr, TH: tl.constexpr,
-                          GTH: tl.constexpr, GQ: tl.constexpr):
+@triton.jit(do_not_specialize=["key_value"])
+def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, key_value, thresh,
+                          n_mblocks, M, D, H, W, GD, GH, GW, GW4, PD: tl.constexpr,
+                          PH: tl.constexpr, PW: tl.constexpr, BD: tl.constexpr,
+                          BH: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
+                          TH: tl.constexpr, GTH: tl.constexpr, GQ: tl.constexpr,
+                          KEY_PTR: tl.constexpr):
     """Row words (int64, ``(M, D, H)``) of ``BM`` maps, one depth slice and ``TH`` rows; adds
     the number of kept units to ``count_ptr``.
 
@@ -174,7 +185,7 @@ def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, thresh, n_
     mb = pid % n_mblocks
     d = pid // n_mblocks
     h0 = tl.program_id(1) * TH
-    key = tl.load(key_ptr)
+    key = _key(key_ptr, key_value, KEY_PTR)
     bm = tl.arange(0, BM)
     m = mb * BM + bm
     gh0 = tl.maximum(h0 + PH - BH + 1, 0)

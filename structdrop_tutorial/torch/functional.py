@@ -16,7 +16,6 @@ counter-based generator inside the mask kernel, same distribution, same expansio
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional, Union
 
@@ -215,12 +214,9 @@ def _dropblock_plan_uncached(shape, rate, block_size, data_format, gamma, seeds,
     return rate, share, spatial, block, resolve_gamma(gamma, rate, block, spatial, seeds)
 
 
-@functools.lru_cache(maxsize=512)
-def _dropblock_plan_cached(args, types):
-    return _dropblock_plan_uncached(*args)
-
-
 _PLAIN = (int, float, str, type(None))
+_PLANS: dict = {}  # (args, their types, block_size's item types) -> plan, for plain arguments
+_MAX_PLANS = 512
 
 
 def _dropblock_plan(shape, rate, block_size, data_format, gamma, seeds, share, normalize):
@@ -230,10 +226,21 @@ def _dropblock_plan(shape, rate, block_size, data_format, gamma, seeds, share, n
     args = (shape, rate, block_size, data_format, gamma, seeds, share, normalize)
     if _compiling():  # dynamo traces through caches (and warns): plain checks there
         return _dropblock_plan_uncached(*args)
+    inner = tuple(map(type, block_size)) if type(block_size) is tuple else None
+    key = (args, tuple(map(type, args)), inner)
+    try:
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable argument (a list, an array): plain checks
+        return _dropblock_plan_uncached(*args)
+    if plan is not None:
+        return plan
+    plan = _dropblock_plan_uncached(*args)
     types = tuple(tuple(map(type, a)) if type(a) is tuple else type(a) for a in args)
     if all(t in _PLAIN or (type(t) is tuple and all(u in _PLAIN for u in t)) for t in types):
-        return _dropblock_plan_cached(args, types)
-    return _dropblock_plan_uncached(*args)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact", seeds="valid",

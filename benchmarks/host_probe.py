@@ -1,0 +1,230 @@
+"""Where the host's time goes in an eager DropBlock forward+backward on a GPU.
+
+On a GPU the package's DropBlock costs the device about one floor (``x * mask`` forward and
+backward; see ``bench_torch.py``'s graph pass), but called eagerly it waits on the host. This
+script times the host's pieces and the alternatives that could replace them, each as
+microseconds of wall time per call on a tiny input (the device idle, so the host is what is
+measured), and then whole eager forward+backward steps at the three ResNet-50 shapes as ratios to
+the floor measured in the same run:
+
+* the autograd machinery: a native multiply forward+backward, an ``autograd.Function`` whose
+  backward is a native multiply or returns its gradient unchanged, each also with autograd's
+  worker threads off (``torch.autograd.set_multithreading_enabled(False)``);
+* Triton launches through ``kernel[grid]`` against direct launches (``_launch.DIRECT``), for the
+  product kernel, the mask kernel, the autograd function and the whole call;
+* the key drawn on the device against the one ``new_key`` makes on the host from the generator's
+  seed and offset;
+* native ops that have their own backward: ``aten::_masked_scale`` (a byte mask and a scale
+  known on the host) and ``(x * keep) * scale`` with the scale a device scalar.
+
+Usage (on a CUDA machine)::
+
+    python benchmarks/host_probe.py --out host_probe.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from structdrop_tutorial import torch as sdt  # noqa: E402
+from structdrop_tutorial.torch import _launch, _triton, functional  # noqa: E402
+
+SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
+BLOCK, RATE = 7, 0.1
+
+
+def _sync(dev):
+    if torch.device(dev).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def wall_us(fn, dev, n=300, repeats=3):
+    """Median over ``repeats`` of the wall time per call of ``n`` calls, the device synchronized
+    at both ends (the host's cost when the work is small)."""
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(dev)
+        times.append((time.perf_counter() - t0) / n * 1e6)
+    return sorted(times)[len(times) // 2]
+
+
+def _direct(flag):
+    """A wrapper that runs ``fn`` with ``_launch.DIRECT`` set to ``flag``."""
+    def wrap(fn):
+        def call():
+            saved = _launch.DIRECT
+            _launch.DIRECT = flag
+            try:
+                return fn()
+            finally:
+                _launch.DIRECT = saved
+        return call
+    return wrap
+
+
+class NativeBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, m):
+        ctx.save_for_backward(m)
+        return x * m
+
+    @staticmethod
+    def backward(ctx, grad):
+        (m,) = ctx.saved_tensors
+        return grad * m, None
+
+
+class PassBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, m):
+        return x * m
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _gamma(shape):
+    return functional._dropblock_plan(shape, RATE, BLOCK, "channels_first", "exact", "valid",
+                                      (), "batch")[4]
+
+
+def _fwd_bwd(fn, x, g):
+    return lambda: torch.autograd.grad(fn(x), x, g)
+
+
+def _single_threaded(fn):
+    def call():
+        with torch.autograd.set_multithreading_enabled(False):
+            return fn()
+    return call
+
+
+def pieces(dev, n):
+    x = torch.randn(1, 1, 16, 16, device=dev, requires_grad=True)
+    g = torch.ones_like(x)
+    m = torch.ones_like(x)
+    keep = m.bool()
+    s0 = torch.tensor(1.25, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    shape, block = tuple(x.shape), (BLOCK, BLOCK)
+    gamma = _gamma(shape)
+    key = _triton.new_key(torch.device(dev), gen)
+    rgeo = _triton.row_geometry(shape, block, "valid", _triton.ROW_ITEMS)
+    words, count = _triton._row_words(rgeo, dev, gamma, key)
+    out_ = torch.empty_like(x)
+    jit, direct = _direct(False), _direct(True)
+    cases = {
+        "native x*m fwd": lambda: x * m,
+        "native x*m fwd+bwd": _fwd_bwd(lambda t: t * m, x, g),
+        "Function, native backward, fwd+bwd": _fwd_bwd(lambda t: NativeBackward.apply(t, m), x, g),
+        "Function, backward returns grad, fwd+bwd": _fwd_bwd(lambda t: PassBackward.apply(t, m), x, g),
+    }
+    for name in list(cases):
+        if "fwd+bwd" in name:
+            cases[name + ", single-threaded autograd"] = _single_threaded(cases[name])
+    for tag, wrap in (("triton[grid]", jit), ("direct", direct)):
+        cases.update({
+            f"product launch, {tag}": wrap(lambda: _triton._apply(x.detach(), words, count, True, out_)),
+            f"row-word mask kernel + buffers, {tag}": wrap(lambda: _triton._row_words(rgeo, dev, gamma, key)),
+            f"MaskedScale fwd+bwd, {tag}": wrap(_fwd_bwd(
+                lambda t: _triton.MaskedScale.apply(t, words, count, True, False), x, g)),
+            f"dropblock fwd, {tag}": wrap(lambda: sdt.dropblock(x.detach(), RATE, BLOCK, seed=gen)),
+            f"dropblock fwd+bwd, {tag}": wrap(_fwd_bwd(
+                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
+        })
+    cases.update({
+        "key: drawn on the device, empty(1).random_": lambda: torch.empty(
+            1, dtype=torch.int64, device=dev).random_(generator=gen),
+        "key: new_key (on the host from seed and offset where it can)": lambda: _triton.new_key(
+            torch.device(dev), gen),
+        "counter: zeros(1)": lambda: torch.zeros(1, dtype=torch.int64, device=dev),
+        "empty_like(x)": lambda: torch.empty_like(x),
+        "is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
+        "torch.compiler.is_compiling": torch.compiler.is_compiling,
+        "_masked_scale(x, uint8 mask, float) fwd+bwd": _fwd_bwd(
+            lambda t: torch.ops.aten._masked_scale(t, keep.view(torch.uint8), 1.25), x, g),
+        "(x * bool) * scale tensor fwd+bwd": _fwd_bwd(lambda t: (t * keep) * s0, x, g),
+    })
+    out = {}
+    for name, fn in cases.items():
+        try:
+            out[name] = round(wall_us(fn, dev, n), 2)
+        except Exception as exc:  # an op this device or build lacks
+            out[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        print(f"{name:58s} {out[name]}", flush=True)
+    return out
+
+
+def steps(dev, n, shapes):
+    """Eager forward+backward per call at each shape, and as a ratio to the floor."""
+    res = {}
+    for shape in shapes:
+        x = torch.randn(shape, device=dev, requires_grad=True)
+        g = torch.randn_like(x)
+        mask = (torch.rand_like(x) > 0.1).to(x.dtype)
+        keep = mask.bool()
+        s0 = torch.tensor(1.1, device=dev)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        key = _triton.new_key(torch.device(dev), gen)
+        rgeo = _triton.row_geometry(shape, (BLOCK, BLOCK), "valid", _triton.ROW_ITEMS)
+        words, count = _triton._row_words(rgeo, dev, _gamma(shape), key)
+        cases = {
+            "floor x*mask": _fwd_bwd(lambda t: t * mask, x, g),
+            "dropblock, triton[grid]": _direct(False)(_fwd_bwd(
+                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
+            "dropblock, direct": _direct(True)(_fwd_bwd(
+                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
+            "MaskedScale only (mask given), direct": _direct(True)(_fwd_bwd(
+                lambda t: _triton.MaskedScale.apply(t, words, count, True, False), x, g)),
+            "_masked_scale(x, uint8 mask, float) (mask given)": _fwd_bwd(
+                lambda t: torch.ops.aten._masked_scale(t, keep.view(torch.uint8), 1.1), x, g),
+            "(x * bool) * scale tensor (mask given)": _fwd_bwd(lambda t: (t * keep) * s0, x, g),
+        }
+        row = {}
+        for name, fn in cases.items():
+            try:
+                row[name] = round(wall_us(fn, dev, n), 2)
+            except Exception as exc:
+                row[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        floor = row["floor x*mask"]
+        label = "x".join(map(str, shape))
+        res[label] = row
+        for name, us in row.items():
+            ratio = f"{us / floor:6.2f}" if isinstance(us, float) else ""
+            print(f"{label:16s} {name:44s} {us} {ratio}", flush=True)
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--n", type=int, default=300, help="calls per timing of the tiny pieces")
+    p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
+    p.add_argument("--out", help="write the results as JSON")
+    args = p.parse_args(argv)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
+    res = {"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+           "torch": torch.__version__, "host_us": pieces(args.device, args.n),
+           "eager_fwd_bwd_us": steps(args.device, max(args.n // 3, 5), shapes)}
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

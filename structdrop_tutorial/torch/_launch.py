@@ -1,0 +1,135 @@
+"""Launching a Triton kernel again without Triton's per-call argument handling.
+
+``kernel[grid](*args)`` costs the host more than the launch itself: Triton binds the arguments,
+works out how each one specializes the kernel (its type, whether an integer is 1 or a multiple
+of 16, whether a pointer is 16-byte aligned), builds a cache key from them and looks the
+compiled kernel up. The DropBlock path launches two or three kernels per forward pass, the
+backward pass one more, so on a GPU whose work per call is a few tens of microseconds that
+bookkeeping is a visible share of the step.
+
+:func:`launch` keeps the compiled kernel that Triton's first launch returns under a key that
+the caller builds from everything that decides the specialization (the geometry and every
+integer that is fixed by it, dtypes, pointer alignment), and later calls with the same key go
+straight to the compiled kernel's launcher with the same arguments. Arguments that change from
+call to call (a key passed by value, a scale) must be ``do_not_specialize`` in the kernel and
+stay out of the caller's key. ``VERIFY`` (set by the GPU tests) makes every direct launch
+also ask Triton which kernel it would have used (``warmup``, which launches nothing) and fail
+if it is not the cached one.
+
+The launcher's arguments are Triton's internals (those of Triton 3.4 to 3.6 here); should the
+first direct launch of a kernel fail (it fails while parsing its arguments, before anything
+runs), direct launches are switched off for good, with one warning, and the call goes through
+Triton. Triton's interpreter (the CPU tests), a machine without CUDA and Triton before 3.4
+always take the ordinary launch; so does a call while ``torch.compile`` traces (dynamo follows
+``kernel[grid]`` calls, not launchers) and a call with Triton launch hooks installed
+(profilers).
+
+Measured on an H100 (``benchmarks/host_probe.py``): the product kernel's launch costs the host
+22-32 us through ``kernel[grid]`` and 11-13 us directly.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Dict, Tuple
+
+import torch
+
+#: Launch kernels directly once they have compiled (tests switch it off to compare).
+DIRECT = True
+#: Check every direct launch against Triton's own cache lookup (tests on a GPU).
+VERIFY = False
+
+# full key -> (launch function, its leading arguments): the compiled kernel's C launcher where
+# it needs no scratch memory (Triton 3.6's ``CudaLauncher``), else its ``run``.
+_COMPILED: Dict[Tuple, tuple] = {}
+# Why direct launches were switched off for good (a Triton whose launcher takes other
+# arguments), or None.
+_BROKEN: list = []
+
+
+@functools.lru_cache(maxsize=None)
+def _ordinary_only() -> bool:
+    """Interpreter, no CUDA, or a Triton older than 3.4 (whose launcher takes other arguments):
+    ordinary launches only."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not torch.cuda.is_available():
+        return True
+    try:
+        import triton
+        return not hasattr(triton, "knobs")
+    except ImportError:
+        return True
+
+
+@functools.lru_cache(maxsize=None)
+def _runtime_knobs():
+    from triton import knobs
+    return knobs.runtime
+
+
+def _hooks_installed() -> bool:
+    rt = _runtime_knobs()
+    return bool(getattr(rt.launch_enter_hook, "calls", rt.launch_enter_hook)
+                or getattr(rt.launch_exit_hook, "calls", rt.launch_exit_hook))
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and compiler.is_compiling()
+
+
+def _entry(compiled) -> tuple:
+    """How to launch ``compiled`` directly: its C launcher when it needs no scratch memory,
+    else its ``run`` (which allocates that memory first)."""
+    launcher = compiled.run  # loads the module on first use
+    c_launch = getattr(launcher, "launch", None)
+    if (c_launch is not None and getattr(launcher, "global_scratch_size", 1) == 0
+            and getattr(launcher, "profile_scratch_size", 1) == 0
+            and hasattr(launcher, "launch_cooperative_grid") and hasattr(launcher, "launch_pdl")):
+        return c_launch, (compiled.function, launcher.launch_cooperative_grid, launcher.launch_pdl,
+                          None, None, compiled.packed_metadata, None, None, None)
+    return launcher, (compiled.function, compiled.packed_metadata, None, None, None)
+
+
+def launch(kernel, grid: tuple, key: tuple, args: tuple, num_warps: int) -> None:
+    """``kernel[grid](*args, num_warps=num_warps)``; ``args`` holds every parameter of the kernel
+    in its order, compile-time constants included. ``key`` must determine how Triton
+    specializes these arguments (see the module docstring); the grid may vary freely."""
+    if not DIRECT or _ordinary_only() or _BROKEN or _compiling():
+        kernel[grid](*args, num_warps=num_warps)
+        return
+    device = torch._C._cuda_getDevice()
+    full = (kernel, num_warps, device) + key
+    entry = _COMPILED.get(full)
+    if entry is None or _hooks_installed():
+        used = kernel[grid](*args, num_warps=num_warps)
+        if entry is None and hasattr(used, "packed_metadata"):
+            _COMPILED[full] = (used,) + _entry(used) + (False,)
+        return
+    compiled, run, lead, tried = entry
+    if VERIFY:  # the kernel Triton's own lookup picks for these arguments (no launch)
+        if kernel.warmup(*args, grid=grid, num_warps=num_warps) is not compiled:
+            raise AssertionError(f"{getattr(kernel, '__name__', kernel)}: launch key {key} "
+                                 "selected a kernel compiled for other arguments")
+    g1 = grid[1] if len(grid) > 1 else 1
+    g2 = grid[2] if len(grid) > 2 else 1
+    stream = torch._C._cuda_getCurrentRawStream(device)
+    if tried:
+        run(grid[0], g1, g2, stream, *lead, *args)
+        return
+    try:  # the first direct launch of this kernel: a launcher taking other arguments fails here
+        run(grid[0], g1, g2, stream, *lead, *args)
+    except Exception as exc:  # argument parsing fails before anything is launched
+        _BROKEN.append(f"{type(exc).__name__}: {exc}")
+        warnings.warn(f"structdrop: direct Triton launches failed ({_BROKEN[0][:200]}); "
+                      "launching through Triton from now on", RuntimeWarning, stacklevel=3)
+        kernel[grid](*args, num_warps=num_warps)
+        return
+    _COMPILED[full] = (compiled, run, lead, True)
+
+
+def clear() -> None:
+    """Forget the compiled kernels kept for direct launches (and a failure of them)."""
+    _COMPILED.clear()
+    _BROKEN.clear()

@@ -1,0 +1,157 @@
+"""Direct Triton launches (structdrop_tutorial.torch._launch): the first launch of a key goes
+through Triton and keeps the compiled kernel, later ones call its launcher with the same
+arguments. Without a GPU the logic is checked with a stand-in kernel; on a GPU the DropBlock
+path is compared with and without direct launches."""
+import pytest
+
+torch = pytest.importorskip("torch")
+from structdrop_tutorial.torch import _launch  # noqa: E402
+
+
+class Launcher:
+    """Triton 3.6's CudaLauncher as far as _launch uses it: the C ``launch`` (when no scratch
+    memory is needed) and ``__call__``."""
+    launch_cooperative_grid = False
+    launch_pdl = False
+
+    def __init__(self, calls, scratch=0, fail=False):
+        self.calls, self.global_scratch_size, self.profile_scratch_size = calls, scratch, 0
+        self.fail = fail
+
+    def launch(self, *args):
+        if self.fail:
+            raise TypeError("function takes exactly 40 arguments (41 given)")
+        self.calls.append(("direct",) + args)
+
+    def __call__(self, *args):
+        self.calls.append(("run",) + args)
+
+
+class Compiled:
+    packed_metadata = ("meta",)
+    function = "fn"
+
+    def __init__(self, calls, **launcher):
+        self.run = Launcher(calls, **launcher)
+
+
+class Kernel:
+    """Records ``kernel[grid](*args)`` calls and returns its one compiled kernel."""
+
+    def __init__(self, **launcher):
+        self.calls = []
+        self.compiled = Compiled(self.calls, **launcher)
+        self.warmups = 0
+
+    def __getitem__(self, grid):
+        def call(*args, num_warps):
+            self.calls.append(("triton", grid, args, num_warps))
+            return self.compiled
+        return call
+
+    def warmup(self, *args, grid, num_warps):
+        self.warmups += 1
+        return self.compiled
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    monkeypatch.setattr(_launch, "_COMPILED", {})
+    monkeypatch.setattr(_launch, "_BROKEN", [])
+    monkeypatch.setattr(_launch, "DIRECT", True)
+    monkeypatch.setattr(_launch, "VERIFY", False)
+    monkeypatch.setattr(_launch, "_ordinary_only", lambda: False)
+    monkeypatch.setattr(_launch, "_hooks_installed", lambda: False)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1234, raising=False)
+
+
+def test_later_launches_of_a_key_are_direct(fake_gpu):
+    k = Kernel()
+    _launch.launch(k, (3,), ("a", 1), ("x", 5, 7), 4)
+    _launch.launch(k, (6, 2), ("a", 1), ("y", 5, 7), 4)
+    _launch.launch(k, (1, 2, 3), ("a", 1), ("z",), 4)
+    lead = ("fn", False, False, None, None, ("meta",), None, None, None)
+    assert k.calls == [("triton", (3,), ("x", 5, 7), 4),
+                       ("direct", 6, 2, 1, 1234) + lead + ("y", 5, 7),
+                       ("direct", 1, 2, 3, 1234) + lead + ("z",)]
+
+
+def test_kernels_needing_scratch_memory_use_the_launchers_call(fake_gpu):
+    k = Kernel(scratch=256)
+    _launch.launch(k, (3,), ("a",), ("x",), 4)
+    _launch.launch(k, (3,), ("a",), ("y",), 4)
+    assert k.calls[1] == ("run", 3, 1, 1, 1234, "fn", ("meta",), None, None, None, "y")
+
+
+def test_other_keys_warps_or_devices_go_through_triton(fake_gpu, monkeypatch):
+    k = Kernel()
+    _launch.launch(k, (1,), ("a",), (), 4)
+    _launch.launch(k, (1,), ("b",), (), 4)
+    _launch.launch(k, (1,), ("a",), (), 8)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 1, raising=False)
+    _launch.launch(k, (1,), ("a",), (), 4)
+    assert [c[0] for c in k.calls] == ["triton"] * 4
+
+
+def test_switched_off_interpreted_or_hooked_launches_go_through_triton(fake_gpu, monkeypatch):
+    k = Kernel()
+    _launch.launch(k, (1,), ("a",), (), 4)
+    monkeypatch.setattr(_launch, "DIRECT", False)
+    _launch.launch(k, (1,), ("a",), (), 4)
+    monkeypatch.setattr(_launch, "DIRECT", True)
+    monkeypatch.setattr(_launch, "_hooks_installed", lambda: True)
+    _launch.launch(k, (1,), ("a",), (), 4)
+    monkeypatch.setattr(_launch, "_hooks_installed", lambda: False)
+    monkeypatch.setattr(_launch, "_ordinary_only", lambda: True)
+    _launch.launch(k, (1,), ("a",), (), 4)
+    assert [c[0] for c in k.calls] == ["triton"] * 4
+
+
+def test_a_failing_first_direct_launch_switches_direct_launches_off(fake_gpu):
+    """A launcher that rejects the arguments (another Triton's internals): one warning, the
+    call goes through Triton, and so does every later one."""
+    k = Kernel(fail=True)
+    _launch.launch(k, (1,), ("a",), ("x",), 4)
+    with pytest.warns(RuntimeWarning, match="direct Triton launches failed"):
+        _launch.launch(k, (1,), ("a",), ("y",), 4)
+    _launch.launch(k, (1,), ("a",), ("z",), 4)
+    assert [c[0] for c in k.calls] == ["triton"] * 3 and _launch._BROKEN
+
+
+def test_verify_compares_with_tritons_choice(fake_gpu, monkeypatch):
+    monkeypatch.setattr(_launch, "VERIFY", True)
+    k = Kernel()
+    _launch.launch(k, (1,), ("a",), (), 4)
+    _launch.launch(k, (1,), ("a",), (), 4)
+    assert k.warmups == 1 and [c[0] for c in k.calls] == ["triton", "direct"]
+    k.compiled = Compiled(k.calls)  # Triton would now pick another kernel for these arguments
+    with pytest.raises(AssertionError, match="launch key"):
+        _launch.launch(k, (1,), ("a",), (), 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="direct launches need a GPU")
+def test_dropblock_with_direct_launches_equals_triton_launches(monkeypatch):
+    """On a GPU: forward and gradient with direct launches (checked against Triton's own
+    lookup) equal those with ordinary launches, for the same seed; both mask kinds."""
+    pytest.importorskip("triton")
+    from structdrop_tutorial import torch as sdt
+    from structdrop_tutorial.torch import _triton
+    monkeypatch.setattr(_launch, "VERIFY", True)
+    for shape in [(4, 8, 14, 14), (2, 3, 100, 90), (2, 3, 6, 20, 20)]:
+        x = torch.randn(shape, device="cuda", requires_grad=True)
+        results = []
+        for direct in (False, True, True):  # the first direct call compiles, the second is direct
+            monkeypatch.setattr(_launch, "DIRECT", direct)
+            out = sdt.dropblock(x, 0.2, 5, seed=7)
+            (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+            results.append((out, grad))
+        for out, grad in results[1:]:
+            assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+    assert not _launch._BROKEN and not _triton._FAILED
+    # every kernel these calls use was launched directly at least once (the first-use check's
+    # byte-mask launch of a row-word geometry may stay the only launch of its entry)
+    k = _triton._kernels()
+    direct = {full[0] for full, entry in _launch._COMPILED.items() if entry[3]}
+    assert {k.dropblock_rows_kernel, k.masked_rows_kernel, k.dropblock_mask_kernel,
+            k.masked_scale_kernel} <= direct
