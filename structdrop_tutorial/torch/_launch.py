@@ -24,8 +24,10 @@ always take the ordinary launch; so does a call while ``torch.compile`` traces (
 ``kernel[grid]`` calls, not launchers) and a call with Triton launch hooks installed
 (profilers).
 
-Measured on an H100 (``benchmarks/host_probe.py``): the product kernel's launch costs the host
-22-32 us through ``kernel[grid]`` and 11-13 us directly.
+Measured on an H100 (``benchmarks/host_probe.py``, three runs): the product kernel's launch
+costs the host 16-32 us through ``kernel[grid]`` and 10-15 us directly; a whole DropBlock
+forward+backward on a tiny input 458 us with ordinary launches and 209 us with direct ones
+(the floor ``x * mask``: 69 us).
 """
 from __future__ import annotations
 

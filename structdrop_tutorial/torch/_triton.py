@@ -4,10 +4,11 @@ The tensor-operation path (:mod:`._fast`, :mod:`._paint`) launches a dozen small
 and synchronizes with the host twice (to size the seed list); on a GPU those fixed costs dwarf
 the memory traffic. Here one call is:
 
-1. an 8-byte key drawn on the device from its generator (``Tensor.random_``, so
-   ``torch.manual_seed`` and ``seed=`` behave as for any random op, and nothing synchronizes;
-   in a CUDA graph each replay draws a fresh key from the default generator, which a GPU-only
-   test checks; it passed on an H100);
+1. a 63-bit key: eagerly, made on the host from the generator's seed and Philox offset (which
+   it advances as a random op does, so ``torch.manual_seed`` and ``seed=`` behave as for any
+   random op, and nothing is queued on the device); under CUDA-graph capture, an 8-byte key
+   drawn on the device (``Tensor.random_``), so that each replay draws a fresh key from the
+   default generator, which a GPU-only test checks (it passed on an H100);
 2. a mask kernel: every program draws its seeds from a counter-based generator (Philox-4x32-10,
    four grid positions per call), expands them into blocks, and adds its count of kept units
    to a device counter. Where rows are at most 64 units wide (every ResNet stage DropBlock is
@@ -37,12 +38,12 @@ Measured on an NVIDIA H100 (``data/timings/gpu_nvidia_h100_80gb_hbm3*``, book ch
 tests of this path passed there, compiled): at 32x1024x14x14 / 32x512x28x28 / 16x256x56x56 the
 row-word mask kernel takes 13 / 23 / 24 us and its product kernel 25 / 44 / 44 us, against
 32 / 57 / 57 us for the floor ``x * mask`` (the byte-mask kernel: 41 / 88 / 103 us). Replayed
-from a CUDA graph, where the host's costs are gone, forward+backward is 1.07 / 1.01 / 1.01 times
-the floor's. Eagerly it is 5.3 / 4.5 / 3.3 times: the floor is bound by the host there (about
-100 us per forward+backward however small the input), and one call here costs the host 4-5
-times that (two Python-level launches and a key and a counter forward, an autograd function
-whose backward runs Python on the autograd thread). An earlier H200 run of the byte-mask
-kernels is in ``data/timings/gpu_nvidia_h200*``.
+from a CUDA graph, where the host's costs are gone, forward+backward is 1.08 / 1.03 / 1.01 times
+the floor's. Eagerly it is 2.4 / 1.7 / 1.75 times: the floor itself is bound by the host at
+14x14, and one call here costs the host about three floors' worth (a counter, two launches and
+an autograd function forward, a backward in Python), although the kernels are launched through
+their compiled launchers (:mod:`._launch`) and the key is made on the host. An earlier H200 run
+of the byte-mask kernels is in ``data/timings/gpu_nvidia_h200*``.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
