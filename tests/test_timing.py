@@ -327,6 +327,46 @@ def test_profile_torch_smoke(tmp_path):
     assert out["top_cpu"][0] == {"name": "aten::mul", "calls": 2.0, "self_cpu_us": 20.0}
 
 
+def _bench_module(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_network_smoke(tmp_path, capsys):
+    """bench_network.py on the CPU: every op's step and added time against the stage without
+    an op; the added times are the differences of the steps, and the floor's ratio is 1."""
+    pytest.importorskip("torch")
+    import json
+    net = _bench_module("bench_network")
+    out = tmp_path / "network.json"
+    net.main(["--device", "cpu", "--shapes", "2x8x14x14", "--rounds", "1", "--number", "1",
+              "--out", str(out)])
+    steps = json.loads(out.read_text())["steps"]["2x8x14x14"]
+    assert {"none", "floor x*mask", "structdrop dropblock", "torch F.dropout2d"} <= set(steps)
+    base = steps["none"]["step_s"]
+    for op, v in steps.items():
+        assert v["step_s"] > 0 and v["added_s"] == pytest.approx(v["step_s"] - base), op
+    assert "structdrop dropblock" in capsys.readouterr().out
+
+
+def test_host_probe_smoke(monkeypatch, capsys):
+    """host_probe.py's timing loop and its step table on the CPU (the Triton pieces need a GPU,
+    or the interpreter, which the tests of that path cover)."""
+    pytest.importorskip("torch")
+    import torch
+    probe = _bench_module("host_probe")
+    calls = []
+    assert probe.wall_us(lambda: calls.append(1), "cpu", n=5, repeats=3) > 0
+    assert len(calls) == 20 + 3 * 5
+    x = torch.ones(3, requires_grad=True)
+    m = torch.full((3,), 2.0)
+    for fn in (probe.NativeBackward, probe.PassBackward):
+        (gx,) = torch.autograd.grad(fn.apply(x, m), x, torch.ones(3))
+        assert torch.equal(gx, m if fn is probe.NativeBackward else torch.ones(3))
+
+
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
 def test_bench_tensorflow_smoke(tmp_path):
     rows, stdout = _run_bench("bench_tensorflow.py", tmp_path)

@@ -43,11 +43,12 @@ DIRECT = True
 #: Check every direct launch against Triton's own cache lookup (tests on a GPU).
 VERIFY = False
 
-# full key -> (launch function, its leading arguments): the compiled kernel's C launcher where
-# it needs no scratch memory (Triton 3.6's ``CudaLauncher``), else its ``run``.
+# full key -> (compiled kernel, launch function, its leading arguments, launched directly yet):
+# the launch function is the compiled kernel's C launcher where it needs no scratch memory
+# (Triton 3.6's ``CudaLauncher.launch``), else its ``run``.
 _COMPILED: Dict[Tuple, tuple] = {}
 # Why direct launches were switched off for good (a Triton whose launcher takes other
-# arguments), or None.
+# arguments); empty while they work.
 _BROKEN: list = []
 
 
