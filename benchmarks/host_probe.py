@@ -161,13 +161,20 @@ def pieces(dev, n):
             lambda t: torch.ops.aten._masked_scale(t, keep.view(torch.uint8), 1.25), x, g),
         "(x * bool) * scale tensor fwd+bwd": _fwd_bwd(lambda t: (t * keep) * s0, x, g),
     })
+    out = _timed(cases, dev, n)
+    for name, us in out.items():
+        print(f"{name:58s} {us}", flush=True)
+    return out
+
+
+def _timed(cases, dev, n):
+    """name -> microseconds per call, or the error of a case this device or build lacks."""
     out = {}
     for name, fn in cases.items():
         try:
             out[name] = round(wall_us(fn, dev, n), 2)
-        except Exception as exc:  # an op this device or build lacks
+        except Exception as exc:
             out[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
-        print(f"{name:58s} {out[name]}", flush=True)
     return out
 
 
@@ -196,12 +203,7 @@ def steps(dev, n, shapes):
                 lambda t: torch.ops.aten._masked_scale(t, keep.view(torch.uint8), 1.1), x, g),
             "(x * bool) * scale tensor (mask given)": _fwd_bwd(lambda t: (t * keep) * s0, x, g),
         }
-        row = {}
-        for name, fn in cases.items():
-            try:
-                row[name] = round(wall_us(fn, dev, n), 2)
-            except Exception as exc:
-                row[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        row = _timed(cases, dev, n)
         floor = row["floor x*mask"]
         label = "x".join(map(str, shape))
         res[label] = row
