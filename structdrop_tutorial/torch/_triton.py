@@ -117,6 +117,9 @@ def usable(x: torch.Tensor, data_format: str, share) -> bool:
             and x.numel() > 0 and has_triton())
 
 
+_NULL = contextlib.nullcontext()
+
+
 def _on(device):
     """A context that makes ``device`` current for Triton's launch: Triton launches on the
     current CUDA device, whatever device the tensors are on. Nothing to do in the common case."""
@@ -125,9 +128,6 @@ def _on(device):
     if device.type == "cuda" and device.index is not None and device.index != _current_device():
         return torch.cuda.device(device)
     return _NULL
-
-
-_NULL = contextlib.nullcontext()
 
 
 def _current_device() -> int:
@@ -276,8 +276,8 @@ def new_key(device, generator: Optional[torch.Generator]):
 def _key_args(key):
     """The kernels' key parameters ``(key_ptr, key_value, KEY_PTR)`` and the part of the launch
     key they decide: a device tensor is read in the kernel, an int is passed by value."""
-    if isinstance(key, torch.Tensor):
-        return (key, 0, True), "ptr"
+    if isinstance(key, torch.Tensor):  # Triton specializes pointers on 16-byte alignment
+        return (key, 0, True), ("ptr", key.data_ptr() % 16 == 0)
     key = int(key)
     if not 0 <= key < 2 ** 63:
         raise ValueError(f"key must be in [0, 2**63), got {key}")
