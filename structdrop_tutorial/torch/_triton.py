@@ -253,12 +253,14 @@ def new_key(device, generator: Optional[torch.Generator]):
 
     Eagerly on CUDA it is a Python int made from the generator's seed and Philox offset, which
     it advances by 4 as a random op would (so ``torch.manual_seed`` and ``seed=`` give the same
-    masks again, and no device work is queued). While a CUDA graph is captured, on other
-    devices, or where the generator has no offset, it is a 1-element int64 tensor drawn on the
-    device (``random_``: a captured graph draws a fresh key on every replay)."""
+    masks again, and no device work is queued). While a CUDA graph is captured or
+    ``torch.compile`` traces, on other devices, or where the generator has no offset, it is a
+    1-element int64 tensor drawn on the device (``random_``: a captured graph draws a fresh key
+    on every replay)."""
     if not isinstance(device, torch.device):
         device = torch.device(device)
-    if HOST_KEYS and device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+    if (HOST_KEYS and device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
+            and not _launch._compiling()):
         gen = generator
         if gen is None:
             index = device.index if device.index is not None else _current_device()
