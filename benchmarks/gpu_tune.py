@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _triton, functional  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import host_probe  # noqa: E402  (the host-time loop and the benchmark's gamma)
 from bench_torch import switched  # noqa: E402  (an op with one Triton setting changed)
 
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
@@ -41,15 +41,8 @@ BLOCK, RATE = 7, 0.1
 
 
 def wall_us(fn, n=300):
-    """Host wall time per call, device synchronized once at each end (host-bound when small)."""
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e6
+    """Host wall time per call, one loop of ``n`` calls (host_probe.py takes a median of three)."""
+    return host_probe.wall_us(fn, "cuda", n, repeats=1)
 
 
 def device_us(fn):
@@ -95,7 +88,7 @@ def host_costs(dev):
     }
     # the pieces of a row-word and a byte-mask forward, one by one
     shape, block = tuple(tiny.shape), (BLOCK, BLOCK)
-    gamma = _gamma(shape)
+    gamma = host_probe.gamma_of(shape)
     key = _triton.new_key(dev, gen)
     rgeo = _triton.row_geometry(shape, block, "valid", _triton.ROW_ITEMS)
     bgeo = _triton.geometry(shape, block, "valid", _triton.TILE_UNITS)
@@ -119,12 +112,6 @@ def host_costs(dev):
         bytes_ = switched(lambda _, fn=costs[name]: fn(), "ROW_WORDS", False)
         out[name.replace("tiny", "tiny, byte masks")] = round(wall_us(lambda: bytes_(None)), 2)
     return out
-
-
-def _gamma(shape):
-    """The seed probability of the benchmark's DropBlock at ``shape``."""
-    return functional._dropblock_plan(shape, RATE, BLOCK, "channels_first", "exact", "valid",
-                                      (), "batch")[4]
 
 
 def _no_grad(fn, *args):
@@ -170,7 +157,7 @@ def sweep(dev):
         m = (torch.rand(shape, device=dev) >= RATE).float()
         results["floor"][s] = device_us(lambda: x * m)
         block = (BLOCK, BLOCK)
-        gamma = _gamma(shape)
+        gamma = host_probe.gamma_of(shape)
         key = _triton.new_key(dev, gen)
         for units in (256, 1024, 4096):  # only changes tiles of whole maps (14x14 here)
             for warps in (1, 2, 4):

@@ -99,7 +99,8 @@ class PassBackward(torch.autograd.Function):
         return grad, None
 
 
-def _gamma(shape):
+def gamma_of(shape):
+    """The seed probability of the benchmark's DropBlock at ``shape``."""
     return functional._dropblock_plan(shape, RATE, BLOCK, "channels_first", "exact", "valid",
                                       (), "batch")[4]
 
@@ -123,7 +124,7 @@ def pieces(dev, n):
     s0 = torch.tensor(1.25, device=dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     shape, block = tuple(x.shape), (BLOCK, BLOCK)
-    gamma = _gamma(shape)
+    gamma = gamma_of(shape)
     key = _triton.new_key(torch.device(dev), gen)
     rgeo = _triton.row_geometry(shape, block, "valid", _triton.ROW_ITEMS)
     words, count = _triton._row_words(rgeo, dev, gamma, key)
@@ -190,7 +191,7 @@ def steps(dev, n, shapes):
         gen = torch.Generator(device=dev).manual_seed(0)
         key = _triton.new_key(torch.device(dev), gen)
         rgeo = _triton.row_geometry(shape, (BLOCK, BLOCK), "valid", _triton.ROW_ITEMS)
-        words, count = _triton._row_words(rgeo, dev, _gamma(shape), key)
+        words, count = _triton._row_words(rgeo, dev, gamma_of(shape), key)
         cases = {
             "floor x*mask": _fwd_bwd(lambda t: t * mask, x, g),
             "dropblock, triton[grid]": _direct(False)(_fwd_bwd(

@@ -181,11 +181,16 @@ def test_committed_timing_details_load():
 
 
 # --------------------------------------------------------------------------- benchmark smoke tests
-def _run_all_module():
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+def _bench_module(name):
+    """benchmarks/<name>.py loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run_all_module():
+    return _bench_module("run_all")
 
 
 def _run_bench(script, tmp_path):
@@ -249,9 +254,7 @@ def test_bench_torch_graph_mode_with_cuda_mocked(monkeypatch):
     whose capture fails, which is reported and left out."""
     torch = pytest.importorskip("torch")
     import contextlib
-    spec = importlib.util.spec_from_file_location("bench_torch", ROOT / "benchmarks" / "bench_torch.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module("bench_torch")
 
     class Stream:
         def wait_stream(self, other):
@@ -290,9 +293,7 @@ def test_profile_torch_smoke(tmp_path):
     pytest.importorskip("torch")
     import gzip
     import json
-    spec = importlib.util.spec_from_file_location("profile_torch", ROOT / "benchmarks" / "profile_torch.py")
-    prof = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prof)
+    prof = _bench_module("profile_torch")
     res = prof.main(["--device", "cpu", "--shapes", "2x4x16x16", "--steps", "2", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "profile.json").read_text()) == res
     ops = res["shapes"]["2x4x16x16"]
@@ -325,13 +326,6 @@ def test_profile_torch_smoke(tmp_path):
     assert [(r["name"], r["self_device_us"]) for r in out["top_device"]] == [
         ("mask_kernel", 80.0), ("aten::mul", 40.0)]
     assert out["top_cpu"][0] == {"name": "aten::mul", "calls": 2.0, "self_cpu_us": 20.0}
-
-
-def _bench_module(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_network_smoke(tmp_path, capsys):

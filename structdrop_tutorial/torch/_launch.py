@@ -38,6 +38,8 @@ from typing import Dict, Tuple
 
 import torch
 
+from ._fast import _compiling
+
 #: Launch kernels directly once they have compiled (tests switch it off to compare).
 DIRECT = True
 #: Check every direct launch against Triton's own cache lookup (tests on a GPU).
@@ -75,11 +77,6 @@ def _hooks_installed() -> bool:
     rt = _runtime_knobs()
     return bool(getattr(rt.launch_enter_hook, "calls", rt.launch_enter_hook)
                 or getattr(rt.launch_exit_hook, "calls", rt.launch_exit_hook))
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return compiler is not None and compiler.is_compiling()
 
 
 def _entry(compiled) -> tuple:

@@ -62,7 +62,7 @@ import torch
 
 from ..shapes import seed_grid_shape
 from . import _launch
-from ._fast import scale_from_count
+from ._fast import _compiling, scale_from_count
 
 #: Use the Triton path on CUDA when it applies (tests switch it off to compare the paths).
 ENABLED = True
@@ -260,7 +260,7 @@ def new_key(device, generator: Optional[torch.Generator]):
     if not isinstance(device, torch.device):
         device = torch.device(device)
     if (HOST_KEYS and device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
-            and not _launch._compiling()):
+            and not _compiling()):
         gen = generator
         if gen is None:
             index = device.index if device.index is not None else _current_device()
@@ -521,7 +521,7 @@ def _dropblock(x, gamma, geo, normalize, rate, generator, inplace):
         param, from_count = count, True
     else:  # passed to the kernel by value: no device tensor to fill
         param, from_count = 1.0 / (1.0 - rate), False
-    return masked_scale(x, keep, param, from_count, inplace)
+    return apply_masked_scale(x, keep, param, from_count, inplace)
 
 
 # ``MaskedScale.apply`` is a Python wrapper (functorch bookkeeping) around the C++ apply; on a
@@ -529,10 +529,10 @@ def _dropblock(x, gamma, geo, normalize, rate, generator, inplace):
 _BASE_APPLY = super(torch.autograd.Function, MaskedScale).apply
 
 
-def masked_scale(x, keep, param, from_count: bool, inplace: bool) -> torch.Tensor:
+def apply_masked_scale(x, keep, param, from_count: bool, inplace: bool) -> torch.Tensor:
     """``MaskedScale.apply(x, keep, param, from_count, inplace)``, through the C++ apply where
     no functorch transform is active, ``x`` is a plain tensor and nothing is being compiled."""
-    if (torch._C._are_functorch_transforms_active() or _launch._compiling()
+    if (torch._C._are_functorch_transforms_active() or _compiling()
             or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         return MaskedScale.apply(x, keep, param, from_count, inplace)
     return _BASE_APPLY(x, keep, param, from_count, inplace)

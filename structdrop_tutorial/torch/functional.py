@@ -215,7 +215,7 @@ def _dropblock_plan_uncached(shape, rate, block_size, data_format, gamma, seeds,
 
 
 _PLAIN = (int, float, str, type(None))
-_PLANS: dict = {}  # (args, their types, block_size's item types) -> plan, for plain arguments
+_PLANS: dict = {}  # (args, their types with tuples' item types) -> plan, for plain arguments
 _MAX_PLANS = 512
 
 
@@ -226,8 +226,8 @@ def _dropblock_plan(shape, rate, block_size, data_format, gamma, seeds, share, n
     args = (shape, rate, block_size, data_format, gamma, seeds, share, normalize)
     if _compiling():  # dynamo traces through caches (and warns): plain checks there
         return _dropblock_plan_uncached(*args)
-    inner = tuple(map(type, block_size)) if type(block_size) is tuple else None
-    key = (args, tuple(map(type, args)), inner)
+    types = tuple(tuple(map(type, a)) if type(a) is tuple else type(a) for a in args)
+    key = (args, types)
     try:
         plan = _PLANS.get(key)
     except TypeError:  # an unhashable argument (a list, an array): plain checks
@@ -235,7 +235,6 @@ def _dropblock_plan(shape, rate, block_size, data_format, gamma, seeds, share, n
     if plan is not None:
         return plan
     plan = _dropblock_plan_uncached(*args)
-    types = tuple(tuple(map(type, a)) if type(a) is tuple else type(a) for a in args)
     if all(t in _PLAIN or (type(t) is tuple and all(u in _PLAIN for u in t)) for t in types):
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
