@@ -92,18 +92,19 @@ def host_costs(dev):
     key = _triton.new_key(dev, gen)
     rgeo = _triton.row_geometry(shape, block, "valid", _triton.ROW_ITEMS)
     bgeo = _triton.geometry(shape, block, "valid", _triton.TILE_UNITS)
-    words, count = _triton._row_words(rgeo, dev, gamma, key)
-    keep, _ = _triton._mask_bytes(bgeo, shape, dev, gamma, key)
+    words = _triton._row_buffer(rgeo, torch.device(dev), gamma, key)  # words, then the count
+    keep, count = _triton._mask_bytes(bgeo, shape, dev, gamma, key)
     out_ = torch.empty_like(tiny)
     costs.update({
-        "row-word mask kernel + buffers": lambda: _triton._row_words(rgeo, dev, gamma, key),
+        "row-word mask kernel + buffers": lambda: _triton._row_buffer(rgeo, torch.device(dev),
+                                                                      gamma, key),
         "byte mask kernel + buffers": lambda: _triton._mask_bytes(bgeo, shape, dev, gamma, key),
-        "row-word product launch": lambda: _triton._apply(tiny.detach(), words, count, True, out_),
+        "row-word product launch": lambda: _triton._apply(tiny.detach(), words, None, True, out_),
         "byte product launch": lambda: _triton._apply(tiny.detach(), keep, count, True, out_),
         "MaskedScale.apply fwd (row words)": lambda: _triton.MaskedScale.apply(
-            tiny, words, count, True, False),
+            tiny, words, None, True, False),
         "MaskedScale fwd+bwd (row words)": lambda: torch.autograd.grad(
-            _triton.MaskedScale.apply(tiny, words, count, True, False), tiny, g),
+            _triton.MaskedScale.apply(tiny, words, None, True, False), tiny, g),
         "_triton.dropblock fwd (no_grad)": lambda: _no_grad(
             _triton.dropblock, tiny, gamma, block, "valid", "batch", RATE, gen, False),
     })
@@ -176,11 +177,12 @@ def sweep(dev):
                 _triton.ROW_ITEMS, _triton.ROW_WARPS = items, warps
                 t = device_us(lambda: _triton.row_words(shape, dev, gamma, block, "valid", key))
                 results["rows"].setdefault(f"{items}/{warps}", {})[s] = t
-        words, count = _triton.row_words(shape, dev, gamma, block, "valid", key)
+        rgeo = _triton.row_geometry(shape, block, "valid", _triton.ROW_ITEMS)
+        words = _triton._row_buffer(rgeo, torch.device(dev), gamma, key)  # words, the count
         for size in (2048, 4096):  # a compile per row width and configuration: fewer here
             for warps in (4, 8):
                 _triton.APPLY_BLOCK, _triton.APPLY_WARPS = size, warps
-                t = device_us(lambda: _triton._apply(x, words, count, True, out))
+                t = device_us(lambda: _triton._apply(x, words, None, True, out))
                 results["apply_rows"].setdefault(f"{size}/{warps}", {})[s] = t
     return results
 

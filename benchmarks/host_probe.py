@@ -127,7 +127,7 @@ def pieces(dev, n):
     gamma = gamma_of(shape)
     key = _triton.new_key(torch.device(dev), gen)
     rgeo = _triton.row_geometry(shape, block, "valid", _triton.ROW_ITEMS)
-    words, count = _triton._row_words(rgeo, dev, gamma, key)
+    words = _triton._row_buffer(rgeo, torch.device(dev), gamma, key)  # words, then the count
     out_ = torch.empty_like(x)
     jit, direct = _direct(False), _direct(True)
     cases = {
@@ -141,10 +141,10 @@ def pieces(dev, n):
             cases[name + ", single-threaded autograd"] = _single_threaded(cases[name])
     for tag, wrap in (("triton[grid]", jit), ("direct", direct)):
         cases.update({
-            f"product launch, {tag}": wrap(lambda: _triton._apply(x.detach(), words, count, True, out_)),
-            f"row-word mask kernel + buffers, {tag}": wrap(lambda: _triton._row_words(rgeo, dev, gamma, key)),
+            f"product launch, {tag}": wrap(lambda: _triton._apply(x.detach(), words, None, True, out_)),
+            f"row-word mask kernel + buffers, {tag}": wrap(lambda: _triton._row_buffer(rgeo, torch.device(dev), gamma, key)),
             f"MaskedScale fwd+bwd, {tag}": wrap(_fwd_bwd(
-                lambda t: _triton.MaskedScale.apply(t, words, count, True, False), x, g)),
+                lambda t: _triton.MaskedScale.apply(t, words, None, True, False), x, g)),
             f"dropblock fwd, {tag}": wrap(lambda: sdt.dropblock(x.detach(), RATE, BLOCK, seed=gen)),
             f"dropblock fwd+bwd, {tag}": wrap(_fwd_bwd(
                 lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
@@ -191,7 +191,7 @@ def steps(dev, n, shapes):
         gen = torch.Generator(device=dev).manual_seed(0)
         key = _triton.new_key(torch.device(dev), gen)
         rgeo = _triton.row_geometry(shape, (BLOCK, BLOCK), "valid", _triton.ROW_ITEMS)
-        words, count = _triton._row_words(rgeo, dev, gamma_of(shape), key)
+        words = _triton._row_buffer(rgeo, torch.device(dev), gamma_of(shape), key)
         cases = {
             "floor x*mask": _fwd_bwd(lambda t: t * mask, x, g),
             "dropblock, triton[grid]": _direct(False)(_fwd_bwd(
@@ -199,7 +199,7 @@ def steps(dev, n, shapes):
             "dropblock, direct": _direct(True)(_fwd_bwd(
                 lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
             "MaskedScale only (mask given), direct": _direct(True)(_fwd_bwd(
-                lambda t: _triton.MaskedScale.apply(t, words, count, True, False), x, g)),
+                lambda t: _triton.MaskedScale.apply(t, words, None, True, False), x, g)),
             "_masked_scale(x, uint8 mask, float) (mask given)": _fwd_bwd(
                 lambda t: torch.ops.aten._masked_scale(t, keep.view(torch.uint8), 1.1), x, g),
             "(x * bool) * scale tensor (mask given)": _fwd_bwd(lambda t: (t * keep) * s0, x, g),

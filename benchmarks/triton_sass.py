@@ -143,7 +143,7 @@ def _product_run(dtype, from_count, width=None):
     def run():
         x = torch.zeros(4096 if width is None else (64, width), dtype=dtype)
         mask = (torch.ones(4096, dtype=torch.bool) if width is None
-                else torch.zeros(64, dtype=torch.int64))
+                else torch.zeros(65, dtype=torch.int64))  # 64 row words, the count
         param = torch.ones(1, dtype=torch.int64) if from_count else 1.25
         _triton._apply(x, mask, param, from_count, torch.empty_like(x))
     return run

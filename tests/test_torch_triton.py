@@ -50,7 +50,7 @@ def mask_kind(request, monkeypatch):
     with byte masks everywhere ("bytes", where the row-word kernel must not run)."""
     monkeypatch.setattr(_triton, "ROW_WORDS", request.param == "rows")
     if request.param == "bytes":
-        monkeypatch.setattr(_triton, "_row_words", lambda *a: pytest.fail("row words used"))
+        monkeypatch.setattr(_triton, "_row_buffer", lambda *a: pytest.fail("row words used"))
     return request.param
 
 
@@ -68,8 +68,8 @@ def counting_dropblock(monkeypatch):
 def recording_mask_kernels(monkeypatch):
     """Wrap both mask kernels' launchers so that each call appends "rows" or "bytes" to the
     returned list."""
-    used, real_rows, real_bytes = [], _triton._row_words, _triton._mask_bytes
-    monkeypatch.setattr(_triton, "_row_words", lambda *a: used.append("rows") or real_rows(*a))
+    used, real_rows, real_bytes = [], _triton._row_buffer, _triton._mask_bytes
+    monkeypatch.setattr(_triton, "_row_buffer", lambda *a: used.append("rows") or real_rows(*a))
     monkeypatch.setattr(_triton, "_mask_bytes", lambda *a: used.append("bytes") or real_bytes(*a))
     return used
 
@@ -167,6 +167,68 @@ def test_mask_does_not_depend_on_the_tiling(monkeypatch, shape, block):
     assert 0 < int(masks[0].sum()) < masks[0].numel()
 
 
+def test_row_count_needs_no_zeroed_counter(monkeypatch):
+    """Eager row-word launches share one accumulator per device and stream, which each launch
+    leaves at 0: consecutive launches of different geometries (2-D, 1-D; maps batched or one
+    per program; 1 to 120 programs) and keys each get their own exact count, after the words.
+    The kept scratch grows to the largest launch up to a cap (beyond it a launch gets its
+    own). Where a graph is captured (or torch.compile traces) a fresh zeroed accumulator is
+    used and the shared one is not touched."""
+    monkeypatch.setattr(_triton, "_STATE", {})
+    cases = [((2, 3, 9, 9), (3, 3), 256), ((40, 3, 5, 7), (3, 3), 4),
+             ((1, 1, 70, 33), (5, 2), 256), ((5, 7, 30), (4,), 256), ((2, 3, 9, 9), (3, 3), 256)]
+    need, n_programs = 0, []
+    for i, (shape, block, items) in enumerate(cases):
+        geo = _triton.row_geometry(shape, block, "valid", items)
+        n_programs.append(geo.launch[0] * geo.launch[1])
+        buffer = _triton._row_buffer(geo, torch.device(DEVICE), 0.2, 1000 + i)
+        keep, count = _triton.keep_mask(shape, DEVICE, 0.2, block, "valid", 1000 + i)
+        assert buffer.numel() == geo.rows + 1 and 0 < int(count) < keep.numel()
+        assert torch.equal(_triton.words_keep_mask(buffer, shape), keep)
+        assert int(buffer[-1]) == int(count), shape
+        (acc, scratch), = _triton._STATE.values()
+        need = max(need, geo.scratch)
+        assert int(acc) == 0 and scratch.numel() == need
+    assert min(n_programs) == 1 and max(n_programs) == 120, n_programs
+    monkeypatch.setattr(_triton, "_MAX_KEPT_SCRATCH", 8)  # larger launches: scratch per call
+    geo = _triton.row_geometry((1, 1, 70, 33), (5, 2), "valid", 256)
+    buffer = _triton._row_buffer(geo, torch.device(DEVICE), 0.2, 77)
+    keep, count = _triton.keep_mask((1, 1, 70, 33), DEVICE, 0.2, (5, 2), "valid", 77)
+    assert int(buffer[-1]) == int(count) and geo.scratch > 8
+    (acc, scratch), = _triton._STATE.values()
+    assert int(acc) == 0 and scratch.numel() == need
+    (acc, _), = _triton._STATE.values()
+    acc.fill_(7)  # a shared accumulator must not be used where a graph is captured
+    geo = _triton.row_geometry((2, 3, 9, 9), (3, 3), "valid", _triton.ROW_ITEMS)
+    expected = int(_triton.keep_mask((2, 3, 9, 9), DEVICE, 0.2, (3, 3), "valid", 1000)[1])
+    buffer = _triton._row_buffer(geo, torch.device(DEVICE), 0.2, 1000, eager=False)
+    assert int(acc) == 7 and int(buffer[-1]) == expected
+    monkeypatch.setattr(_triton, "_eager", lambda device: False)
+    words, count = _triton._row_words(geo, DEVICE, 0.2, 1000)
+    assert int(acc) == 7 and int(count) == expected
+
+
+def test_row_count_limit():
+    """The row kernel's packed count (kept units above bit 32) stays below 2**31: inputs of
+    2**31 units and more take byte masks."""
+    assert _triton.row_geometry((2 ** 24 - 1, 1, 8, 16), (3, 3), "valid") is not None
+    assert _triton.row_geometry((2 ** 24, 1, 8, 16), (3, 3), "valid") is None
+    assert _triton.geometry((2 ** 24, 1, 8, 16), (3, 3), "valid") is not None
+
+
+def test_row_product_needs_the_count_after_the_words():
+    """The row-word product reads the count one past the last word: a buffer without it is
+    refused before anything is launched."""
+    x = torch.ones(2, 3, 4, 5, device=DEVICE)
+    words, count = _triton.row_words(x.shape, DEVICE, 0.2, (3, 3), "valid", 7)
+    with pytest.raises(ValueError, match="need the count after them"):
+        _triton._apply(x, words, count, True, torch.empty_like(x))
+    buffer = torch.cat([words, count])
+    keep = _triton.words_keep_mask(buffer, x.shape)
+    y = _triton._apply(x, buffer, None, True, torch.empty_like(x))
+    assert torch.equal(y, keep * (x.numel() / int(count)))
+
+
 # --------------------------------------------------------------------------- public API
 @pytest.mark.parametrize("normalize", ["batch", "rate"])
 @pytest.mark.parametrize("shape, block, seeds", [((2, 3, 9, 9), 3, "valid"),
@@ -259,15 +321,15 @@ def test_unchecked_row_words_are_not_used_while_capturing(monkeypatch):
     geometry takes byte masks during capture (and stays unchecked); a checked one row words."""
     monkeypatch.setattr(_triton, "_ROWS_CHECKED", set())
     monkeypatch.setattr(_triton, "_capturing", lambda x: True)
-    real_rows = _triton._row_words
-    monkeypatch.setattr(_triton, "_row_words", lambda *a: pytest.fail("row words used"))
+    real_rows = _triton._row_buffer
+    monkeypatch.setattr(_triton, "_row_buffer", lambda *a: pytest.fail("row words used"))
     x = torch.ones(2, 3, 10, 12, dtype=torch.float64, device=DEVICE)
     keep = sdt.dropblock(x, 0.2, 3, seed=5) != 0
     assert 0 < int(keep.sum()) < keep.numel() and not _triton._ROWS_CHECKED
     geo = _triton.row_geometry(tuple(x.shape), (3, 3), "valid", _triton.ROW_ITEMS)
     _triton._ROWS_CHECKED.add((str(x.device), geo))
     used = []
-    monkeypatch.setattr(_triton, "_row_words", lambda *a: used.append(1) or real_rows(*a))
+    monkeypatch.setattr(_triton, "_row_buffer", lambda *a: used.append(1) or real_rows(*a))
     assert torch.equal(sdt.dropblock(x, 0.2, 3, seed=5) != 0, keep) and used == [1]
 
 
@@ -293,7 +355,7 @@ def test_row_words_failing_their_check_fall_back_to_bytes(monkeypatch, fault):
     keep = y != 0
     assert 0 < int(keep.sum()) < keep.numel() and is_union_of_blocks(keep, (3, 3))
     assert torch.equal(y, x * keep * (keep.numel() / int(keep.sum())))
-    monkeypatch.setattr(_triton, "_row_words", lambda *a: pytest.fail("row words used"))
+    monkeypatch.setattr(_triton, "_row_buffer", lambda *a: pytest.fail("row words used"))
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -327,7 +389,7 @@ def test_geometry_limits_and_fallback(monkeypatch):
     monkeypatch.setattr(_triton, "geometry", lambda *a, **k: None)
     monkeypatch.setattr(_triton, "row_geometry", lambda *a, **k: None)
     monkeypatch.setattr(_triton, "_mask_bytes", lambda *a, **k: pytest.fail("Triton mask used"))
-    monkeypatch.setattr(_triton, "_row_words", lambda *a, **k: pytest.fail("Triton mask used"))
+    monkeypatch.setattr(_triton, "_row_buffer", lambda *a, **k: pytest.fail("Triton mask used"))
     x = torch.ones(4, 3, 12, 12, dtype=torch.float64, device=DEVICE)
     y = sdt.dropblock(x, 0.3, 3, seed=2)
     keep = y != 0
@@ -559,6 +621,28 @@ def test_cuda_graph_capture_draws_a_fresh_mask_per_replay():
     assert not torch.equal(keeps[0], keeps[1]) and not torch.equal(keeps[1], keeps[2])
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="streams need a GPU")
+def test_row_count_on_two_streams(monkeypatch):
+    """Eager calls alternating between two streams, queued without synchronizing: each stream
+    has its own accumulator, every output is x * keep * numel / kept for its own mask, and
+    both accumulators are 0 afterwards."""
+    monkeypatch.setattr(_triton, "_STATE", {})
+    x = torch.ones(8, 16, 14, 14, device=DEVICE)
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    outs = []
+    for i in range(8):
+        with torch.cuda.stream(streams[i % 2]):
+            outs.append(sdt.dropblock(x, 0.2, 7, seed=i))
+    torch.cuda.synchronize()
+    assert len(_triton._STATE) == 2
+    assert all(int(acc) == 0 for acc, _ in _triton._STATE.values())
+    for y in outs:
+        keep = y != 0
+        torch.testing.assert_close(y, keep.float() * (keep.numel() / int(keep.sum())),
+                                   rtol=1e-6, atol=0)
+    assert not torch.equal(outs[0] != 0, outs[1] != 0)
+
+
 def test_launches_on_the_tensors_device(monkeypatch):
     """Triton launches on the current CUDA device: _on makes the tensors' device current when
     it differs, and does nothing for the current device or a CPU tensor."""
@@ -632,7 +716,7 @@ def test_a_checked_combination_is_not_caught(monkeypatch, mask_kind):
         raise RuntimeError("a real error")
 
     monkeypatch.setattr(_triton, "_mask_bytes", broken)
-    monkeypatch.setattr(_triton, "_row_words", broken)
+    monkeypatch.setattr(_triton, "_row_buffer", broken)
     with pytest.raises(RuntimeError, match="a real error"):
         sdt.dropblock(x, 0.3, 3, seed=1)
     assert _triton._FAILED == {}

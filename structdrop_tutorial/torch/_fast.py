@@ -212,9 +212,12 @@ def reusable_mask(shape, device) -> torch.Tensor:
     return buf.view(shape)
 
 
+_IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
 def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+    """Whether ``torch.compile`` (dynamo) is tracing the caller (False on a torch without it)."""
+    return _IS_COMPILING is not None and bool(_IS_COMPILING())
 
 
 def _apply_chunked(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:

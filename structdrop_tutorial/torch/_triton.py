@@ -10,18 +10,21 @@ the memory traffic. Here one call is:
    drawn on the device (``Tensor.random_``), so that each replay draws a fresh key from the
    default generator, which a GPU-only test checks (it passed on an H100);
 2. a mask kernel: every program draws its seeds from a counter-based generator (Philox-4x32-10,
-   four grid positions per call), expands them into blocks, and adds its count of kept units
-   to a device counter. Where rows are at most 64 units wide (every ResNet stage DropBlock is
-   used in) the mask is one 64-bit word per row, bit ``w`` set when unit ``w`` is dropped
+   four grid positions per call), expands them into blocks, and counts its kept units. Where
+   rows are at most 64 units wide (every ResNet stage DropBlock is used in) the mask is one
+   64-bit word per row, bit ``w`` set when unit ``w`` is dropped
    (:func:`._triton_kernels.dropblock_rows_kernel`: a block's width is shifted ORs of a word,
-   its height an OR of neighbouring rows' words); wider rows get a boolean mask, one byte per
-   unit, with the blocks expanded by two small band-matrix products
-   (:func:`._triton_kernels.dropblock_mask_kernel`);
-3. a product kernel, ``x * keep * scale`` with the scale ``numel / kept`` read from the counter
+   its height an OR of neighbouring rows' words), and the last program to finish writes the
+   total after the words; the programs meet in an accumulator that each launch leaves at zero,
+   one per device and stream, so no counter is filled per call. Wider rows get a boolean mask,
+   one byte per unit, with the blocks expanded by two small band-matrix products
+   (:func:`._triton_kernels.dropblock_mask_kernel`), and a zeroed counter per call;
+3. a product kernel, ``x * keep * scale`` with the scale ``numel / kept`` read from the count
    on the device (no host synchronization), reading the words or the bytes.
 
 The backward pass runs kernel 3 on the upstream gradient; autograd keeps the mask: 8 bytes per
-row (0.14-0.57 bytes per unit at 56 to 14 units wide) or 1 byte per unit.
+row and the count (0.14-0.57 bytes per unit at 56 to 14 units wide) or 1 byte per unit and the
+count.
 
 Seeds are i.i.d. Bernoulli(``p``) per seed position with ``p = round(gamma * 2**32) / 2**32``
 (within ``2**-33`` of gamma). Given the seeds, the mask is exactly the one
@@ -42,8 +45,11 @@ from a CUDA graph, where the host's costs are gone, forward+backward is 1.08 / 1
 the floor's. Eagerly it is 2.4 / 1.7 / 1.75 times: the floor itself is bound by the host at
 14x14, and one call here costs the host about three floors' worth (a counter, two launches and
 an autograd function forward, a backward in Python), although the kernels are launched through
-their compiled launchers (:mod:`._launch`) and the key is made on the host. An earlier H200 run
-of the byte-mask kernels is in ``data/timings/gpu_nvidia_h200*``.
+their compiled launchers (:mod:`._launch`) and the key is made on the host. Those figures
+predate the shared accumulator of the row-word kernel, which removed the counter (a fill
+kernel, about 10 us of host time per call there) and the per-call scratch allocation; that
+change has not been timed on a GPU yet. An earlier H200 run of the byte-mask kernels is in
+``data/timings/gpu_nvidia_h200*``.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
@@ -54,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import math
 import struct
 import warnings
 from typing import Dict, NamedTuple, Optional
@@ -206,8 +213,8 @@ def row_geometry(shape: tuple, block: tuple, seeds: str,
     m, d, h, w, blk, pads, gd, gh, gw = _maps(shape, block, seeds)
     th = min(_pow2(h), _MAX_TILE)
     gth = _pow2(min(th + blk[1] - 1, gh))
-    if w > 64 or gw > 64 or gth > _MAX_WINDOW:
-        return None
+    if w > 64 or gw > 64 or gth > _MAX_WINDOW or m * d * h * w >= 2 ** 31:
+        return None  # (the kernel's count of kept units must stay below 2**31)
     bm = 1
     if th >= h:  # one tile per map: batch maps up to ``items`` grid rows
         per = max(1, items // gth)
@@ -248,7 +255,13 @@ def _mix(seed: int, offset: int) -> int:
     return ((z ^ (z >> 31)) & ((1 << 62) - 1)) | (1 << 62)
 
 
-def new_key(device, generator: Optional[torch.Generator]):
+def _eager(device: torch.device) -> bool:
+    """Neither a CUDA graph being captured on ``device`` nor ``torch.compile`` tracing."""
+    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()) \
+        and not _compiling()
+
+
+def new_key(device, generator: Optional[torch.Generator], eager: Optional[bool] = None):
     """A fresh Philox key for one call, from ``generator`` (or ``device``'s default generator).
 
     Eagerly on CUDA it is a Python int made from the generator's seed and Philox offset, which
@@ -256,11 +269,10 @@ def new_key(device, generator: Optional[torch.Generator]):
     masks again, and no device work is queued). While a CUDA graph is captured or
     ``torch.compile`` traces, on other devices, or where the generator has no offset, it is a
     1-element int64 tensor drawn on the device (``random_``: a captured graph draws a fresh key
-    on every replay)."""
+    on every replay). ``eager`` is :func:`_eager` of ``device`` where the caller knows it."""
     if not isinstance(device, torch.device):
         device = torch.device(device)
-    if (HOST_KEYS and device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
-            and not _compiling()):
+    if HOST_KEYS and device.type == "cuda" and (_eager(device) if eager is None else eager):
         gen = generator
         if gen is None:
             index = device.index if device.index is not None else _current_device()
@@ -314,18 +326,66 @@ def _mask_bytes(geo: Geometry, shape, device, gamma, key):
     return keep, count
 
 
-def _row_words(geo: RowGeometry, device, gamma, key):
-    """Row words (int64) and the count; the kernel's scratch memory is freed on return."""
-    words = torch.empty(geo.rows, dtype=torch.int64, device=device)
-    scratch = torch.empty(geo.scratch, dtype=torch.int64, device=device)
-    count = torch.zeros(1, dtype=torch.int64, device=device)
+# (device index, stream) -> (accumulator, scratch) of the row-word kernel for eager calls: the
+# accumulator (one int64) is 0 between launches, as the kernel leaves it, so no call has to
+# fill a counter (on an H100 ``zeros(1)`` cost the host about 10 us per call); the scratch
+# (int64) grows to the largest launch seen, up to _MAX_KEPT_SCRATCH entries (16 MiB; the
+# ResNet-50 stages need 2 MiB), beyond which each call allocates its own. Launches on one
+# stream run in order, so they can share both; another stream gets its own.
+_STATE: Dict[tuple, tuple] = {}
+_MAX_STATES = 16
+_MAX_KEPT_SCRATCH = 1 << 21
+
+
+def _row_state(device: torch.device, scratch: int, eager: bool):
+    """The row-word kernel's accumulator and scratch memory (at least ``scratch`` entries):
+    kept per device and current stream for eager calls; fresh ones (a zeroed accumulator)
+    while a CUDA graph is captured or ``torch.compile`` traces, so that a graph owns its own."""
+    if not eager:
+        return (torch.zeros(1, dtype=torch.int64, device=device),
+                torch.empty(scratch, dtype=torch.int64, device=device))
+    if scratch > _MAX_KEPT_SCRATCH:  # a large launch: its scratch is freed after the call
+        acc = _row_state(device, 0, True)[0]
+        return acc, torch.empty(scratch, dtype=torch.int64, device=device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else _current_device()
+        where = (index, torch._C._cuda_getCurrentRawStream(index))
+    else:  # Triton's interpreter (CPU tests)
+        where = (device.type, 0)
+    state = _STATE.get(where)
+    if state is None or state[1].numel() < scratch:
+        if state is None:
+            if len(_STATE) >= _MAX_STATES:  # many streams: start again (allocations are
+                _STATE.clear()                # stream-ordered, so queued launches are safe)
+            acc = torch.zeros(1, dtype=torch.int64, device=device)
+        else:
+            acc = state[0]
+        state = _STATE[where] = (acc, torch.empty(scratch, dtype=torch.int64, device=device))
+    return state
+
+
+def _row_buffer(geo: RowGeometry, device, gamma, key, eager: bool = True) -> torch.Tensor:
+    """The row words (int64, one per row) followed by the count of kept units: ``geo.rows + 1``
+    entries in one buffer."""
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    words = torch.empty(geo.rows + 1, dtype=torch.int64, device=device)
+    acc, scratch = _row_state(device, geo.scratch, eager)
     thresh = threshold(gamma)
     key_args, kind = _key_args(key)
-    with _on(words.device):
+    with _on(device):
         _launch.launch(_kernels().dropblock_rows_kernel, geo.launch, (geo, thresh, kind),
-                       (words, scratch, count, *key_args[:2], thresh, geo.n_mblocks, *geo.dims,
+                       (words, scratch, acc, *key_args[:2], thresh, geo.n_mblocks, *geo.dims,
                         *geo.consts, key_args[2]), ROW_WARPS)
-    return words, count
+    return words
+
+
+def _row_words(geo: RowGeometry, device, gamma, key):
+    """Row words (int64) and the count (a 1-element view of the same buffer)."""
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    words = _row_buffer(geo, device, gamma, key, _eager(device))
+    return words[:geo.rows], words[geo.rows:]
 
 
 def row_words(shape, device, gamma, block, seeds, key):
@@ -340,7 +400,9 @@ def row_words(shape, device, gamma, block, seeds, key):
 
 
 def words_keep_mask(words: torch.Tensor, shape) -> torch.Tensor:
-    """The boolean keep mask of ``shape`` that row words describe."""
+    """The boolean keep mask of ``shape`` that row words describe (a buffer of
+    :func:`_row_buffer`, with the count after the words, is cut to the rows)."""
+    words = words[:math.prod(shape) // shape[-1]]
     bits = (words[:, None] >> torch.arange(shape[-1], device=words.device)) & 1
     return (bits == 0).reshape(shape)
 
@@ -360,9 +422,10 @@ def seed_grid(shape, device, gamma, block, seeds, key) -> torch.Tensor:
 
 def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
            out: torch.Tensor) -> torch.Tensor:
-    """``out = x * keep * scale``; ``mask`` is the boolean keep mask or x's row words (int64);
-    ``param`` is the kept-unit count (a device tensor) when ``from_count``, else the scale as a
-    Python float (passed by value as its float64 bits)."""
+    """``out = x * keep * scale``; ``mask`` is the boolean keep mask or a buffer of x's row
+    words followed by the count of kept units (int64, see :func:`_row_buffer`); ``param`` is
+    the kept-unit count of a boolean mask (a device tensor) when ``from_count`` (unused with
+    row words), else the scale as a Python float (passed by value as its float64 bits)."""
     n = x.numel()
     launch = (-(-n // APPLY_BLOCK),)
     count, bits = (param, 0) if from_count else (None, _float64_bits(param))
@@ -372,8 +435,11 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
     with _on(x.device):
         if mask.dtype == torch.int64:
             w = x.shape[-1]
+            if mask.numel() != n // w + 1:  # the kernel reads the count after the words
+                raise ValueError(f"row words of {n // w} rows need the count after them "
+                                 f"({n // w + 1} entries), got {mask.numel()}")
             _launch.launch(_kernels().masked_rows_kernel, launch, key + (w,),
-                           (x, mask, out, count, bits, n, n, w, from_count, wide, APPLY_BLOCK),
+                           (x, mask, out, bits, n, n, w, from_count, wide, APPLY_BLOCK),
                            APPLY_WARPS)
         else:
             _launch.launch(_kernels().masked_scale_kernel, launch, key,
@@ -400,8 +466,9 @@ def _keep(mask: torch.Tensor, shape) -> torch.Tensor:
 
 class MaskedScale(torch.autograd.Function):
     """``x * keep * scale`` by :func:`._triton_kernels.masked_scale_kernel` (or
-    ``masked_rows_kernel``); saves the mask (1 byte per unit, or a word per row) and the 8-byte
-    count (or keeps the scale as a float) for the backward pass."""
+    ``masked_rows_kernel``); saves the mask (1 byte per unit, or a word per row with the count
+    after them) and the 8-byte count of a byte mask (or keeps the scale as a float) for the
+    backward pass."""
 
     @staticmethod
     def forward(ctx, x, keep, param, from_count, inplace):
@@ -409,20 +476,23 @@ class MaskedScale(torch.autograd.Function):
         _apply(x, keep, param, from_count, out)
         if inplace:
             ctx.mark_dirty(x)
-        if from_count:
+        if from_count and keep.dtype == torch.bool:
             ctx.save_for_backward(keep, param)
         else:
             ctx.save_for_backward(keep)
-            ctx.scale = param
+        ctx.scale = param
         ctx.from_count = from_count
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        keep, param = ctx.saved_tensors if ctx.from_count else (ctx.saved_tensors[0], ctx.scale)
+        saved = ctx.saved_tensors
+        keep, param = saved if len(saved) == 2 else (saved[0], ctx.scale)
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         if grad.requires_grad:  # double backward: differentiable tensor operations
+            if ctx.from_count and keep.dtype == torch.int64:
+                param = keep[-1:]  # the count after the row words
             keep = _keep(keep, grad.shape)
             scale = _scale(keep, param, ctx.from_count, grad.dtype)
             return grad * (keep.to(grad.dtype) * scale).to(grad.dtype), None, None, None, None
@@ -512,11 +582,13 @@ def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize
 
 def _dropblock(x, gamma, geo, normalize, rate, generator, inplace):
     # Nothing here records autograd history (fresh buffers, Triton launches), so no no_grad.
-    key = new_key(x.device, generator)
-    if isinstance(geo, RowGeometry):
-        keep, count = _row_words(geo, x.device, gamma, key)
+    device = x.device
+    eager = _eager(device)
+    key = new_key(device, generator, eager)
+    if isinstance(geo, RowGeometry):  # the count comes after the words: nothing to pass
+        keep, count = _row_buffer(geo, device, gamma, key, eager), None
     else:
-        keep, count = _mask_bytes(geo, x.shape, x.device, gamma, key)
+        keep, count = _mask_bytes(geo, x.shape, device, gamma, key)
     if normalize == "batch":
         param, from_count = count, True
     else:  # passed to the kernel by value: no device tensor to fill

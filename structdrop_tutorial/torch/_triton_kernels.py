@@ -167,14 +167,22 @@ def _low_bits(n):
 
 
 @triton.jit(do_not_specialize=["key_value"])
-def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, key_value, thresh,
+def dropblock_rows_kernel(words_ptr, scratch_ptr, acc_ptr, key_ptr, key_value, thresh,
                           n_mblocks, M, D, H, W, GD, GH, GW, GW4, PD: tl.constexpr,
                           PH: tl.constexpr, PW: tl.constexpr, BD: tl.constexpr,
                           BH: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
                           TH: tl.constexpr, GTH: tl.constexpr, GQ: tl.constexpr,
                           KEY_PTR: tl.constexpr):
-    """Row words (int64, ``(M, D, H)``) of ``BM`` maps, one depth slice and ``TH`` rows; adds
-    the number of kept units to ``count_ptr``.
+    """Row words (int64, ``(M, D, H)``) of ``BM`` maps, one depth slice and ``TH`` rows; the
+    number of kept units goes to ``words_ptr[M * D * H]``, one past the last word.
+
+    The count needs no zeroed counter per call: ``acc_ptr`` is one int64 that is 0 when the
+    launch starts. Every program adds ``kept * 2**32 + 1`` to it in one atomic operation, so
+    the value it gets back says how many programs came before it (low 32 bits) and what they
+    kept (high bits); the last one writes the total and sets the accumulator back to 0 for the
+    next launch on the stream. (The caller keeps one accumulator per device and stream, or a
+    zeroed one per call where a CUDA graph is captured; totals stay below ``2**31`` because
+    inputs of ``2**31`` units and more use byte masks.)
 
     Each thread packs the seeds of grid rows into words, ``GQ`` Philox draws (four columns
     each) per row and depth of the window; a block's width is ``BW`` shifted ORs of a word.
@@ -233,16 +241,22 @@ def dropblock_rows_kernel(words_ptr, scratch_ptr, count_ptr, key_ptr, key_value,
     tl.store(words_ptr + offs, words.to(tl.int64, bitcast=True), mask=valid)
     dropped = tl.sum(tl.sum(tl.where(valid, _popcount(words), 0).to(tl.int64), axis=1), axis=0)
     units = tl.sum(tl.sum(valid.to(tl.int64), axis=1), axis=0) * W
-    tl.atomic_add(count_ptr, units - dropped)
+    kept = units - dropped
+    before = tl.atomic_add(acc_ptr, kept * 4294967296 + 1)  # kept << 32, one ticket
+    high = before >> 32
+    if before - (high << 32) == tl.num_programs(0) * tl.num_programs(1) - 1:  # the last one
+        tl.store(words_ptr + M * D * H, high + kept)  # below 2**31 (see the caller)
+        tl.atomic_xchg(acc_ptr, 0)
 
 
 @triton.jit(do_not_specialize=["total", "scale_bits"])
-def masked_rows_kernel(x_ptr, words_ptr, out_ptr, count_ptr, scale_bits, n, total,
+def masked_rows_kernel(x_ptr, words_ptr, out_ptr, scale_bits, n, total,
                        W: tl.constexpr, FROM_COUNT: tl.constexpr, WIDE: tl.constexpr,
                        BLOCK: tl.constexpr):
     """``out = x * keep * s`` as :func:`masked_scale_kernel`, the keep mask read from row words:
     ``x`` is viewed as rows of ``W`` units, unit ``(r, w)`` kept when bit ``w`` of word ``r`` is
-    clear."""
+    clear; the count of kept units is the word after the last row's (where
+    :func:`dropblock_rows_kernel` writes it)."""
     start = tl.program_id(0).to(tl.int64) * BLOCK
     row0 = start // W
     local = (start - row0 * W).to(tl.int32) + tl.arange(0, BLOCK)  # division by a constant
@@ -250,4 +264,5 @@ def masked_rows_kernel(x_ptr, words_ptr, out_ptr, count_ptr, scale_bits, n, tota
     inb = offs < n
     word = tl.load(words_ptr + (row0 + local // W), mask=inb, other=0)
     k = ((word >> (local % W).to(tl.int64)) & 1) == 0
-    _store_scaled(x_ptr, out_ptr, offs, inb, k, count_ptr, scale_bits, total, FROM_COUNT, WIDE)
+    _store_scaled(x_ptr, out_ptr, offs, inb, k, words_ptr + n // W, scale_bits, total,
+                  FROM_COUNT, WIDE)
