@@ -629,6 +629,8 @@ def test_row_count_on_two_streams(monkeypatch):
     monkeypatch.setattr(_triton, "_STATE", {})
     x = torch.ones(8, 16, 14, 14, device=DEVICE)
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for stream in streams:  # x is written on the current stream
+        stream.wait_stream(torch.cuda.current_stream())
     outs = []
     for i in range(8):
         with torch.cuda.stream(streams[i % 2]):
