@@ -14,6 +14,8 @@ the floor measured in the same run:
   product kernel, the mask kernel, the autograd function and the whole call;
 * the key drawn on the device against the one ``new_key`` makes on the host from the generator's
   seed and offset;
+* the row-word kernel's shared accumulator and scratch against a zeroed counter and a scratch
+  allocation per call (what every call did before the accumulator; ``_fresh_state``);
 * native ops that have their own backward: ``aten::_masked_scale`` (a byte mask and a scale
   known on the host) and ``(x * keep) * scale`` with the scale a device scalar.
 
@@ -75,6 +77,19 @@ def _direct(flag):
                 _launch.DIRECT = saved
         return call
     return wrap
+
+
+def _fresh_state(fn):
+    """``fn`` with the row-word kernel given a zeroed counter and scratch per call (as while a
+    CUDA graph is captured) instead of the accumulator and scratch kept per stream."""
+    def call():
+        real = _triton._row_state
+        _triton._row_state = lambda device, scratch, eager: real(device, scratch, False)
+        try:
+            return fn()
+        finally:
+            _triton._row_state = real
+    return call
 
 
 class NativeBackward(torch.autograd.Function):
@@ -150,6 +165,12 @@ def pieces(dev, n):
                 lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
         })
     cases.update({
+        "row-word mask kernel + buffers, direct, counter and scratch per call": _fresh_state(
+            lambda: _triton._row_buffer(rgeo, torch.device(dev), gamma, key)),
+        "dropblock fwd+bwd, direct, counter and scratch per call": _fresh_state(_fwd_bwd(
+            lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
+    })
+    cases.update({
         "key: drawn on the device, empty(1).random_": lambda: torch.empty(
             1, dtype=torch.int64, device=dev).random_(generator=gen),
         "key: new_key (on the host from seed and offset where it can)": lambda: _triton.new_key(
@@ -197,6 +218,8 @@ def steps(dev, n, shapes):
             "dropblock, triton[grid]": _direct(False)(_fwd_bwd(
                 lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
             "dropblock, direct": _direct(True)(_fwd_bwd(
+                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
+            "dropblock, direct, counter and scratch per call": _fresh_state(_fwd_bwd(
                 lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
             "MaskedScale only (mask given), direct": _direct(True)(_fwd_bwd(
                 lambda t: _triton.MaskedScale.apply(t, words, None, True, False), x, g)),

@@ -359,6 +359,13 @@ def test_host_probe_smoke(monkeypatch, capsys):
     for fn in (probe.NativeBackward, probe.PassBackward):
         (gx,) = torch.autograd.grad(fn.apply(x, m), x, torch.ones(3))
         assert torch.equal(gx, m if fn is probe.NativeBackward else torch.ones(3))
+    # _fresh_state: the row-word kernel's state is asked for as while capturing, then restored
+    from structdrop_tutorial.torch import _triton
+    seen = []
+    monkeypatch.setattr(_triton, "_row_state", lambda device, scratch, eager: seen.append(eager))
+    patched = _triton._row_state
+    probe._fresh_state(lambda: _triton._row_state("cpu", 4, True))()
+    assert seen == [False] and _triton._row_state is patched
 
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
