@@ -478,9 +478,10 @@ class MaskedScale(torch.autograd.Function):
             ctx.mark_dirty(x)
         if from_count and keep.dtype == torch.bool:
             ctx.save_for_backward(keep, param)
-        else:
+            ctx.scale = None
+        else:  # row words carry their count; a scale is a float
             ctx.save_for_backward(keep)
-        ctx.scale = param
+            ctx.scale = param
         ctx.from_count = from_count
         return out
 
