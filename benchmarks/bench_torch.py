@@ -396,8 +396,8 @@ def main(argv=None):
           f"{timing.torch_device_name(args.device)}")
     for name, version in refs.items():
         print(f"{name}: {version if version else 'not installed (not measured)'}")
-    if args.device == "cpu" and not all(map(os.environ.get, ("MALLOC_MMAP_MAX_",
-                                                             "MALLOC_TRIM_THRESHOLD_"))):
+    import common  # the script's folder is on sys.path when it runs as a script
+    if args.device == "cpu" and common.malloc_setting() == "default":
         print("C allocator: default settings, so large tensors may fault in fresh pages on every "
               "call (see the faults column); run_all.py starts this script with "
               "common.MALLOC_KEEP")

@@ -344,31 +344,30 @@ def _row_state(device: torch.device, scratch: int, eager: bool):
     if not eager:
         return (torch.zeros(1, dtype=torch.int64, device=device),
                 torch.empty(scratch, dtype=torch.int64, device=device))
-    if scratch > _MAX_KEPT_SCRATCH:  # a large launch: its scratch is freed after the call
-        acc = _row_state(device, 0, True)[0]
-        return acc, torch.empty(scratch, dtype=torch.int64, device=device)
     if device.type == "cuda":
         index = device.index if device.index is not None else _current_device()
         where = (index, torch._C._cuda_getCurrentRawStream(index))
     else:  # Triton's interpreter (CPU tests)
         where = (device.type, 0)
     state = _STATE.get(where)
-    if state is None or state[1].numel() < scratch:
-        if state is None:
-            if len(_STATE) >= _MAX_STATES:  # many streams: start again (allocations are
-                _STATE.clear()                # stream-ordered, so queued launches are safe)
-            acc = torch.zeros(1, dtype=torch.int64, device=device)
-        else:
-            acc = state[0]
-        state = _STATE[where] = (acc, torch.empty(scratch, dtype=torch.int64, device=device))
+    if state is None:
+        if len(_STATE) >= _MAX_STATES:  # many streams: start again (allocations are
+            _STATE.clear()                # stream-ordered, so queued launches are safe)
+        state = _STATE[where] = (torch.zeros(1, dtype=torch.int64, device=device),
+                                 torch.empty(0, dtype=torch.int64, device=device))
+    if state[1].numel() >= scratch:
+        return state
+    grown = torch.empty(scratch, dtype=torch.int64, device=device)
+    if scratch > _MAX_KEPT_SCRATCH:  # a large launch: its scratch is freed after the call
+        return state[0], grown
+    state = _STATE[where] = (state[0], grown)
     return state
 
 
-def _row_buffer(geo: RowGeometry, device, gamma, key, eager: bool = True) -> torch.Tensor:
+def _row_buffer(geo: RowGeometry, device: torch.device, gamma, key,
+                eager: bool = True) -> torch.Tensor:
     """The row words (int64, one per row) followed by the count of kept units: ``geo.rows + 1``
     entries in one buffer."""
-    if not isinstance(device, torch.device):
-        device = torch.device(device)
     words = torch.empty(geo.rows + 1, dtype=torch.int64, device=device)
     acc, scratch = _row_state(device, geo.scratch, eager)
     thresh = threshold(gamma)
