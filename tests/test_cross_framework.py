@@ -78,3 +78,31 @@ def test_family_identical():
     got_tf = sdtf.dropconnect_dense(tf.constant(xd), tf.constant(w), tf.constant(b), 0.3, uniform=uw)
     np.testing.assert_allclose(got_t.numpy(), ref, rtol=1e-12)
     np.testing.assert_allclose(got_tf.numpy(), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_float32_outputs_bit_identical(fmt, rate):
+    """Chapter 3 says the three frameworks agree to the last bit in float32, not just closely:
+    same draws, same threshold, same float32 factor (or the same float32 batch ratio)."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=layout((10, 11), fmt, 3, 4)).astype(np.float32)
+    xt, xtf = torch.from_numpy(x), tf.constant(x)
+    u = rng.random(sd.noise_shape("spatial", x.shape, fmt)).astype(np.float32)
+    ref = sdn.spatial_dropout(x, rate, fmt, uniform=u)
+    assert ref.dtype == np.float32
+    np.testing.assert_array_equal(sdt.spatial_dropout(xt, rate, fmt, uniform=u).numpy(), ref)
+    np.testing.assert_array_equal(sdtf.spatial_dropout(xtf, rate, fmt, uniform=u).numpy(), ref)
+    for shape in [x.shape, (x.shape[0], 1, 1, 1), (1,) + x.shape[1:]]:
+        un = rng.random(shape).astype(np.float32)
+        ref = sdn.dropout(x, rate, noise_shape=shape, uniform=un)
+        np.testing.assert_array_equal(sdt.dropout(xt, rate, noise_shape=shape, uniform=un).numpy(), ref)
+        np.testing.assert_array_equal(sdtf.dropout(xtf, rate, noise_shape=shape, uniform=un).numpy(), ref)
+    grid = sd.seed_grid_shape(x.shape, (3, 4), fmt, "valid")
+    ub = rng.random(grid).astype(np.float32)
+    for normalize in ["batch", "rate"]:
+        ref = sdn.dropblock(x, rate, (3, 4), fmt, normalize=normalize, uniform=ub)
+        np.testing.assert_array_equal(
+            sdt.dropblock(xt, rate, (3, 4), fmt, normalize=normalize, uniform=ub).numpy(), ref)
+        np.testing.assert_array_equal(
+            sdtf.dropblock(xtf, rate, (3, 4), fmt, normalize=normalize, uniform=ub).numpy(), ref)
