@@ -26,7 +26,7 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 
 ## Everything CI checks: package and grader tests (every solution at full marks, every exercise
-## at zero), strict nbval on every executed notebook, the book build with -W, and the built pages
+## at zero), strict nbval on every executed chapter and solution, the book build with -W, and the built pages
 ## rendered in headless Chromium.
 test: $(STAMP) chromium
 	$(PY) -m pytest tests -q
