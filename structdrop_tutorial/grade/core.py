@@ -35,7 +35,7 @@ import numpy as np
 
 __all__ = ["Property", "Question", "Result", "GradeTimeout", "grade", "to_numpy", "describe",
            "call_safely", "call_checked", "compare_arrays", "compare_values", "is_callable",
-           "not_constant", "binomial_interval", "time_limit", "fmt_array"]
+           "not_constant", "binomial_interval", "shared_over", "time_limit", "fmt_array"]
 
 
 # --------------------------------------------------------------------------- data
@@ -469,3 +469,22 @@ def binomial_interval(n: int, p: float, sigmas: float = 5.0) -> Tuple[float, flo
     """Range of a Binomial(n, p) count's mean fraction within ``sigmas`` standard deviations."""
     sd = math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
     return p - sigmas * sd, p + sigmas * sd
+
+
+def shared_over(dropped: np.ndarray) -> Optional[str]:
+    """How a mask of shape ``(samples, channels, ...)`` is shared, if it is shared entirely.
+
+    ``"channels"`` when, in every sample, all channels have the same pattern (one draw per
+    sample); ``"samples"`` when every sample has sample 0's pattern (one mask for the batch);
+    None otherwise. Only sharing by *every* sample counts, so independent masks fail this test
+    with a probability that is negligible at the sizes the checkers use (they say how small).
+    """
+    d = np.asarray(dropped, dtype=bool)
+    if d.ndim < 2 or (d.shape[0] < 2 and d.shape[1] < 2):
+        return None
+    flat = d.reshape(d.shape[0], d.shape[1], -1)
+    if d.shape[1] > 1 and np.all(flat == flat[:, :1]):
+        return "channels"
+    if d.shape[0] > 1 and np.all(flat == flat[:1]):
+        return "samples"
+    return None

@@ -14,7 +14,7 @@ import numpy as np
 from ...numpy import spatial_dropout
 from ...shapes import noise_shape, spatial_axes
 from ..core import (Property, Question, binomial_interval, call_checked, compare_arrays,
-                    compare_values, describe, is_callable, not_constant)
+                    compare_values, describe, is_callable, not_constant, shared_over)
 
 SEEDS = (0, 1, 2, 3, 4)
 FORMATS = ("channels_last", "channels_first")
@@ -166,8 +166,19 @@ def check_random_spatial_dropout(answer):
                     structure.extend(fails)
                     break
                 yb = np.asarray(got)
-                ax = spatial_axes(4, fmt)
-                counts[0] += int(np.all(yb == 0, axis=ax).sum())
+                maps = np.all(yb == 0, axis=spatial_axes(4, fmt))   # (sample, channel) dropped
+                shared = shared_over(maps)
+                if shared is not None:
+                    structure.append(Property(
+                        "one draw per (sample, channel)", False,
+                        f"x of shape {big.shape} ({fmt}), rate 0.3: "
+                        + ("in every sample all 16 channels were dropped or kept together: one "
+                           "draw per sample, not per (sample, channel)" if shared == "channels"
+                           else "all 64 samples got the same channel mask: one draw per "
+                           "channel for the whole batch, not per (sample, channel)")
+                        + " (independent draws do that with probability below 1e-100)"))
+                    break
+                counts[0] += int(maps.sum())
                 counts[1] += 64 * 16
     props += _first_failure(structure, "whole channels dropped, the rest scaled by 1 / (1 - rate)",
                             f"{len(SEEDS) * 2} inputs: ranks 3 to 5, both data formats "

@@ -17,7 +17,7 @@ import numpy as np
 from ...numpy import spatial_dropout as np_spatial_dropout
 from ...shapes import noise_shape
 from ..core import (Property, Question, binomial_interval, call_checked, compare_arrays,
-                    compare_values, describe, is_callable, not_constant, to_numpy)
+                    compare_values, describe, is_callable, not_constant, shared_over, to_numpy)
 
 SEEDS = (0, 1, 2, 3, 4)
 
@@ -343,12 +343,19 @@ def check_channel_dropout_1d(answer):
         if not np.allclose(y[~dropped], x_np[~dropped] / np.float32(1 - rate), rtol=1e-5):
             struct_cases.append(Property("survivors are scaled by 1 / (1 - rate)", False, ctx))
             continue
-        per_sample = rows.mean(axis=1)
-        if np.all((per_sample == 0) | (per_sample == 1)):
+        shared = shared_over(rows)
+        if shared == "channels":
             struct_cases.append(Property(
                 "channels of one sample are dropped independently", False,
                 f"{ctx}: every sample lost all of its channels or none: the tensor was read "
                 "as an unbatched (C, H, W) input, so whole samples were dropped"))
+            continue
+        if shared == "samples":
+            struct_cases.append(Property(
+                "each sample gets its own channel mask", False,
+                f"{ctx}: all {shape[0]} samples lost the same channels: one mask of shape "
+                "(1, C, 1) was drawn for the whole batch instead of one draw per (sample, "
+                "channel) (independent draws do that with probability below 1e-100)"))
             continue
         struct_cases.append(Property("drops whole channels", True))
         frac = float(rows.mean())

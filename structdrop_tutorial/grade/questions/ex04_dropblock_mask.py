@@ -244,7 +244,8 @@ QUESTIONS = [
              "channels stay separate) and return the complement, True = kept.",
              "the keep mask from a uniform array"),
     Question("ex04.apply_mask", 2, "apply_mask", check_apply_mask,
-             "Scale by keep.size / number kept, in x's dtype; when nothing is kept return "
-             "zeros without dividing by zero.",
+             "Scale by keep.size / number kept, in x's dtype (NumPy 2 makes that ratio a float64: "
+             "use x.dtype.type(ratio)); when nothing is kept return zeros without dividing by "
+             "zero.",
              "apply the mask with batch normalization"),
 ]

@@ -206,8 +206,9 @@ QUESTIONS = [
              "block clipped to the map on each axis first.",
              "the paper's gamma on a non-square map"),
     Question("ex05.coverage_counts", 2, "coverage_counts", check_coverage_counts,
-             "Along one axis, unit i is covered by the seed positions s with "
-             "max(0, i - b + 1) <= s <= min(i, n - b); the 2-D count is the outer product.",
+             "Clip the block to the map first (b = min(b, n) per axis); then along one axis, unit "
+             "i is covered by the seed positions s with max(0, i - b + 1) <= s <= min(i, n - b); "
+             "the 2-D count is the outer product.",
              "how many seed positions cover each unit"),
     Question("ex05.expected_drop_fraction", 2, "expected_drop_fraction",
              check_expected_drop_fraction,

@@ -23,7 +23,7 @@ from ...gamma import clip_block, expected_drop_fraction, paper_gamma
 from ...numpy import dropblock_keep_mask
 from ...schedule import linear_rate
 from ..core import (Property, Question, call_checked, call_safely, compare_arrays,
-                    compare_values, describe, is_callable, to_numpy)
+                    compare_values, describe, is_callable, shared_over, to_numpy)
 
 
 def _first_failure(props):
@@ -166,11 +166,22 @@ def check_dropblock_module(answer):
                 f"{float(np.max(ratio)):.5g}, expected x times numel / kept = {want:.5g} "
                 "(one scale for the whole batch)"))
             continue
+        shared = shared_over(dropped)
+        if shared is not None:
+            struct_cases.append(Property(
+                "one mask per sample and channel", False,
+                f"{ctx}: " + ("in every sample all channels have the same mask (a mask shared "
+                              "across channels)" if shared == "channels" else
+                              "every sample has the same mask (a mask shared across the batch)")
+                + "; independent masks coincide like that with probability below 1e-30 in "
+                "every configuration checked"))
+            continue
         struct_cases.append(Property("drops blocks", True))
         frac_cases.append(_fraction_property("drops a fraction rate", dropped, rate, ctx,
                                              block, shape[2:]))
     props.extend(_first_failure(struct_cases) or [Property(
-        "training mode: whole blocks inside the map, survivors scaled by numel / kept", True,
+        "training mode: whole blocks inside the map, one mask per sample and channel, survivors "
+        "scaled by numel / kept", True,
         "3 configurations, odd, even and clipped blocks, non-square maps")])
     if frac_cases:
         props.extend(_first_failure(frac_cases) or [Property(
@@ -252,8 +263,22 @@ def check_scheduled_dropblock(answer):
     torch.manual_seed(621)
     module.train()
     y, fails = _forward("first training forward", module, x)
-    props.extend(fails or [compare_arrays("the first training forward (rate 0) returns x", y,
-                                          x_np, atol=0, context=label)])
+    first = fails or [compare_arrays("the first training forward (rate 0) returns x", y,
+                                     x_np, atol=0, context=label)]
+    if not _first_failure(first):
+        # With total_steps=1 a counter advanced before dropping would drop at the full rate.
+        quick, failure = _make(answer, 0.5, block, 1)
+        if failure is not None:
+            first = [failure]
+        else:
+            big_np = _positive_input(rng, (16, 8, 16, 16))
+            quick.train()
+            y, fails = _forward("first training forward", quick, torch.from_numpy(big_np.copy()))
+            first = fails or [compare_arrays(
+                "the first training forward (rate 0) returns x", y, big_np, atol=0,
+                context="ScheduledDropBlock2d(0.5, 3, 1) on x of shape (16, 8, 16, 16): the "
+                        "forward drops with the rate of the current step, then counts it")]
+    props.extend(first)
 
     # Rates after k training forwards, with eval forwards in between that must not count.
     sched_cases, eval_cases = [], []
