@@ -6,7 +6,7 @@ the same message: the argument's name, the allowed range and the value that was 
 from __future__ import annotations
 
 import numbers
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 DATA_FORMATS = ("channels_last", "channels_first")
 SEEDS = ("valid", "padded")
@@ -25,6 +25,56 @@ def check_rate(rate, name: str = "rate") -> float:
     if not 0.0 <= rate <= 1.0:  # also rejects NaN
         raise ValueError(f"{name} must be in [0, 1], got {rate!r}")
     return rate
+
+
+def check_gamma(gamma, name: str = "gamma"):
+    """``"exact"``, ``"paper"`` or a real number in [0, 1] (returned as a float); a TypeError or
+    ValueError naming ``name`` otherwise (None, a bool, a list, NaN, a number outside [0, 1])."""
+    if isinstance(gamma, str):
+        return check_choice(gamma, name, GAMMAS)
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"{name} must be 'exact', 'paper' or a real number in [0, 1], "
+                        f"got {gamma!r}")
+    value = float(gamma)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {gamma!r}")
+    return value
+
+
+def check_int(value, name: str, minimum: Optional[int] = None) -> int:
+    """``value`` as an int (a Python or NumPy integer, not a bool or a float), at least
+    ``minimum`` when given; a TypeError or ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def block_rank(block_size, name: str = "block_size") -> int:
+    """How many axes a block size names: 1 for an int (any rank), else its length; a TypeError
+    naming ``name`` for anything that is neither."""
+    if isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool):
+        return 1
+    try:
+        return len(tuple(block_size))
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {block_size!r}") \
+            from None
+
+
+def _check_dense(x_shape, kernel_shape, bias_shape=None) -> None:
+    """Shapes of a dense layer's ``x @ kernel + bias``: x has at least one axis, kernel is
+    ``(x.shape[-1], units)`` and bias, when given, ``(units,)``; ValueError naming the argument."""
+    if len(x_shape) < 1:
+        raise ValueError("x must have at least one axis (..., in), got a scalar")
+    if len(kernel_shape) != 2 or x_shape[-1] != kernel_shape[0]:
+        raise ValueError(f"kernel must have shape (x.shape[-1], units) = ({x_shape[-1]}, units), "
+                         f"got {tuple(kernel_shape)}")
+    if bias_shape is not None and tuple(bias_shape) != (kernel_shape[1],):
+        raise ValueError(f"bias must have shape (units,) = ({kernel_shape[1]},), "
+                         f"got {tuple(bias_shape)}")
 
 
 def check_data_format(data_format: str) -> str:
@@ -95,7 +145,14 @@ def check_block_size(block_size: BlockSize, n_spatial: int, name: str = "block_s
 def check_spatial_shape(spatial_shape, name: str = "spatial_shape") -> Tuple[int, ...]:
     if isinstance(spatial_shape, numbers.Integral):
         spatial_shape = (spatial_shape,)
-    spatial_shape = tuple(int(s) for s in spatial_shape)
+    try:
+        entries = tuple(spatial_shape)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {spatial_shape!r}") \
+            from None
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in entries):
+        raise TypeError(f"{name} entries must be ints, got {spatial_shape!r}")
+    spatial_shape = tuple(int(s) for s in entries)
     if not 1 <= len(spatial_shape) <= 3:
         raise ValueError(f"{name} must have 1, 2 or 3 entries, got {spatial_shape!r}")
     if any(s < 1 for s in spatial_shape):

@@ -18,11 +18,12 @@ convolutional networks", NeurIPS 2018, arXiv:1810.12890.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence, Tuple, Union
 
 import numpy as np
 
-from ._checks import (BlockSize, check_block_size, check_choice, check_rate,
+from ._checks import (BlockSize, check_block_size, check_choice, check_gamma, check_rate,
                       check_spatial_shape, SEEDS)
 
 
@@ -77,10 +78,10 @@ def coverage_counts(block_size: BlockSize, spatial_shape: Sequence[int],
 
 
 def _check_gamma(gamma) -> float:
-    gamma = float(gamma)
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
-    return gamma
+    """A seed probability: a real number in [0, 1] (TypeError or ValueError naming gamma)."""
+    if isinstance(gamma, (str, bool)) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"gamma must be a real number in [0, 1], got {gamma!r}")
+    return check_gamma(gamma)
 
 
 def drop_probability_map(gamma: float, block_size: BlockSize, spatial_shape: Sequence[int],

@@ -20,10 +20,11 @@ import math
 
 import numpy as np
 
-from ._checks import (SEEDS, check_block_size, check_choice, check_data_format,
-                      check_dropblock_options, check_float_dtype_name, check_n_spatial, check_rate)
+from ._checks import (SEEDS, _check_dense, check_block_size, check_choice, check_data_format,
+                      check_dropblock_options, check_float_dtype_name, check_int, check_n_spatial,
+                      check_rate)
 from . import _sparse_seeds
-from .gamma import clip_block, resolve_gamma
+from .gamma import _check_gamma, clip_block, resolve_gamma
 from .shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                      spatial_axes)
 
@@ -141,7 +142,8 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed=None, uniform=None
     if noise_shape is None:
         shape = x.shape
     else:
-        shape = tuple(x.shape[a] if s is None else int(s) for a, s in enumerate(noise_shape))
+        shape = tuple(x.shape[a] if s is None else check_int(s, "noise_shape entries")
+                      for a, s in enumerate(noise_shape))
         if len(shape) != x.ndim or any(s not in (1, n) for s, n in zip(shape, x.shape)):
             raise ValueError(f"noise_shape must have x's rank {x.ndim} with each entry 1 or the "
                              f"size of x on that axis {x.shape}, got {tuple(noise_shape)}")
@@ -213,6 +215,8 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_last",
     uniform = np.asarray(uniform)
     n_spatial = check_n_spatial(uniform.ndim, "uniform")
     block = check_block_size(block_size, n_spatial)
+    if not hasattr(gamma, "shape"):  # a number (arrays broadcast against uniform as given)
+        gamma = _check_gamma(gamma)
     dropped = uniform < gamma
     for axis, b in zip(spatial_axes(uniform.ndim, data_format), block):
         if seeds == "valid":
@@ -347,9 +351,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
     rate = check_rate(rate)
     x = _as_float_array(x)
     kernel = _as_float_array(kernel, "kernel")
-    if kernel.ndim != 2 or x.shape[-1] != kernel.shape[0]:
-        raise ValueError(f"kernel must have shape (x.shape[-1], units) = ({x.shape[-1]}, units), "
-                         f"got {kernel.shape}")
+    _check_dense(x.shape, kernel.shape, None if bias is None else np.shape(bias))
     if training and rate > 0.0:
         if rate == 1.0:
             kernel = np.zeros_like(kernel)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-from ._checks import check_choice, check_data_format, check_n_spatial, check_share
+from ._checks import check_choice, check_data_format, check_int, check_n_spatial, check_share
 
 Shape = Tuple[Optional[int], ...]
 
@@ -127,6 +127,7 @@ def drop_path_noise_shape(input_shape: Sequence, mode: str = "sample", batch_axi
     (8, 1, 1, 1)
     """
     check_choice(mode, "mode", DROP_PATH_MODES)
+    batch_axis = check_int(batch_axis, "batch_axis")
     rank = len(input_shape)
     if rank < 1:
         raise ValueError("x must have at least one axis (the batch)")

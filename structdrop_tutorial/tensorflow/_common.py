@@ -42,16 +42,35 @@ def _shape_arg(dims):
 
 
 def _static_rate(rate, name="rate"):
-    """A checked Python float for a number; None for a tensor or variable (dynamic rate)."""
+    """A checked Python float for a number (or a 0-d NumPy array); None for a scalar real tensor
+    or variable (a dynamic rate); TypeError naming ``name`` for anything else (a string, None,
+    a bool, a list, a tensor with more than one entry or a non-real dtype)."""
+    if isinstance(rate, np.ndarray) and rate.shape == ():
+        rate = rate.item()
     if isinstance(rate, numbers.Real) and not isinstance(rate, bool):
         return check_rate(rate, name)
-    if isinstance(rate, bool):
-        check_rate(rate, name)  # raises TypeError
-    return None
+    dtype, shape = getattr(rate, "dtype", None), getattr(rate, "shape", None)
+    if (tf.is_tensor(rate) or isinstance(rate, tf.Variable) or hasattr(rate, "assign")) \
+            and dtype is not None and shape is not None:
+        dtype = tf.as_dtype(dtype)
+        rank = tf.TensorShape(shape).rank
+        if (dtype.is_floating or dtype.is_integer) and rank in (0, None):
+            return None
+    raise TypeError(f"{name} must be a real number in [0, 1] or a scalar real tensor or "
+                    f"variable, got {rate!r}")
 
 
 def _rate_tensor(rate):
-    return tf.clip_by_value(tf.cast(rate, tf.float64), 0.0, 1.0)
+    """A dynamic rate as a float64 scalar, clipped to [0, 1]; NaN counts as 0 (no dropout)."""
+    r = tf.cast(rate, tf.float64)
+    return tf.where(tf.math.is_nan(r), tf.zeros_like(r), tf.clip_by_value(r, 0.0, 1.0))
+
+
+def _connected_zeros(x):
+    """Zeros shaped like ``x`` whose gradient with respect to ``x`` is zero (not None), like the
+    output of any other rate: a tape or an optimizer sees the same graph at rate 1. Never NaN,
+    even where ``x`` is infinite."""
+    return tf.where(tf.zeros_like(x, dtype=tf.bool), x, tf.zeros_like(x))
 
 
 def _inverse_keep(rate):

@@ -8,12 +8,12 @@ import numbers
 import tensorflow as tf
 
 from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
-                       check_dropblock_options, check_n_spatial)
-from ..gamma import resolve_gamma
+                       check_dropblock_options, check_gamma, check_n_spatial)
+from ..gamma import _check_gamma, resolve_gamma
 from . import _graph_gamma
-from ._common import (_as_dtype, _as_float, _channel_axis, _dims, _draw_uniform, _given_uniform,
-                      _inverse_keep, _is_static, _rate_tensor, _spatial_axes, _static_rate,
-                      _threshold, _with_training, seed_tensor)
+from ._common import (_as_dtype, _as_float, _channel_axis, _connected_zeros, _dims,
+                      _draw_uniform, _given_uniform, _inverse_keep, _is_static, _rate_tensor,
+                      _spatial_axes, _static_rate, _threshold, _with_training, seed_tensor)
 
 SAMPLERS = ("auto", "dense", "sparse")
 
@@ -87,7 +87,7 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_last",
             if static[axis] is not None and static[axis] - b + 1 < b:
                 raise ValueError(f"block_size {block_size} does not fit a map of "
                                  f"{static[axis] - b + 1} from a padded seed grid")
-    g = float(gamma) if isinstance(gamma, numbers.Real) else gamma
+    g = gamma if hasattr(gamma, "shape") else _check_gamma(gamma)  # tensors as given
     dropped = u < _threshold(g, u.dtype)
     return tf.logical_not(expand_seeds(dropped, block, data_format, seeds))
 
@@ -198,14 +198,14 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
     check_n_spatial(x.shape.rank)
     requested, spatial, block, grid, mask_shape = _dropblock_geometry(x, block_size, data_format,
                                                                       seeds, share)
-    if isinstance(gamma, numbers.Real) and not isinstance(gamma, bool):
-        resolve_gamma(float(gamma), 0.0, (1,), (1,))  # range check, ValueError naming gamma
+    if not (tf.is_tensor(gamma) or isinstance(gamma, tf.Variable)):
+        check_gamma(gamma)  # "exact", "paper" or a number in [0, 1]; errors name gamma
 
     def run():
         if rate_s == 0.0:
             return x
         if rate_s == 1.0:
-            return tf.zeros_like(x)
+            return _connected_zeros(x)
         if any(_is_static(n) and n == 0 for n in spatial):
             return tf.identity(x)
         g = _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds)

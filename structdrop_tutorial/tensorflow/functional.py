@@ -13,8 +13,10 @@ What TensorFlow adds to the reference:
   computed with TensorFlow ops (:mod:`._graph_gamma`). Everything also compiles with
   ``jit_compile=True`` (XLA).
 * **Tensor rates.** ``rate`` may be a Python number (checked, and 0 / 1 short-cut) or a scalar
-  tensor or variable (clipped to [0, 1]; rate 0 gives the input, rate 1 zeros, never NaN), so a
-  schedule can change it between steps without retracing the graph.
+  tensor or variable (clipped to [0, 1], a NaN rate counts as 0; rate 0 gives the input, rate 1
+  zeros, never NaN), so a schedule can change it between steps without retracing the graph.
+  Anything else (a string, None, a list, a tensor with more than one entry) raises a TypeError
+  that names ``rate``.
 * **Seeds.** ``seed`` is ``None`` (fresh noise every call), an ``int`` (the same mask every
   call: reproducible, like ``tf.random.stateless_uniform``), a ``keras.random.SeedGenerator``
   (reproducible sequence of masks, advances on every call, also inside graphs) or a shape ``(2,)``
@@ -40,9 +42,9 @@ import tensorflow as tf
 
 from .._checks import check_block_size, check_data_format, check_n_spatial
 from ..shapes import drop_path_noise_shape
-from ._common import (_as_dtype, _as_float, _channel_axis, _dims, _draw_uniform, _given_uniform,
-                      _inverse_keep, _is_static, _rate_tensor, _scaled, _spatial_axes,
-                      _static_rate, _threshold, _with_training)
+from ._common import (_as_dtype, _as_float, _channel_axis, _connected_zeros, _dims,
+                      _draw_uniform, _given_uniform, _inverse_keep, _is_static, _rate_tensor,
+                      _scaled, _spatial_axes, _static_rate, _threshold, _with_training)
 from .dropblock import (SAMPLERS, dropblock, dropblock_keep_mask,  # noqa: F401 (re-exported)
                         expand_seeds)
 
@@ -77,7 +79,7 @@ def _masked_by_noise(x, rate, rate_s, shape, training, seed, uniform, scale=True
         if rate_s == 0.0:
             return x
         if rate_s == 1.0:
-            return tf.zeros_like(x)
+            return _connected_zeros(x)
         u = _draw_uniform(shape, seed) if uniform is None else _given_uniform(uniform, shape)
         r = rate_s if rate_s is not None else _rate_tensor(rate)
 
@@ -246,6 +248,8 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
     rate_s = _static_rate(rate)
     x = _as_float(x)
     kernel = _as_float(kernel, "kernel")
+    if x.shape.rank == 0:
+        raise ValueError("x must have at least one axis (..., in), got a scalar")
     if kernel.shape.rank != 2 or (x.shape[-1] is not None and kernel.shape[0] is not None
                                   and x.shape[-1] != kernel.shape[0]):
         raise ValueError(f"kernel must have shape (x.shape[-1], units) = ({x.shape[-1]}, units), "
@@ -255,7 +259,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
         if rate_s == 0.0:
             return kernel
         if rate_s == 1.0:
-            return tf.zeros_like(kernel)
+            return _connected_zeros(kernel)
         dims = _dims(kernel)
         u = _draw_uniform(dims, seed) if uniform is None else _given_uniform(uniform, dims)
         r = rate_s if rate_s is not None else _rate_tensor(rate)

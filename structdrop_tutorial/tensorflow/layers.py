@@ -18,10 +18,13 @@ and dtype.
 """
 from __future__ import annotations
 
+import numbers
+
 import keras
 
-from .._checks import (NORMALIZE, SEEDS, check_block_size, check_choice, check_data_format,
-                       check_rate, check_share)
+from .._checks import (NORMALIZE, SEEDS, block_rank, check_block_size, check_choice,
+                       check_data_format, check_gamma, check_int, check_rate,
+                       check_share)
 from . import functional as F
 
 __all__ = ["SpatialDropout", "DropBlock1D", "DropBlock2D", "DropBlock3D", "DropPath", "Cutout",
@@ -111,13 +114,7 @@ class _DropBlock(_RateLayer):
         super().__init__(rate, seed, **kwargs)
         self.block_size = check_block_size(block_size, self.N_SPATIAL)
         self.data_format = check_data_format(data_format)
-        if isinstance(gamma, str):
-            check_choice(gamma, "gamma", ("exact", "paper"))
-        else:
-            gamma = float(gamma)
-            if not 0.0 <= gamma <= 1.0:
-                raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
-        self.gamma = gamma
+        self.gamma = check_gamma(gamma)
         self.seeds = check_choice(seeds, "seeds", SEEDS)
         self.share = check_share(share)
         self.normalize = check_choice(normalize, "normalize", NORMALIZE)
@@ -181,7 +178,7 @@ class DropPath(_RateLayer):
     def __init__(self, rate, mode="sample", batch_axis=0, scale=True, seed=None, **kwargs):
         super().__init__(rate, seed, **kwargs)
         self.mode = check_choice(mode, "mode", ("sample", "batch"))
-        self.batch_axis = int(batch_axis)
+        self.batch_axis = check_int(batch_axis, "batch_axis")
         self.scale = bool(scale)
 
     def call(self, inputs, training=None):
@@ -214,11 +211,8 @@ class Cutout(keras.layers.Layer):
 
     def __init__(self, size, data_format="channels_last", fill=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(size, int):
-            self.size = size
-        else:
-            self.size = tuple(check_block_size(size, len(tuple(size)), "size"))
-        check_block_size(size, 1 if isinstance(size, int) else len(self.size), "size")
+        sizes = check_block_size(size, block_rank(size, "size"), "size")
+        self.size = int(size) if isinstance(size, numbers.Integral) else tuple(sizes)
         self.data_format = check_data_format(data_format)
         self.fill = float(fill)
         self.seed = seed
@@ -258,9 +252,7 @@ class DropConnectDense(_RateLayer):
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", seed=None,
                  **kwargs):
         super().__init__(rate, seed, **kwargs)
-        self.units = int(units)
-        if self.units < 1:
-            raise ValueError(f"units must be >= 1, got {units!r}")
+        self.units = check_int(units, "units", 1)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

@@ -21,10 +21,10 @@ from typing import Optional, Union
 
 import torch
 
-from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
-                       check_dropblock_options, check_float_dtype_name, check_n_spatial,
-                       check_rate)
-from ..gamma import clip_block, resolve_gamma
+from .._checks import (SEEDS, _check_dense, check_block_size, check_choice, check_data_format,
+                       check_dropblock_options, check_float_dtype_name, check_int,
+                       check_n_spatial, check_rate)
+from ..gamma import _check_gamma, clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                       spatial_axes)
 from ._fast import _compiling, bernoulli_positions, count_true, masked_scale, scale_from_count
@@ -76,9 +76,12 @@ def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: boo
 
 
 def _zeros(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """Zeros shaped like x that stay connected to the graph (gradient zero, never NaN)."""
+    """Zeros shaped like x that stay connected to the graph (gradient zero, never NaN, also
+    where x is infinite)."""
+    if inplace:
+        return x.zero_()
     nothing = torch.zeros((), dtype=torch.bool, device=x.device).expand(x.shape)
-    return masked_scale(x, nothing, 0.0, inplace)
+    return torch.where(nothing, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def bernoulli_compare(uniform, keep_prob):
@@ -120,7 +123,8 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed: Seed = None, unif
     if noise_shape is None:
         shape = tuple(x.shape)
     else:
-        shape = tuple(x.shape[a] if s is None else int(s) for a, s in enumerate(noise_shape))
+        shape = tuple(x.shape[a] if s is None else check_int(s, "noise_shape entries")
+                      for a, s in enumerate(noise_shape))
         if len(shape) != x.ndim or any(s not in (1, n) for s, n in zip(shape, x.shape)):
             raise ValueError(f"noise_shape must have x's rank {x.ndim} with each entry 1 or the "
                              f"size of x on that axis {tuple(x.shape)}, got {tuple(noise_shape)}")
@@ -175,6 +179,8 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_first"
     uniform = torch.as_tensor(uniform)
     n_spatial = check_n_spatial(uniform.ndim, "uniform")
     block = check_block_size(block_size, n_spatial)
+    if not hasattr(gamma, "shape"):  # a number (tensors broadcast against uniform as given)
+        gamma = _check_gamma(gamma)
     dropped = uniform < gamma
     for axis, b in zip(spatial_axes(uniform.ndim, data_format), block):
         if seeds == "valid":
@@ -368,12 +374,11 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
     rate = check_rate(rate)
     x = _as_float_tensor(x)
     kernel = _as_float_tensor(kernel, "kernel")
-    if kernel.ndim != 2 or x.shape[-1] != kernel.shape[0]:
-        raise ValueError(f"kernel must have shape (x.shape[-1], units) = ({x.shape[-1]}, units), "
-                         f"got {tuple(kernel.shape)}")
+    _check_dense(tuple(x.shape), tuple(kernel.shape),
+                 None if bias is None else tuple(torch.as_tensor(bias).shape))
     if training and rate > 0.0:
         if rate == 1.0:
-            kernel = kernel * 0.0
+            kernel = _zeros(kernel, False)
         else:
             keep = _uniform(kernel.shape, seed, uniform, kernel.device) >= rate
             kernel = kernel * (keep.to(kernel.dtype) * (1.0 / (1.0 - rate)))

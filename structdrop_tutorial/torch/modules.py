@@ -13,8 +13,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._checks import (GAMMAS, NORMALIZE, SEEDS, check_block_size, check_choice,
-                       check_data_format, check_rate, check_share)
+from .._checks import (NORMALIZE, SEEDS, block_rank, check_block_size, check_choice,
+                       check_data_format, check_gamma, check_int, check_rate,
+                       check_share)
 from . import functional as F
 
 __all__ = ["SpatialDropout", "DropBlock", "DropBlock1d", "DropBlock2d", "DropBlock3d", "DropPath",
@@ -135,13 +136,10 @@ class DropBlock(_RateMixin, nn.Module):
             if len(set(block_size)) == 1:
                 block_size = block_size[0]
         else:
-            check_block_size(block_size, 1 if isinstance(block_size, int) else len(block_size))
+            check_block_size(block_size, block_rank(block_size))
         self.block_size = block_size
         self.data_format = check_data_format(data_format)
-        if isinstance(gamma, str):
-            check_choice(gamma, "gamma", GAMMAS)
-        elif not 0.0 <= float(gamma) <= 1.0:
-            raise ValueError(f"gamma must be 'exact', 'paper' or a number in [0, 1], got {gamma!r}")
+        check_gamma(gamma)
         self.gamma = gamma
         self.seeds = check_choice(seeds, "seeds", SEEDS)
         self.share = check_share(share)
@@ -226,7 +224,7 @@ class DropPath(_RateMixin, nn.Module):
         super().__init__()
         self.rate = rate
         self.mode = check_choice(mode, "mode", ("sample", "batch"))
-        self.batch_axis = int(batch_axis)
+        self.batch_axis = check_int(batch_axis, "batch_axis")
         self.scale = bool(scale)
         self.generator = _check_generator(generator)
 
@@ -259,7 +257,7 @@ class Cutout(nn.Module):
     def __init__(self, size, data_format: str = "channels_first", fill: float = 0.0,
                  generator: Optional[torch.Generator] = None):
         super().__init__()
-        check_block_size(size, 1 if isinstance(size, int) else len(size), "size")
+        check_block_size(size, block_rank(size, "size"), "size")
         self.size = size
         self.data_format = check_data_format(data_format)
         self.fill = float(fill)

@@ -12,7 +12,7 @@ from typing import Iterable, List, Union
 
 from torch import nn
 
-from .._checks import check_rate
+from .._checks import check_int, check_rate
 from ..schedule import linear_rate
 
 __all__ = ["LinearSchedule"]
@@ -88,9 +88,12 @@ class LinearSchedule:
                 "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.target_rate = check_rate(state["target_rate"], "target_rate")
-        self.total_steps = int(state["total_steps"])
-        self.last_step = int(state["last_step"])
+        """Restore :meth:`state_dict`'s values; everything is checked before anything changes,
+        so a bad state leaves the schedule as it was."""
+        target_rate = check_rate(state["target_rate"], "target_rate")
+        total_steps = check_int(state["total_steps"], "total_steps", 0)
+        last_step = check_int(state["last_step"], "last_step", 0)
+        self.target_rate, self.total_steps, self.last_step = target_rate, total_steps, last_step
         self._apply()
 
     def __repr__(self) -> str:

@@ -1,0 +1,153 @@
+"""Argument checks shared by the three frameworks (structdrop_tutorial/_checks.py): every bad
+argument raises an error that names it, in NumPy, PyTorch and TensorFlow alike; rate 1 gives
+zeros that stay connected to the graph and are never NaN."""
+import numpy as np
+import pytest
+
+import structdrop_tutorial as sd
+from structdrop_tutorial import _checks
+from structdrop_tutorial import numpy as sdn
+
+torch = pytest.importorskip("torch")
+tf = pytest.importorskip("tensorflow")
+from structdrop_tutorial import tensorflow as sdtf  # noqa: E402
+from structdrop_tutorial import torch as sdt  # noqa: E402
+
+X_NP = np.ones((2, 8, 8, 3), np.float32)
+
+
+def test_check_gamma_int_and_block_rank():
+    assert _checks.check_gamma("exact") == "exact"
+    assert _checks.check_gamma(np.float32(0.25)) == 0.25
+    for bad, error in [(None, TypeError), (True, TypeError), ([0.1], TypeError),
+                       (float("nan"), ValueError), (1.5, ValueError), ("keras", ValueError)]:
+        with pytest.raises(error, match="gamma"):
+            _checks.check_gamma(bad)
+    assert _checks.check_int(np.int64(3), "n", 1) == 3
+    for bad, error in [(2.0, TypeError), (True, TypeError), ("3", TypeError), (0, ValueError)]:
+        with pytest.raises(error, match="units"):
+            _checks.check_int(bad, "units", 1)
+    assert _checks.block_rank(3) == 1 and _checks.block_rank((3, 2)) == 2
+    with pytest.raises(TypeError, match="size"):
+        _checks.block_rank(2.0, "size")
+
+
+@pytest.mark.parametrize("gamma, error", [(None, TypeError), ([0.1], TypeError), (True, TypeError),
+                                          (float("nan"), ValueError), (1.5, ValueError)])
+def test_bad_gamma_is_named_everywhere(gamma, error):
+    calls = [lambda: sdn.dropblock(X_NP, 0.1, 3, gamma=gamma),
+             lambda: sdt.dropblock(torch.ones(2, 3, 8, 8), 0.1, 3, gamma=gamma),
+             lambda: sdtf.dropblock(tf.ones((2, 8, 8, 3)), 0.1, 3, gamma=gamma),
+             lambda: sdt.DropBlock2d(0.1, 3, gamma=gamma),
+             lambda: sdtf.DropBlock2D(0.1, 3, gamma=gamma),
+             lambda: sdn.dropblock_keep_mask(np.random.rand(1, 6, 6, 1), gamma, 3),
+             lambda: sdt.dropblock_keep_mask(torch.rand(1, 1, 6, 6), gamma, 3),
+             lambda: sdtf.dropblock_keep_mask(tf.random.uniform((1, 6, 6, 1)), gamma, 3)]
+    for call in calls:
+        with pytest.raises(error, match="gamma"):
+            call()
+
+
+@pytest.mark.parametrize("rate", ["0.5", None, True, [0.5], np.array([0.3]),
+                                  tf.constant([0.2, 0.9, 0.5]), tf.constant("0.5")])
+def test_tensorflow_rejects_rates_that_are_not_real_scalars(rate):
+    x = tf.ones((2, 4, 4, 3))
+    for call in (sdtf.dropout, sdtf.spatial_dropout, lambda x, r: sdtf.dropblock(x, r, 3),
+                 sdtf.drop_path):
+        with pytest.raises(TypeError, match="rate"):
+            call(x, rate)
+
+
+def test_tensorflow_scalar_rates_of_every_kind_agree():
+    """A Python float, a NumPy scalar or 0-d array, a tensor and a variable give the same mask
+    (same seed); a NaN tensor rate counts as 0 (the input passes unchanged)."""
+    x = tf.ones((64, 64))
+    ref = sdtf.dropout(x, 0.3, seed=1).numpy()
+    for rate in (np.float32(0.3), np.array(0.3), tf.constant(0.3), tf.Variable(0.3)):
+        np.testing.assert_array_equal(sdtf.dropout(x, rate, seed=1).numpy(), ref)
+    nan = tf.constant(float("nan"))
+    for out in (sdtf.dropout(x[None, :, :, None], nan, seed=1),
+                sdtf.dropblock(x[None, :, :, None], nan, 3, seed=1),
+                sdtf.dropblock(x[None, :, :, None], nan, 3, seed=1, normalize="rate")):
+        np.testing.assert_array_equal(out.numpy(), x[None, :, :, None].numpy())
+
+
+@pytest.mark.parametrize("size", [2.0, None, (3, 2.0)])
+def test_module_sizes_are_checked_by_name(size):
+    with pytest.raises(TypeError, match="block_size"):
+        sdt.DropBlock(0.1, size)
+    with pytest.raises(TypeError, match="size"):
+        sdt.Cutout(size)
+    with pytest.raises(TypeError, match="size"):
+        sdtf.Cutout(size)
+
+
+def test_numpy_integers_are_accepted_as_sizes():
+    assert sdt.Cutout(np.int64(3)).size == 3
+    layer = sdtf.Cutout(np.int64(3))
+    assert layer.get_config()["size"] == 3 and type(layer.get_config()["size"]) is int
+    assert sdt.DropBlock(0.1, np.int64(3))(torch.ones(2, 3, 8, 8)).shape == (2, 3, 8, 8)
+
+
+def test_integer_arguments_are_not_truncated():
+    with pytest.raises(TypeError, match="noise_shape"):
+        sdn.dropout(np.ones((2, 3, 4)), 0.5, noise_shape=(2, 1.7, 4))
+    with pytest.raises(TypeError, match="noise_shape"):
+        sdt.dropout(torch.ones(2, 3, 4), 0.5, noise_shape=(2, 1.7, 4))
+    for call in (lambda: sdt.DropPath(batch_axis=1.5), lambda: sdtf.DropPath(0.1, batch_axis=1.5),
+                 lambda: sdn.drop_path(np.ones((2, 3)), 0.5, batch_axis=1.5)):
+        with pytest.raises(TypeError, match="batch_axis"):
+            call()
+    with pytest.raises(TypeError, match="units"):
+        sdtf.DropConnectDense(2.5)
+    with pytest.raises(TypeError, match="spatial_shape"):
+        sd.exact_gamma(0.1, 3, (8.5, 8))
+
+
+def test_dropconnect_dense_shapes_are_checked_by_name():
+    for call in (lambda: sdn.dropconnect_dense(np.float32(1), np.ones((1, 2))),
+                 lambda: sdt.dropconnect_dense(torch.tensor(1.0), torch.ones(1, 2)),
+                 lambda: sdtf.dropconnect_dense(tf.constant(1.0), tf.ones((1, 2)))):
+        with pytest.raises(ValueError, match="x must have at least one axis"):
+            call()
+    with pytest.raises(ValueError, match="bias"):
+        sdn.dropconnect_dense(np.ones((3, 2)), np.ones((2, 4)), np.ones(3))
+    with pytest.raises(ValueError, match="bias"):
+        sdt.dropconnect_dense(torch.ones(3, 2), torch.ones(2, 4), torch.ones(3))
+
+
+def test_rate_one_gives_connected_zeros_never_nan():
+    """Rate 1 returns zeros whose gradient is zero (not None, not NaN), also for infinite
+    inputs, in PyTorch and TensorFlow."""
+    x = torch.tensor([[1.0, float("inf")], [2.0, 3.0]]).reshape(1, 1, 2, 2).requires_grad_()
+    for f in (lambda x: sdt.dropout(x, 1.0), lambda x: sdt.dropblock(x, 1.0, 2),
+              lambda x: sdt.spatial_dropout(x, 1.0), lambda x: sdt.drop_path(x, 1.0)):
+        y = f(x)
+        assert torch.equal(y, torch.zeros_like(y))
+        assert torch.equal(torch.autograd.grad(y.sum(), x)[0], torch.zeros_like(x))
+    k = torch.tensor([[1.0, float("inf")]], requires_grad=True)
+    y = sdt.dropconnect_dense(torch.ones(2, 1), k, rate=1.0)
+    assert torch.equal(y, torch.zeros(2, 2))
+    assert torch.equal(torch.autograd.grad(y.sum(), k)[0], torch.zeros_like(k))
+    xt = tf.Variable([[[[1.0], [float("inf")]], [[2.0], [3.0]]]])
+    for f in (lambda x: sdtf.dropout(x, 1.0), lambda x: sdtf.dropblock(x, 1.0, 2),
+              lambda x: sdtf.spatial_dropout(x, 1.0), lambda x: sdtf.drop_path(x, 1.0)):
+        with tf.GradientTape() as tape:
+            y = f(xt)
+        grad = tape.gradient(y, xt)
+        assert grad is not None
+        np.testing.assert_array_equal(y.numpy(), np.zeros(y.shape))
+        np.testing.assert_array_equal(grad.numpy(), np.zeros(grad.shape))
+
+
+def test_schedule_load_state_dict_changes_nothing_on_bad_input():
+    module = sdt.DropBlock2d(0.0, 3)
+    schedule = sdt.LinearSchedule(module, 0.1, 10)
+    schedule.step()
+    for state in ({"last_step": -5, "target_rate": 0.1, "total_steps": 10},
+                  {"last_step": 3, "target_rate": 1.5, "total_steps": 10},
+                  {"last_step": 3, "target_rate": 0.1, "total_steps": 2.5}):
+        with pytest.raises((ValueError, TypeError)):
+            schedule.load_state_dict(state)
+        assert (schedule.last_step, schedule.target_rate, schedule.total_steps) == (1, 0.1, 10)
+        assert module.rate == pytest.approx(0.01)
