@@ -54,8 +54,12 @@ def _uniform(shape, seed, uniform, name="uniform"):
 
 
 def _scaled(x, keep, scale, inplace):
-    """``x * keep * scale`` in x's dtype, written into x when ``inplace``."""
+    """``x * keep * scale`` in x's dtype, written into x when ``inplace``. For float16 the
+    product is formed in float32 and rounded once (the scale is not rounded to float16 first)."""
     out = x if inplace else np.empty_like(x)
+    if x.dtype == np.float16:
+        out[...] = x.astype(np.float32) * (keep * np.float32(scale))
+        return out
     if keep.size < x.size:
         # A broadcast mask (spatial dropout, drop path) is small: fold the scale into it, so the
         # big array is read and written once. keep * scale is 0 or scale exactly, so the result

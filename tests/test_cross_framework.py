@@ -106,3 +106,39 @@ def test_float32_outputs_bit_identical(fmt, rate):
             sdt.dropblock(xt, rate, (3, 4), fmt, normalize=normalize, uniform=ub).numpy(), ref)
         np.testing.assert_array_equal(
             sdtf.dropblock(xtf, rate, (3, 4), fmt, normalize=normalize, uniform=ub).numpy(), ref)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+def test_half_precision_rounds_once_and_agrees(rate):
+    """float16 (all three frameworks) and bfloat16 (PyTorch and TensorFlow): the output is the
+    float32 product x * keep * float32(scale) rounded once to the input's dtype, so the scale
+    is not rounded to 16 bits first; the frameworks agree bit for bit."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 10, 11, 4)).astype(np.float32)
+    u = rng.random(sd.noise_shape("spatial", x.shape, "channels_last")).astype(np.float32)
+    grid = sd.seed_grid_shape(x.shape, (3, 4), "channels_last", "valid")
+    ub = rng.random(grid).astype(np.float32)
+    keep_b = sdn.dropblock_keep_mask(ub, sd.exact_gamma(rate, (3, 4), (10, 11)), (3, 4))
+    for tdtype, fdtype in [(torch.float16, tf.float16), (torch.bfloat16, tf.bfloat16)]:
+        xt = torch.from_numpy(x).to(tdtype)
+        x32 = xt.float().numpy()                       # the 16-bit input's exact values
+
+        def once(keep, scale):
+            return torch.from_numpy(x32 * (keep * np.float32(scale))).to(tdtype).float().numpy()
+
+        want = once(u >= rate, 1 / (1 - rate))
+        got_t = sdt.spatial_dropout(xt, rate, "channels_last", uniform=u)
+        got_tf = sdtf.spatial_dropout(tf.cast(tf.constant(x), fdtype), rate, uniform=u)
+        assert got_t.dtype == tdtype and got_tf.dtype == fdtype
+        np.testing.assert_array_equal(got_t.float().numpy(), want)
+        np.testing.assert_array_equal(tf.cast(got_tf, tf.float32).numpy(), want)
+        want = once(keep_b, 1 / (1 - rate))
+        got_t = sdt.dropblock(xt, rate, (3, 4), "channels_last", normalize="rate", uniform=ub)
+        got_tf = sdtf.dropblock(tf.cast(tf.constant(x), fdtype), rate, (3, 4), normalize="rate",
+                                uniform=ub)
+        np.testing.assert_array_equal(got_t.float().numpy(), want)
+        np.testing.assert_array_equal(tf.cast(got_tf, tf.float32).numpy(), want)
+        if tdtype == torch.float16:
+            np.testing.assert_array_equal(
+                sdn.spatial_dropout(x.astype(np.float16), rate, uniform=u).astype(np.float32),
+                once(u >= rate, 1 / (1 - rate)))

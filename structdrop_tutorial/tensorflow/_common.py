@@ -145,14 +145,29 @@ def _as_dtype(value, dtype):
     return tf.cast(value, dtype)
 
 
+def _factor_dtype(dtype):
+    """The dtype a mask times its scale is formed in: float32 for float16 and bfloat16 inputs
+    (so the scale is not rounded to 16 bits before the multiply), else the input's dtype."""
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
+def _times(x, mask):
+    """``x * mask`` in x's dtype, the mask out of autograd; a float32 mask of a 16-bit ``x``
+    multiplies in float32 and the product is rounded once (its gradient likewise)."""
+    mask = tf.stop_gradient(mask)
+    if mask.dtype == x.dtype:
+        return x * mask
+    return tf.cast(tf.cast(x, mask.dtype) * mask, x.dtype)
+
+
 def _scaled(x, keep, scale):
     """``x * (keep * scale)`` in x's dtype, the mask out of autograd.
 
     As ``keep`` is 0 or 1, ``x * (keep * s)`` equals NumPy's ``(x * keep) * s`` bit for bit,
     and the forward and backward passes each cost one multiply by the ready mask.
     """
-    mask = tf.cast(keep, x.dtype) * _as_dtype(scale, x.dtype)
-    return x * tf.stop_gradient(mask)
+    dtype = _factor_dtype(x.dtype)
+    return _times(x, tf.cast(keep, dtype) * _as_dtype(scale, dtype))
 
 
 def _with_training(training, run, x):

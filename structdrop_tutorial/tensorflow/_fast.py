@@ -356,9 +356,15 @@ def _apply_kernel(dtype):
     """
     key = dtype.name
     if key not in _APPLY:
+        from ._common import _factor_dtype
+        wide = _factor_dtype(dtype)
+
         @tf.function(jit_compile=True, autograph=False)
         def apply(x, keep, scale):
-            return x * (tf.cast(keep, x.dtype) * tf.cast(scale, x.dtype))
+            mask = tf.cast(keep, wide) * tf.cast(scale, wide)
+            if wide == x.dtype:
+                return x * mask
+            return tf.cast(tf.cast(x, wide) * mask, x.dtype)  # 16-bit x: rounded once
         _APPLY[key] = apply
     return _APPLY[key]
 

@@ -12,8 +12,9 @@ from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
 from ..gamma import _check_gamma, resolve_gamma
 from . import _graph_gamma
 from ._common import (_as_dtype, _as_float, _channel_axis, _connected_zeros, _dims,
-                      _draw_uniform, _given_uniform, _inverse_keep, _is_static, _rate_tensor,
-                      _spatial_axes, _static_rate, _threshold, _with_training, seed_tensor)
+                      _draw_uniform, _factor_dtype, _given_uniform, _inverse_keep, _is_static,
+                      _rate_tensor, _spatial_axes, _static_rate, _threshold, _times,
+                      _with_training, seed_tensor)
 
 SAMPLERS = ("auto", "dense", "sparse")
 
@@ -218,9 +219,9 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
                                                     seeds, seed_tensor(seed), requested, mdtype,
                                                     normalize, inv_keep)
             mask = _fast.sparse_scaled_mask(grid, mask_shape, g, block, data_format, seeds,
-                                            seed_tensor(seed), requested, mdtype, x.dtype,
-                                            normalize, inv_keep)
-            return x * tf.stop_gradient(mask)
+                                            seed_tensor(seed), requested, mdtype,
+                                            _factor_dtype(x.dtype), normalize, inv_keep)
+            return _times(x, mask)
         if uniform is not None or sampler == "dense":
             u = _draw_uniform(grid, seed) if uniform is None else _given_uniform(uniform, grid)
             dropped = expand_seeds(u < _threshold(g, u.dtype), block, data_format, seeds, spatial)
@@ -234,10 +235,11 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
         else:
             scale = _inverse_keep(rate_s if rate_s is not None else _rate_tensor(rate))
         # x * (keep * scale): equal bit for bit to NumPy's (x * keep) * scale (keep is 0 or 1).
-        if mdtype == x.dtype:
-            mask = mask01 * _as_dtype(scale, x.dtype)
+        dtype = _factor_dtype(x.dtype)
+        if mdtype == dtype:
+            mask = mask01 * _as_dtype(scale, dtype)
         else:
-            mask = tf.cast(mask01, x.dtype) * _as_dtype(scale, x.dtype)
-        return x * tf.stop_gradient(mask)
+            mask = tf.cast(mask01, dtype) * _as_dtype(scale, dtype)
+        return _times(x, mask)
 
     return _with_training(training, run, x)

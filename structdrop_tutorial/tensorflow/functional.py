@@ -43,8 +43,9 @@ import tensorflow as tf
 from .._checks import check_block_size, check_data_format, check_n_spatial
 from ..shapes import drop_path_noise_shape
 from ._common import (_as_dtype, _as_float, _channel_axis, _connected_zeros, _dims,
-                      _draw_uniform, _given_uniform, _inverse_keep, _is_static, _rate_tensor,
-                      _scaled, _spatial_axes, _static_rate, _threshold, _with_training)
+                      _draw_uniform, _factor_dtype, _given_uniform, _inverse_keep, _is_static,
+                      _rate_tensor, _scaled, _spatial_axes, _static_rate, _threshold, _times,
+                      _with_training)
 from .dropblock import (SAMPLERS, dropblock, dropblock_keep_mask,  # noqa: F401 (re-exported)
                         expand_seeds)
 
@@ -83,13 +84,15 @@ def _masked_by_noise(x, rate, rate_s, shape, training, seed, uniform, scale=True
         u = _draw_uniform(shape, seed) if uniform is None else _given_uniform(uniform, shape)
         r = rate_s if rate_s is not None else _rate_tensor(rate)
 
+        dtype = _factor_dtype(x.dtype)
+
         def factor():
             keep = u >= _threshold(r, u.dtype)
-            return tf.cast(keep, x.dtype) * _as_dtype(_inverse_keep(r) if scale else 1.0, x.dtype)
+            return tf.cast(keep, dtype) * _as_dtype(_inverse_keep(r) if scale else 1.0, dtype)
 
         if _broadcasts(shape, x):
-            return x * tf.stop_gradient(_computed_once(factor, u, x.dtype))
-        return x * tf.stop_gradient(factor())
+            return _times(x, _computed_once(factor, u, dtype))
+        return _times(x, factor())
 
     return _with_training(training, run, x)
 

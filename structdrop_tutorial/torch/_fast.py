@@ -140,6 +140,9 @@ CHUNK = 1 << 19
 def _apply(x: torch.Tensor, keep: torch.Tensor, scale, inplace: bool) -> torch.Tensor:
     """``x * keep * scale`` in x's dtype; ``keep`` is bool and broadcasts against ``x``."""
     if isinstance(scale, torch.Tensor):  # a device scalar: fold it into the (converted) mask
+        if x.dtype in (torch.float16, torch.bfloat16):  # in float32, rounded once
+            factor = keep.view(torch.uint8).to(torch.float32).mul_(scale)
+            return x.copy_(x * factor) if inplace else (x * factor).to(x.dtype)
         factor = keep.view(torch.uint8).to(x.dtype).mul_(scale)
         return x.mul_(factor) if inplace else torch.mul(x, factor)
     if (x.device.type == "cpu" and x.numel() > 2 * CHUNK and keep.shape == x.shape

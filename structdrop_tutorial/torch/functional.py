@@ -67,10 +67,19 @@ def _uniform(shape, seed: Seed, uniform, device, name: str = "uniform") -> torch
     return uniform
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
-    """``x * keep * scale`` in x's dtype; ``keep`` broadcasts against ``x``."""
+    """``x * keep * scale`` in x's dtype; ``keep`` broadcasts against ``x``. For float16 and
+    bfloat16 the product is formed in float32 and rounded once (the scale is not rounded to the
+    input's dtype first), as on the full-size path."""
     if keep.numel() == x.numel():  # full-size mask: keep 1 byte per unit for backward
         return masked_scale(x, keep, scale, inplace)
+    if x.dtype in _HALF:  # x * keep is exact; multiplying by a Python float rounds once
+        return x.mul_(keep.to(x.dtype)).mul_(scale) if inplace else \
+            torch.addcmul(torch.zeros((), dtype=x.dtype, device=x.device), x, keep.to(x.dtype),
+                          value=scale)
     factor = keep.to(x.dtype) * scale  # small broadcast mask: a plain multiply is cheapest
     return x.mul_(factor) if inplace else x * factor
 
@@ -358,8 +367,7 @@ def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed: Seed
     if rate == 1.0:
         return _zeros(x, False)
     keep = _uniform(shape, seed, uniform, x.device) >= rate
-    factor = keep.to(x.dtype) * (1.0 / (1.0 - rate) if scale else 1.0)
-    return x * factor
+    return _keep_scaled(x, keep, 1.0 / (1.0 - rate) if scale else 1.0, False)
 
 
 def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Seed = None,
