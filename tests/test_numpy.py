@@ -1,4 +1,6 @@
 """The NumPy reference: exact masks, statistics and edge cases."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -126,16 +128,26 @@ def test_batch_normalization_preserves_the_mean_exactly():
     assert y.mean() == pytest.approx(1.0, rel=1e-5)
 
 
-@pytest.mark.parametrize("share, mask_shape", [((), (4, 6)), ("channels", (4, 1)), ("batch", (1, 6)),
+@pytest.mark.parametrize("share, mask_shape", [((), (48, 48)), ("channels", (48, 1)), ("batch", (1, 48)),
                                                (("batch", "channels"), (1, 1))])
 def test_share(share, mask_shape):
-    x = np.ones((4, 6, 10, 10))
-    y = sdn.dropblock(x, 0.3, 3, "channels_first", share=share, seed=1)
+    """Shared axes carry one mask; unshared axes carry independent masks, which must differ.
+
+    Bound on a false "all equal" along an unshared axis: with valid seeds each corner unit of a
+    10x10 map is covered by exactly one seed position (3x3 blocks, 8x8 seed grid), so the four
+    corners of a map are four independent Bernoulli(gamma) draws, gamma = exact_gamma(0.5, 3,
+    (10, 10)) = 0.1237. N = 48 independent masks agree in all four corners with probability
+    (gamma**N + (1 - gamma)**N)**4 < 1e-10 per axis checked; the seed is fixed anyway.
+    """
+    x = np.ones((48, 48, 10, 10))
+    y = sdn.dropblock(x, 0.5, 3, "channels_first", share=share, seed=1)
     zero = (y == 0)
-    if mask_shape[0] == 1:
-        assert np.all(zero == zero[:1])
-    if mask_shape[1] == 1:
-        assert np.all(zero == zero[:, :1])
+    batch_equal = np.all(zero == zero[:1])
+    channels_equal = np.all(zero == zero[:, :1])
+    assert batch_equal == (mask_shape[0] == 1)
+    assert channels_equal == (mask_shape[1] == 1)
+    # something is dropped: fails only if none of the 64 seed positions of the fewest masks (one,
+    # when both axes are shared) is a seed, probability (1 - gamma)**64 = 2e-4 (seed fixed)
     assert zero.any()
 
 
@@ -164,12 +176,48 @@ def test_edges(fn, dtype):
     assert fn(empty, seed=0).shape == empty.shape
 
 
-def test_rate_zero_and_one():
-    x = np.ones((2, 8, 8, 3))
-    assert sdn.dropblock(x, 0.0, 3) is x
-    assert np.all(sdn.dropblock(x, 1.0, 3) == 0)
-    assert np.all(sdn.dropout(x, 1.0) == 0)
-    assert np.all(sdn.drop_path(x, 1.0) == 0)
+@pytest.mark.parametrize("fn", [
+    lambda x, r: sdn.dropout(x, r, seed=0),
+    lambda x, r: sdn.spatial_dropout(x, r, seed=0),
+    lambda x, r: sdn.dropblock(x, r, 3, seed=0),
+    lambda x, r: sdn.drop_path(x, r, seed=0),
+    lambda x, r: sdn.drop_path(x, r, mode="batch", seed=0),
+], ids=["dropout", "spatial_dropout", "dropblock", "drop_path", "drop_path-batch"])
+def test_rate_zero_and_one(fn):
+    """rate 0 returns the input itself, rate 1 zeros of its shape and dtype; x is untouched."""
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    before = x.copy()
+    assert fn(x, 0.0) is x
+    y = fn(x, 1.0)
+    assert y.shape == x.shape and y.dtype == x.dtype and np.all(y == 0)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: sdn.cutout(x, 3, seed=0),
+    lambda x: sdn.drop_path(x, 0.3, seed=0),
+    lambda x: sdn.drop_path(x, 0.3, mode="batch", seed=0),
+], ids=["cutout", "drop_path", "drop_path-batch"])
+def test_empty_batch(fn):
+    empty = np.zeros((0, 8, 8, 3), np.float32)
+    y = fn(empty)
+    assert y.shape == empty.shape and y.dtype == empty.dtype
+
+
+@pytest.mark.parametrize("shape, fmt", [
+    ((2, 0, 8, 3), "channels_last"), ((2, 8, 0, 3), "channels_last"), ((2, 3, 8, 0), "channels_first"),
+    ((2, 5, 0), "channels_last"), ((2, 3, 4, 0, 4), "channels_first"),   # an empty map
+    ((2, 8, 8, 0), "channels_last"), ((2, 0, 8, 8), "channels_first"),    # zero channels
+])
+@pytest.mark.parametrize("share", [(), ("batch", "channels")])
+@pytest.mark.parametrize("normalize", ["batch", "rate"])
+def test_dropblock_on_an_empty_map_or_zero_channels(shape, fmt, share, normalize):
+    """Nothing to drop: an empty array of x's shape and dtype (no error, no NaN warning)."""
+    x = np.zeros(shape, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = sdn.dropblock(x, 0.3, 3, fmt, share=share, normalize=normalize, seed=0)
+    assert y.shape == shape and y.dtype == x.dtype
 
 
 def test_block_larger_than_map_is_spatial_dropout():
@@ -220,6 +268,18 @@ def test_drop_path_per_sample_and_batch_axis():
     assert np.all(yb == 0)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_dropconnect_rate_zero_and_one(bias):
+    """rate 0 is the plain layer, rate 1 drops every weight (only the bias is left)."""
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(5, 7)), rng.normal(size=(7, 3)), rng.normal(size=3) if bias else None
+    plain = x @ w + (b if bias else 0.0)
+    np.testing.assert_array_equal(sdn.dropconnect_dense(x, w, b, 0.0, seed=0), plain)
+    y = sdn.dropconnect_dense(x, w, b, 1.0, seed=0)
+    assert y.shape == (5, 3)
+    np.testing.assert_array_equal(y, np.broadcast_to(b if bias else 0.0, (5, 3)))
+
+
 def test_dropconnect_is_unbiased_and_identity_at_inference():
     rng = np.random.default_rng(0)
     x, w, b = rng.normal(size=(5, 7)), rng.normal(size=(7, 3)), rng.normal(size=3)
@@ -227,5 +287,11 @@ def test_dropconnect_is_unbiased_and_identity_at_inference():
     u = rng.random((7, 3))
     np.testing.assert_allclose(sdn.dropconnect_dense(x, w, b, 0.3, uniform=u),
                                x @ (w * (u >= 0.3) / 0.7) + b)
-    mean = np.mean([sdn.dropconnect_dense(x, w, b, 0.3, seed=s) for s in range(4000)], axis=0)
-    np.testing.assert_allclose(mean, x @ w + b, atol=0.25)
+    n_draws = 4000
+    mean = np.mean([sdn.dropconnect_dense(x, w, b, 0.3, seed=s) for s in range(n_draws)], axis=0)
+    # Entry (i, j) is sum_k x_ik w_kj m_kj / (1 - r) + b_j with m_kj ~ Bernoulli(1 - r) i.i.d.;
+    # m / (1 - r) has variance r / (1 - r), so one draw has variance ((x**2) @ (w**2)) r / (1 - r)
+    # and the mean of n_draws independent draws a standard deviation sqrt of that / n_draws.
+    # 5-sigma bound per entry (seeded, so deterministic).
+    sd = np.sqrt((x ** 2) @ (w ** 2) * 0.3 / 0.7 / n_draws)
+    assert np.all(np.abs(mean - (x @ w + b)) < 5 * sd)

@@ -4,7 +4,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -431,16 +430,23 @@ def test_run_all_keeps_the_rows_of_a_script_stopped_at_its_time_limit(tmp_path, 
     run_all = _run_all_module()
     script = tmp_path / "bench_fake.py"
     script.write_text(
-        "import argparse, time\n"
+        "import argparse, os, pathlib, time\n"
+        "here = pathlib.Path(__file__).parent\n"
+        "(here / 'child.pid').write_text(str(os.getpid()))\n"
         "p = argparse.ArgumentParser(); p.add_argument('--csv'); a = p.parse_args()\n"
         "open(a.csv, 'w').write('op,shape,pass,median_s\\nfloor,8x8,fwd,0.001\\n')\n"
-        "time.sleep(120)\n")
+        "time.sleep(120)\n"
+        "(here / 'slept_out').write_text('the script was not stopped')\n")
     monkeypatch.setattr(run_all, "HERE", tmp_path)
     monkeypatch.setattr(run_all, "SCRIPTS", (("bench_fake.py", "numpy"),))
     out = tmp_path / "merged.csv"
-    start = time.perf_counter()
     code = run_all.main(["--only", "numpy", "--no-progress", "--out", str(out), "--time-limit", "5"])
-    assert time.perf_counter() - start < 60  # stopped, not slept out
+    # stopped, not slept out: main returned before the script's sleep ended, and the script's
+    # process was killed and reaped (its pid no longer exists)
+    assert not (tmp_path / "slept_out").exists()
+    pid = int((tmp_path / "child.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
     assert code == 1 and "no result within --time-limit 5 s; keeping the rows it wrote" in capsys.readouterr().out
     with open(out, newline="") as f:
         (row,) = list(csv.DictReader(f))

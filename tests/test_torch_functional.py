@@ -213,14 +213,20 @@ def test_fast_dropblock_output_is_mask_times_scale():
 
 
 # --------------------------------------------------------------------------- statistics
+CHI2_9_FIVE_SIGMA = 47.73166  # scipy.stats.chi2.isf(scipy.stats.norm.sf(5), 9)
+
+
 @pytest.mark.parametrize("p", [0.002, 0.02, 0.2])
 def test_bernoulli_positions_are_iid_bernoulli(p):
     """Seed counts per map match Binomial(positions, p); positions are uniform over each map.
 
     Bounds are 5 sigma: the total count of T = maps * m trials has sd sqrt(T p (1 - p)); the mean
     of the positions' offsets within a map (uniform on 0..m-1) has sd sqrt((m^2 - 1) / 12 / K);
-    the variance of per-map counts is checked against m p (1 - p) with the sd of a sample
-    variance, sqrt(2 / (maps - 1)) * var (normal approximation, generous for large m p).
+    the sample variance of the per-map counts (i.i.d. Binomial(m, p)) is checked against
+    var = m p (1 - p) with the exact sd of a sample variance of n = maps i.i.d. values,
+    var * sqrt(2 / (n - 1) + kurt / n), kurt = (1 - 6 p (1 - p)) / var the binomial's excess
+    kurtosis (normal approximation of the sample variance over 4000 maps); the chi-square of
+    the offsets over 10 equal bins is below chi-square(9)'s upper 5-sigma quantile.
     """
     maps, m = 4000, 400
     total = maps * m
@@ -232,11 +238,14 @@ def test_bernoulli_positions_are_iid_bernoulli(p):
     assert abs(offsets.mean().item() - (m - 1) / 2) <= 5 * math.sqrt((m * m - 1) / 12 / k)
     counts = torch.bincount(pos // m, minlength=maps).double()
     var = m * p * (1 - p)
-    assert abs(counts.var().item() - var) <= 5 * var * math.sqrt(2 / (maps - 1)) + 5 * math.sqrt(var * 3 / maps)
+    kurt = (1 - 6 * p * (1 - p)) / var  # excess kurtosis of Binomial(m, p)
+    assert abs(counts.var().item() - var) <= 5 * var * math.sqrt(2 / (maps - 1) + kurt / maps)
     # also: one position per trial, so a chi-square over 10 equal bins of the offsets
     hist = torch.bincount((offsets * 10 / m).long(), minlength=10).double()
     chi2 = (((hist - k / 10) ** 2) / (k / 10)).sum().item()
-    assert chi2 < 9 + 5 * math.sqrt(2 * 9)  # chi-square(9): mean 9, sd sqrt(18)
+    # chi-square(9) upper quantile at the normal 5-sigma tail, 2.87e-7: computed once as
+    # scipy.stats.chi2.isf(scipy.stats.norm.sf(5), 9) = 47.73166 (scipy is not a test dependency)
+    assert chi2 < CHI2_9_FIVE_SIGMA
 
 
 def test_bernoulli_positions_top_up_loop_and_edges():
@@ -303,6 +312,43 @@ def test_identity_and_zeros(path):
         assert torch.equal(y, torch.zeros_like(x))
         (g,) = torch.autograd.grad(y.sum(), x)
         assert torch.equal(g, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: sdt.spatial_dropout(x, 0.0, training=True, seed=0),
+    lambda x: sdt.spatial_dropout(x, 0.0, "channels_last", training=True, seed=0),
+    lambda x: sdt.drop_path(x, 0.0, training=True, seed=0),
+    lambda x: sdt.drop_path(x, 0.0, mode="batch", training=True, seed=0),
+], ids=["spatial_dropout", "spatial_dropout-channels_last", "drop_path", "drop_path-batch"])
+def test_rate_zero_in_training_is_identity(fn):
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    assert fn(x) is x
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: sdt.dropout(x, 0.3, seed=0),
+    lambda x: sdt.dropout(x, 0.3, (None, None, 1, 1), seed=0),
+    lambda x: sdt.drop_path(x, 0.3, seed=0),
+    lambda x: sdt.drop_path(x, 0.3, mode="batch", seed=0),
+], ids=["dropout", "dropout-noise_shape", "drop_path", "drop_path-batch"])
+def test_empty_batch_dropout_and_drop_path(fn):
+    x = torch.randn(0, 3, 4, 4, requires_grad=True)
+    y = fn(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert g.shape == x.shape
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dropconnect_rate_zero_and_one(bias):
+    """rate 0 is the plain layer, rate 1 drops every weight (only the bias is left)."""
+    rng = np.random.default_rng(0)
+    x, w = torch.from_numpy(rng.normal(size=(5, 7))), torch.from_numpy(rng.normal(size=(7, 3)))
+    b = torch.from_numpy(rng.normal(size=3)) if bias else None
+    plain = x @ w + b if bias else x @ w
+    assert torch.equal(sdt.dropconnect_dense(x, w, b, 0.0, seed=0), plain)
+    y = sdt.dropconnect_dense(x, w, b, 1.0, seed=0)
+    assert torch.equal(y, b.expand(5, 3) if bias else torch.zeros(5, 3, dtype=x.dtype))
 
 
 @pytest.mark.parametrize("call, name", [

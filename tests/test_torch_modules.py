@@ -31,22 +31,29 @@ def input_for(layer):
 @pytest.mark.parametrize("layer", all_layers(), ids=lambda m: type(m).__name__)
 def test_eval_is_identity_and_train_is_not(layer):
     x = input_for(layer)
+    before = x.clone()
     layer.eval()
     assert layer(x) is x
     layer.train()
     y = layer(x)
     assert y.shape == x.shape and not torch.equal(y, x)
-    assert torch.equal(x, x.clone())
+    assert torch.equal(x, before)  # the caller's input is never modified (inplace=False)
 
 
 @pytest.mark.parametrize("layer", all_layers(), ids=lambda m: type(m).__name__)
 def test_pickle_and_deepcopy_keep_settings_and_generator_state(layer):
+    """A clone has the layer's settings and its generator's current state, so the next mask of
+    the clone equals the next mask of the original (every layer here owns a generator)."""
     x = input_for(layer)
+    layer(x)  # advance the generator past its seed: a fresh or re-seeded clone would differ
+    state = layer.generator.get_state()
     for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
         assert repr(clone) == repr(layer)
-        assert torch.equal(clone(x), copy.deepcopy(layer)(x))
-    state = layer.state_dict()
-    assert isinstance(state, dict)
+        assert clone.generator is not layer.generator
+        assert torch.equal(clone.generator.get_state(), state)
+        expected = layer(x)
+        layer.generator.set_state(state)  # rewind the original for the next clone
+        assert torch.equal(clone(x), expected)
 
 
 def test_extra_repr():
