@@ -11,6 +11,20 @@ def _plt():
     return plt
 
 
+def _panels(arrays, titles, what: str):
+    """The arrays squeezed to 2-D, checked: at least one, each 2-D, one title per array."""
+    arrays = [np.squeeze(np.asarray(m, dtype=float)) for m in arrays]
+    if not arrays:
+        raise ValueError(f"{what} must hold at least one array")
+    for m in arrays:
+        if m.ndim != 2:
+            raise ValueError(f"each {what[:-1]} must squeeze to 2-D, got shape {m.shape}")
+    if titles is not None and len(titles) != len(arrays):
+        raise ValueError(f"titles must have one entry per {what[:-1]} ({len(arrays)}), "
+                         f"got {len(titles)}")
+    return arrays
+
+
 def show_masks(masks: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None, *,
                ncols: Optional[int] = None, size: float = 2.2, cmap: str = "gray",
                suptitle: Optional[str] = None, grid: bool = True):
@@ -19,10 +33,7 @@ def show_masks(masks: Sequence[np.ndarray], titles: Optional[Sequence[str]] = No
     Each mask is squeezed to 2-D; pass ``mask[0, 0]`` or similar for batched masks.
     """
     plt = _plt()
-    masks = [np.squeeze(np.asarray(m, dtype=float)) for m in masks]
-    for m in masks:
-        if m.ndim != 2:
-            raise ValueError(f"each mask must squeeze to 2-D, got shape {m.shape}")
+    masks = _panels(masks, titles, "masks")
     n = len(masks)
     ncols = ncols or n
     nrows = -(-n // ncols)
@@ -79,10 +90,7 @@ def show_images(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = 
     panels; ``vmin``/``vmax`` default to the smallest and largest value over all images.
     """
     plt = _plt()
-    images = [np.squeeze(np.asarray(m, dtype=float)) for m in images]
-    for m in images:
-        if m.ndim != 2:
-            raise ValueError(f"each image must squeeze to 2-D, got shape {m.shape}")
+    images = _panels(images, titles, "images")
     lo = min(float(m.min()) for m in images) if vmin is None else vmin
     hi = max(float(m.max()) for m in images) if vmax is None else vmax
     n = len(images)
