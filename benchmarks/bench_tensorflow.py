@@ -13,7 +13,8 @@ gradient, so neither pass is pruned), each once as a plain graph and once with
 ``jit_compile=True`` (XLA). Inputs are channels_last (NHWC).
 
 Timing: :func:`structdrop_tutorial.timing.time_tensorflow` (warm-up calls first, which trace and
-compile; ``.numpy()`` of the result before every clock reading). The ops of one case are
+compile; the device is waited for before every clock reading, which on a CPU, where an op
+returns when its work is done, means nothing is waited for and nothing is copied). The ops of one case are
 measured in interleaved rounds (floor, op, floor, op, ...) so that load from other processes
 hits all of them alike; the median and IQR pool the rounds, and the ratio is the op's median
 over the floor's median.
@@ -63,7 +64,7 @@ def parse_args(argv=None):
                    help="plain graphs, XLA, or both (default)")
     p.add_argument("--modes", default="fwd,fwd+bwd",
                    help="comma-separated passes to time: fwd, fwd+bwd (default both)")
-    p.add_argument("--no-progress", action="store_true", help="(accepted; nothing to hide)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (stderr)")
     args = p.parse_args(argv)
     args.threads = int(args.threads or os.environ.get("OMP_NUM_THREADS") or 2)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -148,7 +149,8 @@ def measure_case(shape, jit, rounds, quick, mode="fwd+bwd"):
             steps[name] = (fwd_bwd(op, x, dy, jit, eager) if mode == "fwd+bwd"
                            else forward(op, x, jit, eager))
             # warm-up (trace, compile) and calibration: calls per round of >= ~20 ms
-            m = time_tensorflow(steps[name], warmup=2, repeat=1, min_run_time=0.4 if quick else 0.2)
+            # (>= ~10 ms for a --quick smoke run)
+            m = time_tensorflow(steps[name], warmup=2, repeat=1, min_run_time=0.2 if quick else 0.4)
             numbers[name] = m.number
             times[name] = []
         except Exception as exc:  # e.g. keras-cv failing inside tf.function
@@ -174,7 +176,7 @@ def main(argv=None):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from structdrop_tutorial.timing import tensorflow_device_name
+    from structdrop_tutorial.timing import sweep, tensorflow_device_name
     device = tensorflow_device_name()
     shapes = TINY_SHAPES if args.tiny else SHAPES
     jits = {"both": [False, True], "off": [False], "on": [True]}[args.jit]
@@ -183,24 +185,28 @@ def main(argv=None):
     for mode in modes:
         if mode not in ("fwd", "fwd+bwd"):
             raise SystemExit(f"--modes: unknown pass {mode!r} (allowed: fwd, fwd+bwd)")
-    for shape in shapes:
-        for jit, mode in itertools.product(jits, modes):
-            results = measure_case(shape, jit, args.rounds, args.quick, mode)
-            medians = {name: statistics.median(t) for name, (t, _) in results.items()}
-            label = f"{mode} xla" if jit else mode
-            for name, (t, floor) in results.items():
-                ratio = medians[name] / medians[floor] if floor else 1.0
-                rows.append({"framework": "tensorflow", "op": name,
-                             "shape": "x".join(map(str, shape)), "case": "x".join(map(str, shape)),
-                             "mode": label, "jit": jit,
-                             "median_s": f"{medians[name]:.6g}",
-                             "iqr_s": f"{quartile_spread(t):.3g}",
-                             "ratio_to_floor": f"{ratio:.3f}", "floor_op": floor or name,
-                             "device": device, "tf_version": tf.__version__,
-                             "keras_version": keras.__version__, "threads": args.threads,
-                             "runs": len(t)})
-            print_rows([r for r in rows if r["shape"] == "x".join(map(str, shape))
-                        and r["mode"] == label])
+    cases = [(shape, jit, mode) for shape in shapes for jit, mode in itertools.product(jits, modes)]
+
+    def measure(case):  # one case: a shape, graph or XLA, a pass
+        shape, jit, mode = case
+        results = measure_case(shape, jit, args.rounds, args.quick, mode)
+        medians = {name: statistics.median(t) for name, (t, _) in results.items()}
+        label = f"{mode} xla" if jit else mode
+        for name, (t, floor) in results.items():
+            ratio = medians[name] / medians[floor] if floor else 1.0
+            rows.append({"framework": "tensorflow", "op": name,
+                         "shape": "x".join(map(str, shape)), "case": "x".join(map(str, shape)),
+                         "mode": label, "jit": jit,
+                         "median_s": f"{medians[name]:.6g}",
+                         "iqr_s": f"{quartile_spread(t):.3g}",
+                         "ratio_to_floor": f"{ratio:.3f}", "floor_op": floor or name,
+                         "device": device, "tf_version": tf.__version__,
+                         "keras_version": keras.__version__, "threads": args.threads,
+                         "runs": len(t)})
+        print_rows([r for r in rows if r["shape"] == "x".join(map(str, shape))
+                    and r["mode"] == label])
+
+    sweep(cases, measure, desc="tensorflow", progress=not args.no_progress)
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="", encoding="utf-8") as f:

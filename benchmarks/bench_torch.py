@@ -75,7 +75,8 @@ BLOCK, RATE = 7, 0.1
 WARMUP = 10
 COLUMNS = ["framework", "op", "shape", "mode", "median_s", "iqr_s", "ratio_to_floor", "floor_op",
            "device", "torch_version", "threads", "saved_bytes_per_element", "peak_ratio",
-           "page_faults_per_call"]
+           "page_faults_per_call", "floor_median_s", "runs", "elements", "dtype",
+           "reference_version"]
 
 
 # --------------------------------------------------------------------------- the ops
@@ -123,9 +124,16 @@ def make_ops(shape, seed=0, device="cpu", default_generator=False):
     except Exception:  # not installed, or installed but not importable (reported above)
         pass
     try:
+        import inspect
+
         from timm.layers import DropBlock2d
+        # timm's default (1.0.23 on) shares one mask across the channels of a sample, a cheaper
+        # and different layer; where it can draw one mask per channel, that is timed as well
         layer = DropBlock2d(RATE, BLOCK).train()
         ops["timm DropBlock2d"] = (layer, "floor x*mask")
+        if "couple_channels" in inspect.signature(DropBlock2d).parameters:
+            per_channel = DropBlock2d(RATE, BLOCK, couple_channels=False).train()
+            ops["timm DropBlock2d couple_channels=False"] = (per_channel, "floor x*mask")
     except Exception:
         pass
     return ops
@@ -282,14 +290,19 @@ def timed(fn, x, g, mode, threads, min_run_time, device="cpu"):
     return m, (minor_faults() - before) / max(calls[0], 1)
 
 
-def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done=None):
+def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done=None,
+        progress=False):
     """The rows of every shape, op and mode; ``done(rows)`` is called after each shape (the
-    CSV is written as the run goes, so a run stopped at a time limit keeps what it measured)."""
+    CSV is written as the run goes, so a run stopped at a time limit keeps what it measured);
+    ``progress`` shows a bar over the shapes (:func:`structdrop_tutorial.timing.sweep`)."""
     torch.set_num_threads(threads)
     on_gpu = torch.device(device).type == "cuda"
     name_of_device = timing.torch_device_name(device)
+    references = {k: v for k, v in available_references().items()
+                  if v and not str(v).startswith("unusable")}
     rows = []
-    for shape in shapes:
+
+    def measure_shape(shape):
         x = torch.randn(shape, device=device, requires_grad=True)
         g = torch.randn(shape, device=device)
         for mode in modes:
@@ -326,12 +339,17 @@ def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done
                     continue
                 ratio = statistics.median(a / b for a, b in zip(medians[name], medians[ref]))
                 pooled = timing.Measurement(tuple(times[name]))
+                library = name.split()[0]
                 row = {"framework": "torch", "op": name, "shape": "x".join(map(str, shape)),
                        "mode": mode, "median_s": f"{pooled.median:.6g}", "iqr_s": f"{pooled.iqr:.3g}",
                        "ratio_to_floor": f"{ratio:.3f}", "floor_op": ref, "device": name_of_device,
                        "torch_version": torch.__version__, "threads": threads,
                        "saved_bytes_per_element": "", "peak_ratio": "",
-                       "page_faults_per_call": "" if on_gpu else f"{statistics.median(faults[name]):.0f}"}
+                       "page_faults_per_call": "" if on_gpu else f"{statistics.median(faults[name]):.0f}",
+                       "floor_median_s": f"{timing.Measurement(tuple(times[ref])).median:.6g}",
+                       "runs": len(times[name]), "elements": x.numel(),
+                       "dtype": str(x.dtype).replace("torch.", ""),
+                       "reference_version": references.get(library) or ""}
                 if mode == "fwd+bwd":
                     row["saved_bytes_per_element"] = f"{saved_bytes_per_element(fn, x):.4g}"
                 rows.append(row)
@@ -343,6 +361,8 @@ def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done
                     row["peak_ratio"] = f"{ratio:.3f}"
         if done is not None:
             done(rows)
+
+    timing.sweep(shapes, measure_shape, desc=f"torch {device}", progress=progress)
     return rows
 
 
@@ -362,12 +382,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", type=Path, help="write the rows to this CSV file")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved repetitions")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved repetitions (default 5; 1 with --quick)")
     parser.add_argument("--min-run-time", type=float, default=0.3)
     parser.add_argument("--quick", action="store_true", help="one small shape, one round")
     parser.add_argument("--modes", default="fwd,fwd+bwd",
                         help="fwd, fwd+bwd, graph (CUDA only; added by default there)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (stderr)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda where available)")
     parser.add_argument("--shapes", help="comma-separated shapes such as 32x1024x14x14 "
@@ -375,6 +397,12 @@ def main(argv=None):
     parser.add_argument("--triton-config", type=Path,
                         help="JSON from gpu_tune.py: launch parameters of the Triton path")
     args = parser.parse_args(argv)
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in ("fwd", "fwd+bwd", "graph")]
+    if unknown:
+        parser.error(f"--modes takes fwd, fwd+bwd and graph, got {', '.join(map(repr, unknown))}")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     on_gpu = torch.device(args.device).type == "cuda"
     if "graph" in args.modes.split(",") and not on_gpu:
         parser.error("--modes graph needs --device cuda")
@@ -389,8 +417,17 @@ def main(argv=None):
         print("Triton launch parameters:", config)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
-        shapes = [tuple(int(n) for n in item.split("x")) for item in args.shapes.split(",")]
-    rounds = 1 if args.quick else args.rounds
+        shapes = []
+        for item in args.shapes.split(","):
+            try:
+                shape = tuple(int(n) for n in item.split("x"))
+            except ValueError:
+                shape = ()
+            if not 3 <= len(shape) <= 5 or min(shape) < 1:
+                parser.error(f"--shapes: {item!r} is not a shape such as 32x1024x14x14 "
+                             "(rank 3 to 5, sizes >= 1)")
+            shapes.append(shape)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
     refs = available_references()
     print(f"torch {torch.__version__}, {args.threads} threads, "
           f"{timing.torch_device_name(args.device)}")
@@ -410,7 +447,8 @@ def main(argv=None):
             write_rows(args.csv, rows)
 
     rows = run(shapes, args.threads, rounds, args.min_run_time, args.modes.split(","),
-               memory=not args.no_memory, device=args.device, done=done)
+               memory=not args.no_memory, device=args.device, done=done,
+               progress=not args.no_progress)
     if args.csv:
         print(f"wrote {args.csv}")
     return rows

@@ -75,7 +75,7 @@ def host_costs(dev):
     costs = {
         "plan (cached checks + gamma)": lambda: functional._dropblock_plan(
             (32, 1024, 14, 14), RATE, BLOCK, "channels_first", "exact", "valid", (), "batch"),
-        "key: empty(1).random_": lambda: _triton.new_key(dev, gen),
+        "key: _triton.new_key (on the host where it can)": lambda: _triton.new_key(dev, gen),
         "counter: zeros(1)": lambda: torch.zeros(1, dtype=torch.int64, device=dev),
         "empty bool like x": lambda: torch.empty(tiny.shape, dtype=torch.bool, device=dev),
         "empty Triton launch": lambda: nothing[(1,)](one),

@@ -318,8 +318,13 @@ def time_torch(fn: Callable[[], Any], *, device: Any = None, warmup: int = 1,
     """Time a PyTorch callable with :class:`torch.utils.benchmark.Timer`.
 
     The clock waits for ``device`` (``torch.cuda.synchronize``) before every reading, so queued
-    GPU work is counted. ``warmup`` calls run first (not recorded); the Timer's own block-size
-    calibration calls are not recorded either.
+    GPU work is counted. ``warmup`` calls run first (not recorded). With ``method="blocked"``
+    the block size is the smallest of 1, 2, 5, 10, ... calls whose block takes at least
+    ``min_run_time / 20`` (calibration calls are not recorded), and ``Timer.timeit`` runs such
+    blocks until ``min_run_time`` seconds and at least 5 blocks are recorded. (The Timer's own
+    ``blocked_autorange`` sizes blocks until its clock's overhead is below 1/10,000 of a block;
+    a clock that synchronizes a GPU costs microseconds, so it ran one or two blocks of several
+    times ``min_run_time``, and the median and spread were those of one or two numbers.)
 
     Args:
         fn: zero-argument callable.
@@ -356,13 +361,27 @@ def time_torch(fn: Callable[[], Any], *, device: Any = None, warmup: int = 1,
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, timer=synced_clock, label=label,
                             num_threads=num_threads or torch.get_num_threads())
     if method == "blocked":
-        m = timer.blocked_autorange(min_run_time=min_run_time)
+        times, number = _timer_blocks(timer, min_run_time)
     else:
         m = timer.adaptive_autorange(min_run_time=min_run_time,
                                      max_run_time=max(10.0, min_run_time))
+        times, number = tuple(m.times), int(m.number_per_run)
     name = torch_device_name(device) if sync is None else str(device or "cpu")
-    return Measurement(tuple(m.times), number=int(m.number_per_run), warmup=warmup, label=label,
-                       device=name)
+    return Measurement(times, number=number, warmup=warmup, label=label, device=name)
+
+
+def _timer_blocks(timer, min_run_time: float, min_runs: int = 5, max_runs: int = 1000):
+    """Per-call times of blocks run with ``timer.timeit(number)`` (a ``torch.utils.benchmark``
+    Timer) and the block size: blocks of the smallest of 1, 2, 5, 10, ... calls that take at
+    least ``min_run_time / 20``, until ``min_run_time`` seconds and ``min_runs`` blocks."""
+    number, steps, k = 1, (2, 2.5, 2), 0
+    while timer.timeit(number).times[0] * number < min_run_time / 20 and number < 10**6:
+        number = int(number * steps[k % 3])
+        k += 1
+    times: list = []
+    while (sum(times) * number < min_run_time or len(times) < min_runs) and len(times) < max_runs:
+        times.append(timer.timeit(number).times[0])
+    return tuple(times), number
 
 
 def _tensorflow_sync(result):

@@ -134,6 +134,22 @@ def test_time_torch_fake_clock_excludes_warmup_and_syncs():
         timing.time_torch(work, method="fast", clock=work.clock, sync=lambda: None)
 
 
+def test_time_torch_with_a_costly_sync_still_runs_many_short_blocks():
+    """A clock that synchronizes a GPU costs microseconds; the Timer's own blocked_autorange then
+    sized one block longer than the whole measurement (a median of one number). time_torch must
+    still record at least 5 blocks of about min_run_time / 20, here with a 100 us op and a
+    20 us synchronization on a fake clock."""
+    work = FakeWork(slow=0, time_per_call=100e-6)
+
+    def costly_sync():
+        work.now += 20e-6
+
+    m = timing.time_torch(work, warmup=2, min_run_time=0.3, clock=work.clock, sync=costly_sync)
+    assert m.runs >= 5
+    assert 0.3 / 20 <= m.number * 100e-6 <= 0.3 / 4       # blocks of about min_run_time / 20
+    assert m.median == pytest.approx(100e-6, rel=0.02)    # the sync cost is spread over a block
+
+
 def test_sweep_runs_every_case_in_order(capsys):
     out = timing.sweep([3, 1, 2], lambda c: c * 10, desc="t")
     assert out == [30, 10, 20]
