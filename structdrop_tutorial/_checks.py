@@ -64,7 +64,7 @@ def block_rank(block_size, name: str = "block_size") -> int:
             from None
 
 
-def _check_dense(x_shape, kernel_shape, bias_shape=None) -> None:
+def check_dense_shapes(x_shape, kernel_shape, bias_shape=None) -> None:
     """Shapes of a dense layer's ``x @ kernel + bias``: x has at least one axis, kernel is
     ``(x.shape[-1], units)`` and bias, when given, ``(units,)``; ValueError naming the argument."""
     if len(x_shape) < 1:

@@ -20,9 +20,9 @@ import math
 
 import numpy as np
 
-from ._checks import (SEEDS, _check_dense, check_block_size, check_choice, check_data_format,
-                      check_dropblock_options, check_float_dtype_name, check_int, check_n_spatial,
-                      check_rate)
+from ._checks import (SEEDS, check_block_size, check_choice, check_data_format,
+                      check_dense_shapes, check_dropblock_options, check_float_dtype_name,
+                      check_int, check_n_spatial, check_rate)
 from . import _sparse_seeds
 from .gamma import _check_gamma, clip_block, resolve_gamma
 from .shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
@@ -355,7 +355,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
     rate = check_rate(rate)
     x = _as_float_array(x)
     kernel = _as_float_array(kernel, "kernel")
-    _check_dense(x.shape, kernel.shape, None if bias is None else np.shape(bias))
+    check_dense_shapes(x.shape, kernel.shape, None if bias is None else np.shape(bias))
     if training and rate > 0.0:
         if rate == 1.0:
             kernel = np.zeros_like(kernel)

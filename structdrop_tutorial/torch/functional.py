@@ -21,9 +21,9 @@ from typing import Optional, Union
 
 import torch
 
-from .._checks import (SEEDS, _check_dense, check_block_size, check_choice, check_data_format,
-                       check_dropblock_options, check_float_dtype_name, check_int,
-                       check_n_spatial, check_rate)
+from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
+                       check_dense_shapes, check_dropblock_options, check_float_dtype_name,
+                       check_int, check_n_spatial, check_rate)
 from ..gamma import _check_gamma, clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                       spatial_axes)
@@ -382,7 +382,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
     rate = check_rate(rate)
     x = _as_float_tensor(x)
     kernel = _as_float_tensor(kernel, "kernel")
-    _check_dense(tuple(x.shape), tuple(kernel.shape),
+    check_dense_shapes(tuple(x.shape), tuple(kernel.shape),
                  None if bias is None else tuple(torch.as_tensor(bias).shape))
     if training and rate > 0.0:
         if rate == 1.0:
