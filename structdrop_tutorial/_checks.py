@@ -27,14 +27,16 @@ def check_rate(rate, name: str = "rate") -> float:
     return rate
 
 
-def check_gamma(gamma, name: str = "gamma"):
-    """``"exact"``, ``"paper"`` or a real number in [0, 1] (returned as a float); a TypeError or
-    ValueError naming ``name`` otherwise (None, a bool, a list, NaN, a number outside [0, 1])."""
-    if isinstance(gamma, str):
-        return check_choice(gamma, name, GAMMAS)
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        raise TypeError(f"{name} must be 'exact', 'paper' or a real number in [0, 1], "
-                        f"got {gamma!r}")
+def check_gamma(gamma, name: str = "gamma", choices: Sequence[str] = GAMMAS):
+    """One of ``choices`` (by default ``"exact"`` and ``"paper"``) or a real number in [0, 1]
+    (returned as a float); a TypeError or ValueError naming ``name`` otherwise (None, a bool, a
+    list, NaN, a number outside [0, 1]; a string when ``choices`` is empty)."""
+    if isinstance(gamma, str) and choices:
+        return check_choice(gamma, name, choices)
+    if isinstance(gamma, (bool, str)) or not isinstance(gamma, numbers.Real):
+        allowed = "".join(f"{c!r}, " for c in choices)
+        raise TypeError(f"{name} must be {allowed}{'or ' if choices else ''}a real number in "
+                        f"[0, 1], got {gamma!r}")
     value = float(gamma)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"{name} must be in [0, 1], got {gamma!r}")

@@ -18,7 +18,6 @@ convolutional networks", NeurIPS 2018, arXiv:1810.12890.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Sequence, Tuple, Union
 
 import numpy as np
@@ -79,9 +78,7 @@ def coverage_counts(block_size: BlockSize, spatial_shape: Sequence[int],
 
 def _check_gamma(gamma) -> float:
     """A seed probability: a real number in [0, 1] (TypeError or ValueError naming gamma)."""
-    if isinstance(gamma, (str, bool)) or not isinstance(gamma, numbers.Real):
-        raise TypeError(f"gamma must be a real number in [0, 1], got {gamma!r}")
-    return check_gamma(gamma)
+    return check_gamma(gamma, choices=())
 
 
 def drop_probability_map(gamma: float, block_size: BlockSize, spatial_shape: Sequence[int],

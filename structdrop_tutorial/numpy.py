@@ -219,7 +219,7 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_last",
     uniform = np.asarray(uniform)
     n_spatial = check_n_spatial(uniform.ndim, "uniform")
     block = check_block_size(block_size, n_spatial)
-    if not hasattr(gamma, "shape"):  # a number (arrays broadcast against uniform as given)
+    if not isinstance(gamma, np.ndarray):  # a number (arrays broadcast against uniform)
         gamma = _check_gamma(gamma)
     dropped = uniform < gamma
     for axis, b in zip(spatial_axes(uniform.ndim, data_format), block):

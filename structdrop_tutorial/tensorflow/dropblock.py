@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
@@ -88,7 +89,8 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_last",
             if static[axis] is not None and static[axis] - b + 1 < b:
                 raise ValueError(f"block_size {block_size} does not fit a map of "
                                  f"{static[axis] - b + 1} from a padded seed grid")
-    g = gamma if hasattr(gamma, "shape") else _check_gamma(gamma)  # tensors as given
+    tensor = tf.is_tensor(gamma) or isinstance(gamma, (tf.Variable, np.ndarray))
+    g = gamma if tensor else _check_gamma(gamma)  # tensors as given
     dropped = u < _threshold(g, u.dtype)
     return tf.logical_not(expand_seeds(dropped, block, data_format, seeds))
 

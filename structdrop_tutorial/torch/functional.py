@@ -188,7 +188,7 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_first"
     uniform = torch.as_tensor(uniform)
     n_spatial = check_n_spatial(uniform.ndim, "uniform")
     block = check_block_size(block_size, n_spatial)
-    if not hasattr(gamma, "shape"):  # a number (tensors broadcast against uniform as given)
+    if not isinstance(gamma, torch.Tensor):  # a number (tensors broadcast against uniform)
         gamma = _check_gamma(gamma)
     dropped = uniform < gamma
     for axis, b in zip(spatial_axes(uniform.ndim, data_format), block):
@@ -383,7 +383,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
     x = _as_float_tensor(x)
     kernel = _as_float_tensor(kernel, "kernel")
     check_dense_shapes(tuple(x.shape), tuple(kernel.shape),
-                 None if bias is None else tuple(torch.as_tensor(bias).shape))
+                       None if bias is None else tuple(torch.as_tensor(bias).shape))
     if training and rate > 0.0:
         if rate == 1.0:
             kernel = _zeros(kernel, False)
