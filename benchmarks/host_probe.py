@@ -17,11 +17,18 @@ the floor measured in the same run:
 * the row-word kernel's shared accumulator and scratch against a zeroed counter and a scratch
   allocation per call (what every call did before the accumulator; ``_fresh_state``);
 * native ops that have their own backward: ``aten::_masked_scale`` (a byte mask and a scale
-  known on the host) and ``(x * keep) * scale`` with the scale a device scalar.
+  known on the host) and ``(x * keep) * scale`` with the scale a device scalar;
+* calls through the ordinary path against prepared calls (``_prepared``: a plan kept per
+  signature launches the kernels without the per-call checks and lookups).
 
-Usage (on a CUDA machine)::
+``--stub`` measures the last of these without a GPU: on the CPU, with the compiled launchers
+replaced by no-ops (and the key made on the host as on CUDA), only the host's Python, autograd
+and allocation costs of a DropBlock forward and forward+backward are timed, against the floor's.
 
-    python benchmarks/host_probe.py --out host_probe.json
+Usage::
+
+    python benchmarks/host_probe.py --out host_probe.json   # on a CUDA machine
+    python benchmarks/host_probe.py --stub                  # anywhere: host cost only
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _launch, _triton, functional  # noqa: E402
+from structdrop_tutorial.torch import _launch, _prepared, _triton, functional  # noqa: E402
 
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
 BLOCK, RATE = 7, 0.1
@@ -65,18 +72,28 @@ def wall_us(fn, dev, n=300, repeats=3):
     return sorted(times)[len(times) // 2]
 
 
-def _direct(flag):
-    """A wrapper that runs ``fn`` with ``_launch.DIRECT`` set to ``flag``."""
+def _setting(module, name, value):
+    """A wrapper that runs ``fn`` with ``module.name`` set to ``value`` (restored after)."""
     def wrap(fn):
         def call():
-            saved = _launch.DIRECT
-            _launch.DIRECT = flag
+            saved = getattr(module, name)
+            setattr(module, name, value)
             try:
                 return fn()
             finally:
-                _launch.DIRECT = saved
+                setattr(module, name, saved)
         return call
     return wrap
+
+
+def _direct(flag):
+    """Run with direct launches (``_launch.DIRECT``) on or off."""
+    return _setting(_launch, "DIRECT", flag)
+
+
+def _planned(flag):
+    """Run with prepared calls (``_prepared.ENABLED``) on or off."""
+    return _setting(_prepared, "ENABLED", flag)
 
 
 def _fresh_state(fn):
@@ -160,15 +177,21 @@ def pieces(dev, n):
             f"row-word mask kernel + buffers, {tag}": wrap(lambda: _triton._row_buffer(rgeo, torch.device(dev), gamma, key)),
             f"MaskedScale fwd+bwd, {tag}": wrap(_fwd_bwd(
                 lambda t: _triton.MaskedScale.apply(t, words, None, True, False), x, g)),
-            f"dropblock fwd, {tag}": wrap(lambda: sdt.dropblock(x.detach(), RATE, BLOCK, seed=gen)),
-            f"dropblock fwd+bwd, {tag}": wrap(_fwd_bwd(
-                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
+            f"dropblock fwd, {tag}": _planned(False)(wrap(
+                lambda: sdt.dropblock(x.detach(), RATE, BLOCK, seed=gen))),
+            f"dropblock fwd+bwd, {tag}": _planned(False)(wrap(_fwd_bwd(
+                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g))),
         })
+    cases.update({
+        "dropblock fwd, prepared": lambda: sdt.dropblock(x.detach(), RATE, BLOCK, seed=gen),
+        "dropblock fwd+bwd, prepared": _fwd_bwd(
+            lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g),
+    })
     cases.update({
         "row-word mask kernel + buffers, direct, counter and scratch per call": _fresh_state(
             lambda: _triton._row_buffer(rgeo, torch.device(dev), gamma, key)),
-        "dropblock fwd+bwd, direct, counter and scratch per call": _fresh_state(_fwd_bwd(
-            lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
+        "dropblock fwd+bwd, direct, counter and scratch per call": _planned(False)(_fresh_state(
+            _fwd_bwd(lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g))),
     })
     cases.update({
         "key: drawn on the device, empty(1).random_": lambda: torch.empty(
@@ -217,10 +240,12 @@ def steps(dev, n, shapes):
             "floor x*mask": _fwd_bwd(lambda t: t * mask, x, g),
             "dropblock, triton[grid]": _direct(False)(_fwd_bwd(
                 lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
-            "dropblock, direct": _direct(True)(_fwd_bwd(
-                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
-            "dropblock, direct, counter and scratch per call": _fresh_state(_fwd_bwd(
-                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)),
+            "dropblock, direct": _planned(False)(_direct(True)(_fwd_bwd(
+                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g))),
+            "dropblock, prepared": _fwd_bwd(
+                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g),
+            "dropblock, direct, counter and scratch per call": _planned(False)(_fresh_state(
+                _fwd_bwd(lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g))),
             "MaskedScale only (mask given), direct": _direct(True)(_fwd_bwd(
                 lambda t: _triton.MaskedScale.apply(t, words, None, True, False), x, g)),
             "_masked_scale(x, uint8 mask, float) (mask given)": _fwd_bwd(
@@ -237,13 +262,96 @@ def steps(dev, n, shapes):
     return res
 
 
+def stub_launches() -> None:
+    """Run the eager CUDA path's Python on the CPU with no-op launchers: Triton's C launchers
+    become no-ops (nothing is computed), CPU tensors take the Triton path, the key is made on
+    the host from a counter as on CUDA, and the first-use check of row words passes. For host
+    costs only (``--stub``); the process should do nothing else afterwards."""
+    import itertools
+    from types import SimpleNamespace
+
+    class Compiled:
+        packed_metadata, function = (4, 1, 0), 0
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: Compiled()
+
+    def noop(*args):
+        return None
+
+    names = ("dropblock_mask_kernel", "dropblock_rows_kernel", "masked_scale_kernel",
+             "masked_rows_kernel", "seed_grid_kernel")
+    kernels = SimpleNamespace(**{name: Kernel() for name in names})
+    counter = itertools.count()
+    _triton.FORCE = True
+    _triton._kernels = lambda: kernels
+    _triton._rows_problem = lambda *args: None
+    _triton.new_key = lambda device, generator, eager=None: _triton._mix(1, 4 * next(counter))
+    _launch._ordinary_only = lambda: False
+    _launch._hooks_installed = lambda: False
+    _launch._entry = lambda compiled: (noop, (0, 0, 0, None, None, (4, 1, 0), None, None, None),
+                                       True)
+    real_prepared = _launch.prepared  # a CPU tensor's plan has no device index: use 0
+    _launch.prepared = lambda kernel, warps, device, key: real_prepared(kernel, warps, 0, key)
+    torch._C._cuda_getDevice = lambda: 0
+    torch._C._cuda_getCurrentRawStream = lambda device: 0
+
+
+def stub(n, repeats):
+    """Host microseconds per call with no-op launchers (see :func:`stub_launches`): the
+    minimum over ``repeats`` interleaved rounds of ``n`` calls of each case."""
+    torch.set_num_threads(1)
+    stub_launches()
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    g = torch.ones_like(x)
+    m = torch.rand(x.shape) < 0.9
+    cases = {
+        "floor x*mask fwd": lambda: x * m,
+        "floor x*mask fwd+bwd": _fwd_bwd(lambda t: t * m, x, g),
+        "dropblock fwd, ordinary": _planned(False)(lambda: sdt.dropblock(x, RATE, BLOCK)),
+        "dropblock fwd, prepared": lambda: sdt.dropblock(x, RATE, BLOCK),
+        "dropblock fwd+bwd, ordinary": _planned(False)(_fwd_bwd(
+            lambda t: sdt.dropblock(t, RATE, BLOCK), x, g)),
+        "dropblock fwd+bwd, prepared": _fwd_bwd(lambda t: sdt.dropblock(t, RATE, BLOCK), x, g),
+    }
+    for _ in range(3):  # check, "compile" and launch directly once: the plan is made
+        cases["dropblock fwd+bwd, prepared"]()
+    if len(_prepared._PLANS) != 1:
+        raise RuntimeError("no plan was made under the stub launchers")
+    for fn in cases.values():  # warm-up
+        for _ in range(20):
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(repeats):  # rounds interleave the cases, so that a busy spell hits them all
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n * 1e6)
+    # the minimum over rounds: on a shared machine, the cost with the least interference
+    out = {name: round(min(ts), 2) for name, ts in times.items()}
+    for name, ts in times.items():
+        ts.sort()
+        print(f"{name:32s} min {ts[0]:7.2f} us, median {ts[len(ts) // 2]:7.2f} us", flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--n", type=int, default=300, help="calls per timing of the tiny pieces")
     p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
     p.add_argument("--out", help="write the results as JSON")
+    p.add_argument("--stub", action="store_true",
+                   help="no GPU: host cost of the eager path with no-op launchers (CPU)")
     args = p.parse_args(argv)
+    if args.stub:
+        res = {"device": "cpu, no-op launchers", "torch": torch.__version__,
+               "host_us": stub(args.n, 15)}
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
     res = {"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
            "torch": torch.__version__, "host_us": pieces(args.device, args.n),

@@ -36,7 +36,7 @@ if want tests; then
     workers=()
     python3 -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
     timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -x -p no:cacheprovider "${workers[@]}" \
-        ${TEST_K:+-k "$TEST_K"} tests/test_torch_triton.py tests/test_torch_launch.py > "$OUT/tests.log" 2>&1
+        ${TEST_K:+-k "$TEST_K"} tests/test_torch_triton.py tests/test_torch_launch.py tests/test_torch_prepared.py > "$OUT/tests.log" 2>&1
     echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
 fi
 if want probe; then  # host costs of the pieces and eager steps against the floor

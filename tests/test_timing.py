@@ -506,3 +506,21 @@ def test_tensorflow_sync_copies_nothing_on_a_synchronous_cpu():
     finally:
         tf.config.experimental.set_synchronous_execution(True)
     assert Result.copies == 1  # asynchronous execution: wait by fetching the value
+
+
+@pytest.mark.skipif(not HAS_TORCH or importlib.util.find_spec("triton") is None,
+                    reason="torch and triton needed")
+def test_host_probe_stub_runs(tmp_path):
+    """host_probe.py --stub (no GPU: no-op launchers) times the ordinary and the prepared
+    DropBlock calls; it makes its plan or fails. Times are reported, never asserted."""
+    import json
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_probe.py"), "--stub",
+                           "--n", "20", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    host = json.loads(out.read_text())["host_us"]
+    assert set(host) == {"floor x*mask fwd", "floor x*mask fwd+bwd", "dropblock fwd, ordinary",
+                         "dropblock fwd, prepared", "dropblock fwd+bwd, ordinary",
+                         "dropblock fwd+bwd, prepared"}
+    assert all(v > 0 for v in host.values())

@@ -130,6 +130,66 @@ def test_verify_compares_with_tritons_choice(fake_gpu, monkeypatch):
         _launch.launch(k, (1,), ("a",), (), 4)
 
 
+def test_prepared_launchers_once_launched_directly(fake_gpu, monkeypatch):
+    """prepared() hands out a key's C launcher only after a direct launch of it went through,
+    for that key, warps and device; not for launchers needing scratch memory, nor with direct
+    launches off; clear() and a failed first launch change GENERATION."""
+    k = Kernel()
+    assert _launch.prepared(k, 4, 0, ("a",)) is None
+    _launch.launch(k, (1,), ("a",), ("x",), 4)
+    assert _launch.prepared(k, 4, 0, ("a",)) is None  # compiled, not launched directly yet
+    _launch.launch(k, (1,), ("a",), ("y",), 4)
+    run, lead, ints = _launch.prepared(k, 4, 0, ("a",))
+    assert ints and run == k.compiled.run.launch
+    run(5, 1, 1, 99, *lead, "z")
+    assert k.calls[-1] == ("direct", 5, 1, 1, 99) + lead + ("z",)
+    for other in [(k, 8, 0, ("a",)), (k, 4, 1, ("a",)), (k, 4, 0, ("b",))]:
+        assert _launch.prepared(*other) is None
+    s = Kernel(scratch=256)
+    for arg in ("x", "y"):
+        _launch.launch(s, (1,), ("a",), (arg,), 4)
+    assert _launch._COMPILED[(s, 4, 0, "a")][3] and _launch.prepared(s, 4, 0, ("a",)) is None
+    monkeypatch.setattr(_launch, "DIRECT", False)
+    assert _launch.prepared(k, 4, 0, ("a",)) is None
+    monkeypatch.setattr(_launch, "DIRECT", True)
+    generation = _launch.GENERATION
+    _launch.clear()
+    assert _launch.GENERATION == generation + 1 and _launch.prepared(k, 4, 0, ("a",)) is None
+    bad = Kernel(fail=True)
+    with pytest.warns(RuntimeWarning):
+        for arg in ("x", "y"):
+            _launch.launch(bad, (1,), ("a",), (arg,), 4)
+    assert _launch.GENERATION == generation + 2
+
+
+def test_kept_kernels_are_capped(fake_gpu, monkeypatch):
+    """Keys that keep changing (a threshold under a rate schedule) do not pile up: past
+    _MAX_COMPILED entries the kept kernels start again."""
+    monkeypatch.setattr(_launch, "_MAX_COMPILED", 3)
+    k = Kernel()
+    for value in range(7):
+        _launch.launch(k, (1,), ("a", value), (), 4)
+        assert len(_launch._COMPILED) == value % 3 + 1
+
+
+def test_ready_and_interpreted_launchers(fake_gpu, monkeypatch):
+    """ready() is False where launch() would not launch directly (off, verified, hooked,
+    broken); under the interpreter prepared() is an ordinary launch over a 3-D grid."""
+    assert _launch.ready()
+    for name, value in [("DIRECT", False), ("VERIFY", True), ("_BROKEN", ["x"]),
+                        ("_hooks_installed", lambda: True)]:
+        with monkeypatch.context() as m:
+            m.setattr(_launch, name, value)
+            assert not _launch.ready(), name
+    monkeypatch.setattr(_launch, "_ordinary_only", lambda: True)
+    assert _launch.ready()
+    k = Kernel()
+    run, lead, ints = _launch.prepared(k, 2, None, ("never launched",))
+    assert lead == () and not ints
+    run(3, 2, 1, 0, "x", 5)
+    assert k.calls == [("triton", (3, 2, 1), ("x", 5), 2)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="direct launches need a GPU")
 def test_dropblock_with_direct_launches_equals_triton_launches(monkeypatch):
     """On a GPU: forward and gradient with direct launches (checked against Triton's own

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _launch, _triton  # noqa: E402
+from structdrop_tutorial.torch import _launch, _prepared, _triton  # noqa: E402
 
 from helpers import five_sigma_fraction_bound  # noqa: E402
 
@@ -67,7 +67,8 @@ def counting_dropblock(monkeypatch):
 
 def recording_mask_kernels(monkeypatch):
     """Wrap both mask kernels' launchers so that each call appends "rows" or "bytes" to the
-    returned list."""
+    returned list (every call through them: no prepared calls, see _prepared)."""
+    monkeypatch.setattr(_prepared, "ENABLED", False)
     used, real_rows, real_bytes = [], _triton._row_buffer, _triton._mask_bytes
     monkeypatch.setattr(_triton, "_row_buffer", lambda *a: used.append("rows") or real_rows(*a))
     monkeypatch.setattr(_triton, "_mask_bytes", lambda *a: used.append("bytes") or real_bytes(*a))
@@ -707,7 +708,9 @@ def test_first_use_failure_falls_back_once_with_a_warning(monkeypatch):
 
 
 def test_a_checked_combination_is_not_caught(monkeypatch, mask_kind):
-    """Once a (device, geometry, dtype, normalize) combination ran, its errors propagate."""
+    """Once a (device, geometry, dtype, normalize) combination ran, its errors propagate (here
+    through the ordinary path; tests/test_torch_prepared.py checks prepared calls)."""
+    monkeypatch.setattr(_prepared, "ENABLED", False)
     monkeypatch.setattr(_triton, "_CHECKED", set())
     monkeypatch.setattr(_triton, "_FAILED", {})
     x = torch.ones(3, 2, 9, 9, device=DEVICE)

@@ -45,13 +45,18 @@ DIRECT = True
 #: Check every direct launch against Triton's own cache lookup (tests on a GPU).
 VERIFY = False
 
-# full key -> (compiled kernel, launch function, its leading arguments, launched directly yet):
-# the launch function is the compiled kernel's C launcher where it needs no scratch memory
-# (Triton 3.6's ``CudaLauncher.launch``), else its ``run``.
+# full key -> (compiled kernel, launch function, its leading arguments, launched directly yet,
+# the launch function is the C launcher): the launch function is the compiled kernel's C
+# launcher where it needs no scratch memory (Triton 3.6's ``CudaLauncher.launch``), else its
+# ``run``.
 _COMPILED: Dict[Tuple, tuple] = {}
+_MAX_COMPILED = 4096
 # Why direct launches were switched off for good (a Triton whose launcher takes other
 # arguments); empty while they work.
 _BROKEN: list = []
+# Changes whenever kept launchers may no longer be used (clear(), direct launches switched off):
+# callers that keep a launcher of :func:`prepared` compare it with the value they saw.
+GENERATION = 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,8 +93,8 @@ def _entry(compiled) -> tuple:
             and getattr(launcher, "profile_scratch_size", 1) == 0
             and hasattr(launcher, "launch_cooperative_grid") and hasattr(launcher, "launch_pdl")):
         return c_launch, (compiled.function, launcher.launch_cooperative_grid, launcher.launch_pdl,
-                          None, None, compiled.packed_metadata, None, None, None)
-    return launcher, (compiled.function, compiled.packed_metadata, None, None, None)
+                          None, None, compiled.packed_metadata, None, None, None), True
+    return launcher, (compiled.function, compiled.packed_metadata, None, None, None), False
 
 
 def launch(kernel, grid: tuple, key: tuple, args: tuple, num_warps: int) -> None:
@@ -105,9 +110,12 @@ def launch(kernel, grid: tuple, key: tuple, args: tuple, num_warps: int) -> None
     if entry is None or _hooks_installed():
         used = kernel[grid](*args, num_warps=num_warps)
         if entry is None and hasattr(used, "packed_metadata"):
-            _COMPILED[full] = (used,) + _entry(used) + (False,)
+            if len(_COMPILED) >= _MAX_COMPILED:  # keys holding a value that keeps changing
+                _COMPILED.clear()                 # (a threshold under a rate schedule)
+            run, lead, c_launcher = _entry(used)
+            _COMPILED[full] = (used, run, lead, False, c_launcher)
         return
-    compiled, run, lead, tried = entry
+    compiled, run, lead, tried, c_launcher = entry
     if VERIFY:  # the kernel Triton's own lookup picks for these arguments (no launch)
         if kernel.warmup(*args, grid=grid, num_warps=num_warps) is not compiled:
             raise AssertionError(f"{getattr(kernel, '__name__', kernel)}: launch key {key} "
@@ -121,15 +129,49 @@ def launch(kernel, grid: tuple, key: tuple, args: tuple, num_warps: int) -> None
     try:  # the first direct launch of this kernel: a launcher taking other arguments fails here
         run(grid[0], g1, g2, stream, *lead, *args)
     except Exception as exc:  # argument parsing fails before anything is launched
+        global GENERATION
+        GENERATION += 1
         _BROKEN.append(f"{type(exc).__name__}: {exc}")
         warnings.warn(f"structdrop: direct Triton launches failed ({_BROKEN[0][:200]}); "
                       "launching through Triton from now on", RuntimeWarning, stacklevel=3)
         kernel[grid](*args, num_warps=num_warps)
         return
-    _COMPILED[full] = (compiled, run, lead, True)
+    _COMPILED[full] = (compiled, run, lead, True, c_launcher)
+
+
+def ready() -> bool:
+    """Whether a launcher from :func:`prepared` may be called now: direct launches on, not
+    verified, no launch hooks, nothing being compiled (the checks :func:`launch` makes per call,
+    except the key's)."""
+    if _ordinary_only():
+        return not _compiling()
+    return DIRECT and not VERIFY and not _BROKEN and not _compiling() and not _hooks_installed()
+
+
+def prepared(kernel, num_warps: int, device: int, key: tuple):
+    """``(run, lead, pointers_as_ints)`` to launch ``kernel`` for ``key`` later as
+    ``run(gx, gy, gz, stream, *lead, *args)`` without :func:`launch`'s bookkeeping, or None.
+
+    On a GPU it is the compiled kernel's C launcher, once :func:`launch` has launched this key
+    directly: ``args`` may then pass pointers as integers (``Tensor.data_ptr()``; the launcher
+    takes an int as the address, without asking the driver about it) and must match ``key``'s
+    specialization. Under Triton's interpreter it is an ordinary launch of tensors. Callers
+    check :func:`ready` and :data:`GENERATION` before each use."""
+    if _ordinary_only():
+        def run(gx, gy, gz, stream, *args):
+            kernel[(gx, gy, gz)](*args, num_warps=num_warps)
+        return run, (), False
+    if not DIRECT or _BROKEN:
+        return None
+    entry = _COMPILED.get((kernel, num_warps, device) + key)
+    if entry is None or not entry[3] or not entry[4]:
+        return None
+    return entry[1], entry[2], True
 
 
 def clear() -> None:
     """Forget the compiled kernels kept for direct launches (and a failure of them)."""
+    global GENERATION
+    GENERATION += 1
     _COMPILED.clear()
     _BROKEN.clear()

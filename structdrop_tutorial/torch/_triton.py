@@ -48,8 +48,11 @@ an autograd function forward, a backward in Python), although the kernels are la
 their compiled launchers (:mod:`._launch`) and the key is made on the host. Those figures
 predate the shared accumulator of the row-word kernel, which removed the counter (a fill
 kernel, about 10 us of host time per call there) and the per-call scratch allocation; that
-change has not been timed on a GPU yet. An earlier H200 run of the byte-mask kernels is in
-``data/timings/gpu_nvidia_h200*``.
+change has not been timed on a GPU yet, nor has the next one: after the first calls of a
+signature, :mod:`._prepared` keeps a plan that launches both kernels without the per-call checks
+and lookups (on this repository's 2-core CPU with no-op launchers, a tiny forward+backward
+costs the host about 48 us through a plan and 75 us without; the floor 31). An earlier H200 run
+of the byte-mask kernels is in ``data/timings/gpu_nvidia_h200*``.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
@@ -420,11 +423,15 @@ def seed_grid(shape, device, gamma, block, seeds, key) -> torch.Tensor:
 
 
 def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
-           out: torch.Tensor) -> torch.Tensor:
+           out: torch.Tensor, plan=None, checked: bool = False) -> torch.Tensor:
     """``out = x * keep * scale``; ``mask`` is the boolean keep mask or a buffer of x's row
     words followed by the count of kept units (int64, see :func:`_row_buffer`); ``param`` is
     the kept-unit count of a boolean mask (a device tensor) when ``from_count`` (unused with
-    row words), else the scale as a Python float (passed by value as its float64 bits)."""
+    row words), else the scale as a Python float (passed by value as its float64 bits).
+    ``plan``: the :class:`._prepared.Plan` the row words came from, launched from where it
+    still applies (``checked``: it was just found to)."""
+    if plan is not None and _prepared.product(plan, x, mask, out, checked):
+        return out
     n = x.numel()
     launch = (-(-n // APPLY_BLOCK),)
     count, bits = (param, 0) if from_count else (None, _float64_bits(param))
@@ -470,9 +477,10 @@ class MaskedScale(torch.autograd.Function):
     backward pass."""
 
     @staticmethod
-    def forward(ctx, x, keep, param, from_count, inplace):
+    def forward(ctx, x, keep, param, from_count, inplace, plan=None):
         out = x if inplace else torch.empty_like(x)
-        _apply(x, keep, param, from_count, out)
+        _apply(x, keep, param, from_count, out, plan, True)
+        ctx.plan = plan
         if inplace:
             ctx.mark_dirty(x)
         if from_count and keep.dtype == torch.bool:
@@ -489,15 +497,16 @@ class MaskedScale(torch.autograd.Function):
         saved = ctx.saved_tensors
         keep, param = saved if len(saved) == 2 else (saved[0], ctx.scale)
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         if grad.requires_grad:  # double backward: differentiable tensor operations
             if ctx.from_count and keep.dtype == torch.int64:
                 param = keep[-1:]  # the count after the row words
             keep = _keep(keep, grad.shape)
             scale = _scale(keep, param, ctx.from_count, grad.dtype)
-            return grad * (keep.to(grad.dtype) * scale).to(grad.dtype), None, None, None, None
+            return grad * (keep.to(grad.dtype) * scale).to(grad.dtype), None, None, None, None, None
         grad = grad.contiguous()
-        return _apply(grad, keep, param, ctx.from_count, torch.empty_like(grad)), None, None, None, None
+        out = _apply(grad, keep, param, ctx.from_count, torch.empty_like(grad), ctx.plan)
+        return out, None, None, None, None, None
 
 
 # Combinations (device, geometry, dtype, normalization) whose kernels compiled and ran, and
@@ -606,5 +615,8 @@ def apply_masked_scale(x, keep, param, from_count: bool, inplace: bool) -> torch
     no functorch transform is active, ``x`` is a plain tensor and nothing is being compiled."""
     if (torch._C._are_functorch_transforms_active() or _compiling()
             or torch._C._functorch.is_functorch_wrapped_tensor(x)):
-        return MaskedScale.apply(x, keep, param, from_count, inplace)
-    return _BASE_APPLY(x, keep, param, from_count, inplace)
+        return MaskedScale.apply(x, keep, param, from_count, inplace, None)
+    return _BASE_APPLY(x, keep, param, from_count, inplace, None)
+
+
+from . import _prepared  # noqa: E402  (it uses this module's functions)

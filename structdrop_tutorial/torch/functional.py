@@ -29,7 +29,7 @@ from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_g
                       spatial_axes)
 from ._fast import _compiling, bernoulli_positions, count_true, masked_scale, scale_from_count
 from ._paint import seeds_to_dropped, seeds_to_keep_from_table, use_table, window_or
-from . import _triton
+from . import _prepared, _triton
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
            "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
@@ -283,6 +283,12 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     Returns:
         Tensor of x's shape, dtype and device.
     """
+    if (training and uniform is None and type(share) is tuple and not share and not _compiling()
+            and _prepared._PLANS):
+        plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize)
+        if plan is not None:  # a signature served before: see _prepared
+            return _prepared.dropblock(plan, x, _generator(seed, plan.device), inplace)
+    call = (rate, block_size, data_format, gamma, seeds, normalize)
     x = _as_float_tensor(x)
     rate, share, spatial, block, g = _dropblock_plan(
         tuple(x.shape), rate, block_size, data_format, gamma, seeds, share, normalize)
@@ -296,6 +302,7 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
         out = _triton.dropblock(x, g, block, seeds, normalize, rate, _generator(seed, x.device),
                                 inplace)
         if out is not None:
+            _prepared.remember(x, *call, g, block)
             return out
     axes = spatial_axes(x.ndim, data_format)
     grid = seed_grid_shape(tuple(x.shape), block, data_format, seeds, share)

@@ -1,0 +1,222 @@
+"""The eager CUDA DropBlock call, prepared once per signature.
+
+A call of :func:`structdrop_tutorial.torch.dropblock` that takes the Triton row-word path
+(:mod:`._triton`) spends most of its host time on work whose result is the same from one call
+to the next: checking the arguments, resolving gamma, finding the launch geometry, confirming
+that this geometry was checked on this device, building launch keys and looking the compiled
+kernels up. On a GPU the eager step is bound by that host time (book chapter 8).
+
+Once a signature (input shape, dtype and device, and the arguments of ``dropblock``) has come
+back to the ordinary path, which has checked and compiled everything for it, :func:`remember`
+keeps a :class:`Plan`:
+the compiled launchers of the mask and product kernels (:func:`._launch.prepared`) and every
+argument they take that does not change between calls. Later calls with the same signature
+(:func:`find`) make the key, allocate the row words, launch the mask kernel and apply the product
+through :class:`._triton.MaskedScale`, whose forward and backward launch the product kernel
+from the plan too. On a GPU the pointers go to the launcher as integers, so it does not ask
+the driver about each tensor.
+
+The masks, outputs, gradients and the generator's state after a call are those of the ordinary
+path: the same key from the same generator (:func:`._triton.new_key`), the same kernels with
+the same arguments. A plan is only used while nothing it depends on has changed: the module
+switches of :mod:`._triton` and :mod:`._launch`, their tuning constants, the sets of checked
+geometries (tests replace them), the current CUDA device; never while a CUDA graph is captured,
+``torch.compile`` traces, a functorch transform is active, launch hooks are installed or
+launches are verified. Anything else (byte masks, ``share``, ``uniform``, strided or
+subclassed inputs, a rate or block size that is not a plain float or int) takes the ordinary
+path.
+
+Measured on the 2-core CPU of the book's timings with the launchers replaced by no-ops (so that
+only Python, autograd and allocations are timed; ``benchmarks/host_probe.py --stub``, the
+minimum of 15 interleaved rounds, three runs): a forward+backward on a tiny input costs the
+host 31 us for the floor ``x * mask``, 74-75 us through the ordinary path and 47-49 us through a
+plan; a forward alone 5.5, 31 and 14. On a GPU this has not been timed yet.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from . import _launch, _triton
+
+#: Use plans where they apply (tests and ``benchmarks/host_probe.py`` switch it off to compare).
+ENABLED = True
+_PLANS: Dict[tuple, "Plan"] = {}
+_SEEN: set = set()  # signatures served once by the ordinary path
+_MAX_PLANS = 256
+_GAMMA_TYPES = (str, float, int)
+
+
+def _tunables() -> tuple:
+    return (_triton.ROW_ITEMS, _triton.ROW_WARPS, _triton.APPLY_BLOCK, _triton.APPLY_WARPS)
+
+
+class Plan:
+    """What a call of one signature needs: the device, the row-word geometry and its launch,
+    the product's launch, and the state of the modules the plan was made under."""
+
+    __slots__ = ("device", "index", "geo", "gamma", "rows", "scratch", "ints", "mask_run",
+                 "mask_lead", "mask_grid", "mask_tail", "prod_run", "prod_lead", "prod_grid",
+                 "prod_tail", "param", "from_count", "generation", "tunables", "checked",
+                 "rows_checked")
+
+    def fresh(self) -> bool:
+        """Nothing the plan depends on has changed since it was made."""
+        return (self.generation == _launch.GENERATION and self.checked is _triton._CHECKED
+                and self.rows_checked is _triton._ROWS_CHECKED and self.tunables == _tunables())
+
+
+def _plain_block(block_size) -> bool:
+    return type(block_size) is int or (
+        type(block_size) is tuple and all(type(b) is int for b in block_size))
+
+
+def _key(x, rate, block_size, data_format, gamma, seeds, normalize) -> Optional[tuple]:
+    """The plan key of a call, or None when an argument is not a plain value (a float rate, an
+    int block size or a tuple of ints, a gamma that is a string or a number): values that
+    compare equal but check differently (7 and 7.0, 1 and True) never share a plan."""
+    if (type(x) is not torch.Tensor or type(rate) is not float or type(gamma) not in _GAMMA_TYPES
+            or not _plain_block(block_size)):
+        return None
+    return (x.shape, x.dtype, x.device, rate, block_size, data_format, gamma, seeds, normalize)
+
+
+def _usable(plan: Plan) -> bool:
+    """The switches allow the plan, and the call is eager and on the plan's current device."""
+    if not (ENABLED and _triton.ENABLED and _triton.ROW_WORDS and plan.fresh()):
+        return False
+    if _triton._FAILED or _triton._ROWS_FAILED or not _launch.ready():
+        return False
+    if plan.index is None:  # Triton's interpreter (CPU tests)
+        return _triton.FORCE
+    return (torch._C._cuda_getDevice() == plan.index
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def find(x, rate, block_size, data_format, gamma, seeds, normalize) -> Optional[Plan]:
+    """The plan for this call of :func:`dropblock` (training, no ``uniform``, ``share=()``),
+    or None: the caller takes the ordinary path."""
+    key = _key(x, rate, block_size, data_format, gamma, seeds, normalize)
+    if key is None:
+        return None
+    try:
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable data_format, seeds or normalize: the checks will say so
+        return None
+    if (plan is None or not x.is_contiguous() or not _usable(plan)
+            or torch._C._are_functorch_transforms_active()
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)):
+        return None
+    return plan
+
+
+def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block) -> None:
+    """Keep a plan for this call's signature, which the ordinary path has just served with row
+    words (``g`` and ``block``: the resolved gamma and the clipped block), once its geometry is
+    checked on the device and both kernels can be launched from a plan."""
+    key = _key(x, rate, block_size, data_format, gamma, seeds, normalize)
+    if not ENABLED or key is None or not x.is_contiguous():
+        return
+    try:
+        old = _PLANS.get(key)
+    except TypeError:
+        return
+    if old is not None and old.fresh():
+        return
+    if old is None and key not in _SEEN:  # a signature seen once may not come back (a rate
+        if len(_SEEN) >= _MAX_PLANS * 16:  # ramped by a schedule changes every step): plan
+            _SEEN.clear()                   # on its second ordinary call
+        _SEEN.add(key)
+        return
+    device = x.device
+    geo = _triton.row_geometry(tuple(x.shape), tuple(block), seeds, _triton.ROW_ITEMS)
+    name = str(device)
+    if (geo is None or not _triton.ROW_WORDS or (name, geo) not in _triton._ROWS_CHECKED
+            or (name, geo, x.dtype, normalize) not in _triton._CHECKED):
+        return
+    index = device.index if device.type == "cuda" else None
+    kernels = _triton._kernels()
+    thresh = _triton.threshold(g)
+    n, w = x.numel(), x.shape[-1]
+    from_count = normalize == "batch"
+    # the keys _row_buffer and _apply launch these kernels with (host keys are 64-bit ints,
+    # fresh buffers are 16-byte aligned)
+    mask = _launch.prepared(kernels.dropblock_rows_kernel, _triton.ROW_WARPS, index,
+                            (geo, thresh, "i64"))
+    prod = _launch.prepared(kernels.masked_rows_kernel, _triton.APPLY_WARPS, index,
+                            (x.dtype, True, True, n, from_count, w))
+    if mask is None or prod is None or mask[2] != prod[2]:
+        return
+    plan = Plan()
+    plan.device, plan.index, plan.geo, plan.gamma = device, index, geo, g
+    plan.rows, plan.scratch, plan.ints = geo.rows, geo.scratch, mask[2]
+    plan.mask_run, plan.mask_lead = mask[0], mask[1]
+    plan.mask_grid = tuple(geo.launch) + (1,) * (3 - len(geo.launch))
+    plan.mask_tail = (thresh, geo.n_mblocks) + tuple(geo.dims) + tuple(geo.consts)
+    plan.prod_run, plan.prod_lead = prod[0], prod[1]
+    plan.prod_grid = (-(-n // _triton.APPLY_BLOCK), 1, 1)
+    plan.param = None if from_count else 1.0 / (1.0 - rate)
+    plan.from_count = from_count
+    bits = 0 if from_count else _triton._float64_bits(plan.param)
+    plan.prod_tail = (bits, n, n, w, from_count, x.dtype == torch.float64, _triton.APPLY_BLOCK)
+    plan.generation, plan.tunables = _launch.GENERATION, _tunables()
+    plan.checked, plan.rows_checked = _triton._CHECKED, _triton._ROWS_CHECKED
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = plan
+
+
+def dropblock(plan: Plan, x: torch.Tensor, generator, inplace: bool) -> torch.Tensor:
+    """DropBlock of ``x`` through ``plan`` (from :func:`find`): the ordinary path's result."""
+    device = plan.device
+    key = _triton.new_key(device, generator, True)
+    words = torch.empty(plan.rows + 1, dtype=torch.int64, device=device)
+    if plan.index is None:
+        stream, where = 0, (device.type, 0)
+    else:
+        stream = torch._C._cuda_getCurrentRawStream(plan.index)
+        where = (plan.index, stream)
+    state = _triton._STATE.get(where)
+    if state is None or state[1].numel() < plan.scratch:
+        state = _triton._row_state(device, plan.scratch, True)
+    acc, scratch = state
+    g = plan.mask_grid
+    if type(key) is not int:  # a key drawn on the device (a generator without an offset)
+        if plan.ints:
+            words = _triton._row_buffer(plan.geo, device, plan.gamma, key)
+        else:
+            plan.mask_run(g[0], g[1], g[2], stream, words, scratch, acc, key, 0,
+                          *plan.mask_tail, True)
+    elif plan.ints:
+        plan.mask_run(g[0], g[1], g[2], stream, *plan.mask_lead, words.data_ptr(),
+                      scratch.data_ptr(), acc.data_ptr(), None, key, *plan.mask_tail, False)
+    else:
+        plan.mask_run(g[0], g[1], g[2], stream, words, scratch, acc, None, key,
+                      *plan.mask_tail, False)
+    return _triton._BASE_APPLY(x, words, plan.param, plan.from_count, inplace, plan)
+
+
+def product(plan: Plan, x: torch.Tensor, words: torch.Tensor, out: torch.Tensor,
+            checked: bool) -> bool:
+    """``out = x * keep * scale`` from the plan's row words; False (nothing launched) when the
+    plan no longer applies (``checked``: :func:`find` has just said it does) or x and out are
+    not 16-byte aligned, as the kept launcher was compiled for."""
+    if not checked and not (_usable(plan) and x.device == plan.device):
+        return False
+    g = plan.prod_grid
+    if not plan.ints:
+        plan.prod_run(g[0], g[1], g[2], 0, x, words, out, *plan.prod_tail)
+        return True
+    px, po = x.data_ptr(), out.data_ptr()
+    if (px | po) & 15:
+        return False
+    plan.prod_run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(plan.index),
+                  *plan.prod_lead, px, words.data_ptr(), po, *plan.prod_tail)
+    return True
+
+
+def clear() -> None:
+    """Forget every plan (and every signature seen)."""
+    _PLANS.clear()
+    _SEEN.clear()
