@@ -14,6 +14,10 @@
 #   sass.txt              triton_sass.py for this GPU's architecture: static instruction counts
 #                         of both mask kernels, to read against the kernel times
 #
+# Afterwards `python benchmarks/ingest_gpu.py $OUT` copies the CSV over the committed one and
+# writes the probe and network timings into the GPU's _kernels.json (the tune step's figures
+# and the chapter's prose are still updated by hand).
+#
 # STEPS picks the parts (default: all, in this order; each has its own timeout). Measured on an
 # H100 (16 CPU cores, Triton compiling cold): tests 34 s over 14 processes (TEST_WORKERS=14);
 # tune about 2 minutes; bench with ROUNDS=2 MIN_RUN_TIME=0.1 about 3 minutes for the five

@@ -1,0 +1,117 @@
+"""Fold the files of a GPU round (``bash benchmarks/run_gpu.sh``) into the committed timings.
+
+``run_gpu.sh`` leaves, under its output folder, the benchmark CSV ``gpu_<name>.csv``, the host
+probe ``host_probe.json``, the network-stage timings ``network.json`` and ``gpu.txt`` (the GPU
+and the torch and Triton versions). This script copies the CSV over the committed one of the
+same name in ``structdrop_tutorial/data/timings/`` and writes the probe and the network timings
+into that GPU's ``gpu_<name>_kernels.json`` (under ``host_probe`` and ``network``; the kernel
+sweep's entries are left as they are), with the software, the date and how they were measured.
+It then prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
+and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes.
+
+Usage (after fetching the round's files)::
+
+    python benchmarks/ingest_gpu.py gpu_out            # writes the timings
+    python benchmarks/ingest_gpu.py gpu_out --dry-run  # only prints
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMINGS = ROOT / "structdrop_tutorial" / "data" / "timings"
+RESNET = ("32x1024x14x14", "32x512x28x28", "16x256x56x56")
+PROBE_METHOD = ("benchmarks/host_probe.py --n {n}: host_us is the median of 3 loops of n calls, "
+                "device synchronized at both ends, tiny 1x1x16x16 input; 'triton[grid]' and "
+                "'direct' run the ordinary path with _launch.DIRECT off and on, 'prepared' the "
+                "planned calls of _prepared; eager_fwd_bwd_us is the same loop (n // 3 calls) at "
+                "full size, where the device's work counts as well")
+NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
+                  "forward+backward (autograd.grad to the stage's parameters), eager; ops timed "
+                  "round-robin, median per step; added_s = step_s - step_s of the stage "
+                  "without an op")
+
+
+def software(out: Path) -> str:
+    """``torch X, triton Y`` from run_gpu.sh's gpu.txt (its last line)."""
+    lines = (out / "gpu.txt").read_text().strip().splitlines()
+    words = lines[-1].split()
+    if len(words) != 4 or words[0] != "torch" or words[2] != "triton":
+        raise ValueError(f"{out / 'gpu.txt'}: expected 'torch X triton Y' last, got {lines[-1]!r}")
+    return f"torch {words[1]}, triton {words[3]}"
+
+
+def ratios(csv_path: Path) -> dict:
+    """(pass, case) -> ratio of the package's DropBlock at the ResNet-50 shapes."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {(r["pass"], r["case"]): float(r["ratio"]) for r in rows
+            if r["framework"] == "torch" and r["op"] in ("dropblock", "structdrop dropblock")
+            and r["case"] in RESNET}
+
+
+def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: int = 300) -> dict:
+    """Fold ``out``'s files into ``timings``; returns what it wrote (or would write)."""
+    csvs = sorted(out.glob("gpu_*.csv"))
+    if len(csvs) != 1:
+        raise FileNotFoundError(f"{out}: expected one gpu_<name>.csv, found {len(csvs)}")
+    name = csvs[0].stem
+    sw = software(out)
+    kernels_path = timings / f"{name}_kernels.json"
+    kernels = json.loads(kernels_path.read_text()) if kernels_path.exists() else {}
+    today = datetime.date.today().isoformat()
+    wrote = {"csv": str(timings / csvs[0].name), "ratios": ratios(csvs[0])}
+    probe_path, network_path = out / "host_probe.json", out / "network.json"
+    if probe_path.exists():
+        probe = json.loads(probe_path.read_text())
+        kernels["host_probe"] = {"software": sw, "date": today,
+                                 "method": PROBE_METHOD.format(n=probe_n),
+                                 "host_us": probe["host_us"],
+                                 "eager_fwd_bwd_us": probe["eager_fwd_bwd_us"]}
+        wrote["host_probe"] = kernels["host_probe"]
+    if network_path.exists():
+        network = json.loads(network_path.read_text())
+        kernels["network"] = {"software": sw, "date": today, "method": NETWORK_METHOD,
+                              **{k: network[k] for k in ("stage", "block", "rate", "steps")}}
+        wrote["network"] = kernels["network"]
+    if not dry_run:
+        shutil.copyfile(csvs[0], timings / csvs[0].name)
+        if "host_probe" in wrote or "network" in wrote:
+            kernels_path.write_text(json.dumps(kernels, indent=1) + "\n")
+    return wrote
+
+
+def report(wrote: dict) -> None:
+    r = wrote["ratios"]
+    for mode in ("fwd+bwd", "graph"):
+        cells = [f"{r[(mode, c)]:.2f}" if (mode, c) in r else "-" for c in RESNET]
+        print(f"dropblock {mode:8s} ratio to the floor at {', '.join(RESNET)}: {' / '.join(cells)}")
+    host = wrote.get("host_probe", {}).get("host_us", {})
+    for key in ("dropblock fwd+bwd, direct", "dropblock fwd+bwd, prepared", "native x*m fwd+bwd"):
+        if key in host:
+            print(f"host, tiny input: {key:32s} {host[key]} us")
+    for label, row in wrote.get("host_probe", {}).get("eager_fwd_bwd_us", {}).items():
+        floor = row.get("floor x*mask")
+        cells = {k: v for k, v in row.items() if k in ("dropblock, direct", "dropblock, prepared")}
+        if isinstance(floor, float):
+            print(f"eager step {label}: " + ", ".join(
+                f"{k} {v / floor:.2f}" for k, v in cells.items() if isinstance(v, float)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", type=Path, help="run_gpu.sh's output folder")
+    p.add_argument("--timings", type=Path, default=TIMINGS)
+    p.add_argument("--probe-n", type=int, default=300, help="PROBE_N of the round")
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args(argv)
+    report(ingest(args.out, args.timings, args.dry_run, args.probe_n))
+
+
+if __name__ == "__main__":
+    main()
