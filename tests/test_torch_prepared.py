@@ -31,6 +31,7 @@ def fresh(monkeypatch):
     monkeypatch.setattr(_prepared, "ENABLED", True)
     monkeypatch.setattr(_prepared, "_PLANS", {})
     monkeypatch.setattr(_prepared, "_SEEN", set())
+    monkeypatch.setattr(_prepared, "_BYTES", {})
     yield
     assert not _triton._FAILED and not _triton._ROWS_FAILED
 
@@ -246,6 +247,23 @@ def test_a_signature_is_planned_on_its_second_call(planned):
     for _ in range(3):
         sdt.dropblock(x, 0.3, 3)
     assert len(_prepared._PLANS) == 1 and len(planned) == 1
+
+
+def test_byte_mask_signatures_are_not_planned(planned, monkeypatch):
+    """Rows wider than a 64-bit word take byte masks: no plan, and after the second call no
+    attempt to make one (the row geometry is not looked up again) until the tuning changes."""
+    x = torch.randn(2, 3, 5, 70, device=DEVICE)
+    for _ in range(2):
+        sdt.dropblock(x, 0.25, 3)
+    assert not _prepared._PLANS and len(_prepared._BYTES) == 1
+    looked_up = []
+    real = _triton.row_geometry
+    monkeypatch.setattr(_triton, "row_geometry", lambda *a: looked_up.append(1) or real(*a))
+    sdt.dropblock(x, 0.25, 3)
+    assert len(looked_up) == 1  # the ordinary path's own lookup only
+    monkeypatch.setattr(_triton, "ROW_ITEMS", _triton.ROW_ITEMS * 2)
+    sdt.dropblock(x, 0.25, 3)
+    assert len(looked_up) == 3 and not planned
 
 
 def test_plans_are_capped():

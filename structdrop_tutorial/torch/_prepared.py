@@ -44,6 +44,7 @@ from . import _launch, _triton
 ENABLED = True
 _PLANS: Dict[tuple, "Plan"] = {}
 _SEEN: set = set()  # signatures served once by the ordinary path
+_BYTES: Dict[tuple, tuple] = {}  # signatures whose rows are wider than a word -> the tunables
 _MAX_PLANS = 256
 _GAMMA_TYPES = (str, float, int)
 
@@ -124,6 +125,8 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
         return
     if old is not None and old.fresh():
         return
+    if _BYTES.get(key) == _tunables():  # known to take byte masks: nothing to plan
+        return
     if old is None and key not in _SEEN:  # a signature seen once may not come back (a rate
         if len(_SEEN) >= _MAX_PLANS * 16:  # ramped by a schedule changes every step): plan
             _SEEN.clear()                   # on its second ordinary call
@@ -131,8 +134,13 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
         return
     device = x.device
     geo = _triton.row_geometry(tuple(x.shape), tuple(block), seeds, _triton.ROW_ITEMS)
+    if geo is None:  # rows wider than a word
+        if len(_BYTES) >= _MAX_PLANS * 16:
+            _BYTES.clear()
+        _BYTES[key] = _tunables()
+        return
     name = str(device)
-    if (geo is None or not _triton.ROW_WORDS or (name, geo) not in _triton._ROWS_CHECKED
+    if (not _triton.ROW_WORDS or (name, geo) not in _triton._ROWS_CHECKED
             or (name, geo, x.dtype, normalize) not in _triton._CHECKED):
         return
     index = device.index if device.type == "cuda" else None
@@ -220,3 +228,4 @@ def clear() -> None:
     """Forget every plan (and every signature seen)."""
     _PLANS.clear()
     _SEEN.clear()
+    _BYTES.clear()
