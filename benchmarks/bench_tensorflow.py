@@ -47,6 +47,13 @@ SHAPES = [(32, 14, 14, 1024), (32, 28, 28, 512), (16, 56, 56, 256), (16, 16, 16,
           (32, 1024, 256)]
 TINY_SHAPES = [(4, 14, 14, 64), (2, 28, 28, 32)]
 BLOCK, RATE = 7, 0.1
+
+
+def nchw_label(shape) -> str:
+    """The case's name in every framework's rows: its NCHW shape (channels moved forward)."""
+    return "x".join(map(str, (shape[0], shape[-1]) + tuple(shape[1:-1])))
+
+
 COLUMNS = ["framework", "op", "shape", "mode", "jit", "median_s", "iqr_s", "ratio_to_floor",
            "floor_op", "device", "tf_version", "keras_version", "threads", "runs", "case"]
 
@@ -195,7 +202,7 @@ def main(argv=None):
         for name, (t, floor) in results.items():
             ratio = medians[name] / medians[floor] if floor else 1.0
             rows.append({"framework": "tensorflow", "op": name,
-                         "shape": "x".join(map(str, shape)), "case": "x".join(map(str, shape)),
+                         "shape": "x".join(map(str, shape)), "case": nchw_label(shape),
                          "mode": label, "jit": jit,
                          "median_s": f"{medians[name]:.6g}",
                          "iqr_s": f"{quartile_spread(t):.3g}",

@@ -71,20 +71,21 @@ class Case:
 
 
 #: The issue's shapes (NCHW; channels_last for TensorFlow and NumPy), then a 3-D and a 1-D case.
+#: A case is named by its NCHW shape in every framework's rows, whatever layout it runs in.
 FULL_CASES = (
     Case("32x1024x14x14", (32, 1024, 14, 14)),
     Case("32x512x28x28", (32, 512, 28, 28)),
     Case("16x256x56x56", (16, 256, 56, 56)),
-    Case("3-D 16x64x16x16x16", (16, 64, 16, 16, 16)),
-    Case("1-D 32x256x1024", (32, 256, 1024)),
+    Case("16x64x16x16x16", (16, 64, 16, 16, 16)),
+    Case("32x256x1024", (32, 256, 1024)),
 )
 
 #: Small versions of the same cases, for CI smoke runs and the book on a CPU.
 TINY_CASES = (
     Case("2x64x14x14", (2, 64, 14, 14)),
     Case("2x32x28x28", (2, 32, 28, 28)),
-    Case("3-D 2x8x12x12x12", (2, 8, 12, 12, 12), block=5),
-    Case("1-D 4x16x256", (4, 16, 256)),
+    Case("2x8x12x12x12", (2, 8, 12, 12, 12), block=5),
+    Case("4x16x256", (4, 16, 256)),
 )
 
 COLUMNS = ["framework", "framework_version", "op", "pass", "case", "shape", "data_format",
