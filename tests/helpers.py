@@ -39,3 +39,17 @@ def five_sigma_fraction_bound(p, n_independent):
 
 def all_seed_positions(shape):
     return itertools.product(*(range(n) for n in shape))
+
+
+def triton_test_device() -> str:
+    """The device the Triton path's tests run on: "cuda" on a GPU, else "cpu" where Triton's
+    interpreter is on (tests/conftest.py turns it on); otherwise the calling module is skipped."""
+    import os
+
+    import pytest
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+    return "cpu"

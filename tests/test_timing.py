@@ -183,6 +183,12 @@ def test_committed_timings_load():
             assert row["pass"] != "graph" or row["device_kind"] == "gpu", (name, row["op"])
 
 
+def _nchw(label: str) -> str:
+    """A channels_last shape label ("32x14x14x1024") with the channels moved forward."""
+    dims = label.split("x")
+    return "x".join([dims[0], dims[-1]] + dims[1:-1])
+
+
 def test_committed_cases_are_named_alike_in_every_framework():
     """A case is named by its NCHW shape in every framework's rows (TensorFlow and NumPy run it
     channels_last): the label is the row's shape with the channels moved forward, so the same
@@ -192,8 +198,7 @@ def test_committed_cases_are_named_alike_in_every_framework():
         for row in timing.load_timings([name]):
             case, shape = row["case"], row["shape"]
             assert re.fullmatch(r"\d+(x\d+)+", case), (name, row["framework"], case)
-            dims = shape.split("x")
-            nchw = "x".join([dims[0], dims[-1]] + dims[1:-1])
+            nchw = _nchw(shape)
             assert case in (shape, nchw), (name, row["framework"], case, shape)
             if row.get("data_format") == "channels_first" or row["framework"] == "torch":
                 assert case == shape, (name, row["framework"], case, shape)
@@ -407,8 +412,7 @@ def test_bench_tensorflow_smoke(tmp_path):
     assert {"fwd", "fwd+bwd"} <= {r["pass"] for r in rows}
     assert any(r["op"] == "dropblock (XLA)" and r["pass"] == "fwd" for r in rows)
     for r in rows:  # NHWC runs, named by the NCHW shape as in the other frameworks
-        dims = r["shape"].split("x")
-        assert r["case"] == "x".join([dims[0], dims[-1]] + dims[1:-1]), (r["case"], r["shape"])
+        assert r["case"] == _nchw(r["shape"]), (r["case"], r["shape"])
 
 
 def test_time_interleaved_round_robin_and_sync():

@@ -10,14 +10,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
-import os  # noqa: E402
-
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _launch, _prepared, _triton  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+from helpers import triton_test_device  # noqa: E402
+
+DEVICE = triton_test_device()
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +59,17 @@ def run(x, g, **kw):
     return y.detach(), gx, gen_state(gen)
 
 
+def plan_for(x, **kw):
+    """Call until the signature has a plan (on a GPU the first call compiles, the second
+    launches directly and makes it); return the plan."""
+    for _ in range(3):
+        if _prepared._PLANS:
+            break
+        sdt.dropblock(x, **kw)
+    assert len(_prepared._PLANS) == 1
+    return next(iter(_prepared._PLANS.values()))
+
+
 CASES = [  # (shape, block, seeds, normalize, dtype)
     ((2, 3, 9, 11), 3, "valid", "batch", torch.float32),
     ((2, 3, 9, 11), (2, 4), "padded", "rate", torch.float64),
@@ -82,10 +91,7 @@ def test_planned_calls_equal_ordinary_calls(monkeypatch, planned, shape, block, 
     ordinary = run(x, g, **kw)
     assert not planned and not _prepared._PLANS
     monkeypatch.setattr(_prepared, "ENABLED", True)
-    for _ in range(3):
-        if _prepared._PLANS:
-            break
-        sdt.dropblock(x, **kw)
+    plan_for(x, **kw)
     assert len(_prepared._PLANS) == 1 and not planned
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
@@ -96,16 +102,6 @@ def test_planned_calls_equal_ordinary_calls(monkeypatch, planned, shape, block, 
     keep = result[0] != 0
     assert 0 < int(keep.sum()) < keep.numel()
     assert sum(t.untyped_storage().nbytes() for t in saved) == 8 * x.numel() // shape[-1] + 8
-
-
-def plan_for(x, **kw):
-    """Make a plan for this signature and check that the next call uses it."""
-    for _ in range(3):
-        if _prepared._PLANS:
-            break
-        sdt.dropblock(x, **kw)
-    assert len(_prepared._PLANS) == 1
-    return next(iter(_prepared._PLANS.values()))
 
 
 def test_inplace_no_grad_and_global_generator(planned):

@@ -9,7 +9,6 @@ Triton path in Triton's interpreter (slow per program: inputs stay small). Every
 test uses a fixed key or seed, so it is deterministic; each states its bound.
 """
 import math
-import os
 
 import numpy as np
 import pytest
@@ -22,11 +21,9 @@ from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _launch, _prepared, _triton  # noqa: E402
 
-from helpers import five_sigma_fraction_bound  # noqa: E402
+from helpers import five_sigma_fraction_bound, triton_test_device  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+DEVICE = triton_test_device()
 
 
 @pytest.fixture(autouse=True)
