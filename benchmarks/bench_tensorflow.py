@@ -55,7 +55,17 @@ def nchw_label(shape) -> str:
 
 
 COLUMNS = ["framework", "op", "shape", "mode", "jit", "median_s", "iqr_s", "ratio_to_floor",
-           "floor_op", "device", "tf_version", "keras_version", "threads", "runs", "case"]
+           "floor_op", "device", "tf_version", "keras_version", "threads", "runs", "case",
+           "reference_version"]
+
+
+def keras_cv_version() -> str:
+    """The installed keras-cv's version, or "" (its rows name the version they measured)."""
+    try:
+        from importlib.metadata import version
+        return version("keras-cv")
+    except Exception:
+        return ""
 
 
 def parse_args(argv=None):
@@ -185,6 +195,7 @@ def main(argv=None):
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     from structdrop_tutorial.timing import sweep, tensorflow_device_name
     device = tensorflow_device_name()
+    reference = keras_cv_version()
     shapes = TINY_SHAPES if args.tiny else SHAPES
     jits = {"both": [False, True], "off": [False], "on": [True]}[args.jit]
     rows = []
@@ -209,7 +220,8 @@ def main(argv=None):
                          "ratio_to_floor": f"{ratio:.3f}", "floor_op": floor or name,
                          "device": device, "tf_version": tf.__version__,
                          "keras_version": keras.__version__, "threads": args.threads,
-                         "runs": len(t)})
+                         "runs": len(t),
+                         "reference_version": reference if name.startswith("keras_cv") else ""})
         print_rows([r for r in rows if r["shape"] == "x".join(map(str, shape))
                     and r["mode"] == label])
 

@@ -413,6 +413,8 @@ def test_bench_tensorflow_smoke(tmp_path):
     assert any(r["op"] == "dropblock (XLA)" and r["pass"] == "fwd" for r in rows)
     for r in rows:  # NHWC runs, named by the NCHW shape as in the other frameworks
         assert r["case"] == _nchw(r["shape"]), (r["case"], r["shape"])
+    for r in rows:  # the measured library's version, on keras-cv's rows (when installed) only
+        assert bool(r["reference_version"]) == r["op"].startswith("keras_cv"), r["op"]
 
 
 def test_time_interleaved_round_robin_and_sync():
