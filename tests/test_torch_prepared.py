@@ -262,6 +262,26 @@ def test_byte_mask_signatures_are_not_planned(planned, monkeypatch):
     assert len(looked_up) == 3 and not planned
 
 
+def test_no_plan_is_made_while_it_could_not_be_used(planned, monkeypatch):
+    """While planned launchers may not be called (direct launches switched off, broken or
+    verified, launch hooks installed, tracing), a call makes no plan and does not look for
+    one beyond the ordinary path's own work; once they may, the signature is planned."""
+    x = torch.randn(2, 3, 9, 11, device=DEVICE)
+    ready = _launch.ready
+    monkeypatch.setattr(_launch, "ready", lambda: False)
+    looked_up = []
+    real = _triton.row_geometry
+    monkeypatch.setattr(_triton, "row_geometry", lambda *a: looked_up.append(1) or real(*a))
+    for _ in range(3):
+        sdt.dropblock(x, 0.25, 3)
+    assert not _prepared._PLANS and not planned
+    assert len(looked_up) == 3  # the ordinary path's own lookup only, once per call
+    monkeypatch.setattr(_launch, "ready", ready)
+    for _ in range(3):
+        sdt.dropblock(x, 0.25, 3)
+    assert len(_prepared._PLANS) == 1 and planned
+
+
 def test_plans_are_capped():
     """At most _MAX_PLANS signatures are kept (then they start again)."""
     for n in range(1, 5):

@@ -30,7 +30,8 @@ Measured on the 2-core CPU of the book's timings with the launchers replaced by 
 only Python, autograd and allocations are timed; ``benchmarks/host_probe.py --stub``, the
 minimum of 15 interleaved rounds, three runs): a forward+backward on a tiny input costs the
 host 31 us for the floor ``x * mask``, 74-75 us through the ordinary path and 47-49 us through a
-plan; a forward alone 5.5, 31 and 14. On a GPU this has not been timed yet.
+plan; a forward alone 5.5, 31 and 14 (on the 2-core Intel Xeon of the second CPU timings: 31, 77
+and 48; 5.6, 32 and 15). On a GPU this has not been timed yet.
 """
 from __future__ import annotations
 
@@ -127,6 +128,8 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
         return
     if _BYTES.get(key) == _tunables():  # known to take byte masks: nothing to plan
         return
+    if not _launch.ready():  # direct launches off, broken or verified, launch hooks, tracing:
+        return               # a plan could not be used now, so none is made (nor looked for)
     if old is None and key not in _SEEN:  # a signature seen once may not come back (a rate
         if len(_SEEN) >= _MAX_PLANS * 16:  # ramped by a schedule changes every step): plan
             _SEEN.clear()                   # on its second ordinary call
