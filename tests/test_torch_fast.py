@@ -1,6 +1,11 @@
-"""The CPU mask pool of the fast DropBlock path (structdrop_tutorial.torch._fast.reusable_mask):
-a mask's memory is reused only when no tensor holds it, so two DropBlock layers in flight, a
-mask kept by the caller and a saved mask awaiting its backward pass are never overwritten."""
+"""The fast DropBlock path's helpers (structdrop_tutorial.torch._fast).
+
+The gap sampler gives ``Tensor.geometric_``'s numbers. The CPU mask pool
+(``reusable_mask``): a mask's memory is reused only when no tensor holds it, so two DropBlock
+layers in flight, a mask kept by the caller and a saved mask awaiting its backward pass are
+never overwritten."""
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -21,6 +26,34 @@ def empty_pool():
 
 def ptr(t):
     return t.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("p", [1e-4, 0.0036, 0.015, 0.049])
+def test_geometric_gaps_are_geometric_numbers(p):
+    """On the CPU the vectorized inversion returns the very numbers ``geometric_`` draws from
+    the same generator state, and leaves the generator where ``geometric_`` leaves it (so the
+    masks drawn from a seed are those drawn before the sampler changed)."""
+    fast, slow = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for n in (1, 1000, 200_000):
+        gaps = _fast.geometric_gaps(n, p, fast)
+        expected = torch.empty(n, dtype=torch.float64).geometric_(p, generator=slow)
+        assert gaps.dtype == torch.float64 and torch.equal(gaps, expected)
+        assert torch.equal(fast.get_state(), slow.get_state())
+    assert gaps.min() >= 1 and torch.equal(gaps, gaps.floor())
+
+
+def test_an_infinite_gap_ends_the_positions(monkeypatch):
+    """A uniform of exactly 0 makes an infinite gap (log 0 = -inf); the positions before it
+    are kept and nothing after it is drawn."""
+    calls = []
+
+    def gaps(n, p, generator=None, device=None):
+        calls.append(n)
+        return torch.tensor([3.0, 2.0, math.inf] + [1.0] * (n - 3), dtype=torch.float64)
+
+    monkeypatch.setattr(_fast, "geometric_gaps", gaps)
+    pos = _fast.bernoulli_positions(1000, 0.01, batch=8)
+    assert pos.tolist() == [2, 4] and calls == [8]
 
 
 @needs_use_count
