@@ -12,7 +12,8 @@ to the number of seeds:
 2. :func:`block_flat_indices` turns each seed into the flat indices of the units its block
    covers, by index arithmetic on the mask's strides (clipped to the map for padded seeds).
 3. :func:`keep_from_positions` clears those indices in a boolean keep mask, and
-   :func:`sparse_dropblock` applies it exactly as the reference path does.
+   :func:`sparse_keep_mask` returns it, and :func:`structdrop_tutorial.numpy.dropblock`
+   applies it exactly as it applies the reference path's mask.
 
 Given the same seed positions the result is exactly the mask of
 :func:`structdrop_tutorial.numpy.dropblock_keep_mask` (``tests/test_numpy_fast.py`` checks this
@@ -32,7 +33,7 @@ SPARSE_MAX_COVER = 1.0
 
 
 def use_sparse(gamma: float, block) -> bool:
-    """Whether :func:`sparse_dropblock` is the cheaper way to draw a mask with this gamma."""
+    """Whether :func:`sparse_keep_mask` is the cheaper way to draw a mask with this gamma."""
     return 0.0 < gamma < 1.0 and gamma * math.prod(block) <= SPARSE_MAX_COVER
 
 
@@ -161,32 +162,13 @@ def mask_shape_of(grid_shape, spatial, block_axes) -> tuple:
     return tuple(shape)
 
 
-def sparse_dropblock(x: np.ndarray, gamma: float, block, data_format: str, seeds: str,
-                     grid_shape, scale_rate, rng: np.random.Generator, inplace: bool) -> np.ndarray:
-    """DropBlock output with seeds drawn sparsely (see the module docstring).
-
-    ``scale_rate`` is None for ``normalize="batch"`` (scale by mask size / kept units) or the
-    rate for ``normalize="rate"``. Equal, bit for bit, to the dense path given the same seeds.
-    """
-    axes = spatial_axes(x.ndim, data_format)
-    spatial = tuple(x.shape[a] for a in axes)
+def sparse_keep_mask(x_shape, gamma: float, block, data_format: str, seeds: str, grid_shape,
+                     rng: np.random.Generator) -> np.ndarray:
+    """DropBlock's boolean keep mask with its seeds drawn sparsely (see the module docstring):
+    shaped like the input, or broadcasting against it where the seed grid is shared
+    (``share``). The caller applies it exactly as the reference path applies its mask."""
+    axes = spatial_axes(len(x_shape), data_format)
+    spatial = tuple(x_shape[a] for a in axes)
     mask_shape = mask_shape_of(grid_shape, spatial, axes)
     positions = bernoulli_positions(rng, math.prod(grid_shape), gamma)
-    keep = keep_from_positions(positions, grid_shape, block, data_format, seeds, mask_shape)
-    if scale_rate is None:
-        kept = np.count_nonzero(keep)
-        scale = x.dtype.type(keep.size / kept if kept else 0.0)
-    else:
-        scale = x.dtype.type(1.0 / (1.0 - scale_rate))
-    # Same arithmetic as the reference path (x * keep, then * scale), so equal seeds give
-    # bit-equal outputs. (Measured: a masked ``where=`` multiply into fresh zeros is slower.)
-    out = x if inplace else np.empty_like(x)
-    if keep.size < x.size:
-        # A shared mask (share="channels" / "batch") is smaller than x: scale it first, then a
-        # single broadcast multiply touches x once. x * (k * s) equals (x * k) * s bit for bit
-        # because k is 0 or 1.
-        np.multiply(x, keep * scale, out=out)
-        return out
-    np.multiply(x, keep, out=out)
-    out *= scale
-    return out
+    return keep_from_positions(positions, grid_shape, block, data_format, seeds, mask_shape)

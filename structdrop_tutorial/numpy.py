@@ -54,10 +54,11 @@ def _uniform(shape, seed, uniform, name="uniform"):
 
 
 def _scaled(x, keep, scale, inplace):
-    """``x * keep * scale`` in x's dtype, written into x when ``inplace``. For float16 the
-    product is formed in float32 and rounded once (the scale is not rounded to float16 first)."""
+    """``x * keep * scale`` in x's dtype, written into x when ``inplace``. For 16-bit floats
+    (float16, and ml_dtypes' bfloat16) the product is formed in float32 and rounded once (the
+    scale is not rounded to 16 bits first), as in PyTorch and TensorFlow."""
     out = x if inplace else np.empty_like(x)
-    if x.dtype == np.float16:
+    if x.dtype.itemsize == 2:
         out[...] = x.astype(np.float32) * (keep * np.float32(scale))
         return out
     if keep.size < x.size:
@@ -284,12 +285,12 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
     grid = seed_grid_shape(x.shape, block, data_format, seeds, share)
     if uniform is None and _sparse_seeds.use_sparse(g, block):
         # Fast path, same distribution: draw only the (rare) seeds, paint their blocks.
-        return _sparse_seeds.sparse_dropblock(x, g, block, data_format, seeds, grid,
-                                              None if normalize == "batch" else rate,
-                                              _rng(seed), inplace)
-    # Reference path: one uniform per seed position, then OR over block windows.
-    u = _uniform(grid, seed, uniform)
-    keep = dropblock_keep_mask(u, g, block, data_format, seeds)
+        keep = _sparse_seeds.sparse_keep_mask(x.shape, g, block, data_format, seeds, grid,
+                                              _rng(seed))
+    else:
+        # Reference path: one uniform per seed position, then OR over block windows.
+        u = _uniform(grid, seed, uniform)
+        keep = dropblock_keep_mask(u, g, block, data_format, seeds)
     scale = _batch_scale(keep) if normalize == "batch" else 1.0 / (1.0 - rate)
     return _scaled(x, keep, scale, inplace)
 
@@ -363,4 +364,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
             keep = _uniform(kernel.shape, seed, uniform) >= rate
             kernel = _scaled(kernel, keep, 1.0 / (1.0 - rate), False)
     out = x @ kernel
+    dtype = np.result_type(x.dtype, kernel.dtype)
+    if out.dtype != dtype:  # NumPy multiplies ml_dtypes' bfloat16 matrices into float32
+        out = out.astype(dtype)
     return out if bias is None else out + bias

@@ -7,6 +7,7 @@ from structdrop_tutorial import numpy as sdn
 
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("tensorflow")
+ml_dtypes = pytest.importorskip("ml_dtypes")  # NumPy's bfloat16; comes with TensorFlow
 from structdrop_tutorial import tensorflow as sdtf  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
 
@@ -110,7 +111,7 @@ def test_float32_outputs_bit_identical(fmt, rate):
 
 @pytest.mark.parametrize("rate", [0.1, 0.3])
 def test_half_precision_rounds_once_and_agrees(rate):
-    """float16 (all three frameworks) and bfloat16 (PyTorch and TensorFlow): the output is the
+    """float16 and bfloat16 (NumPy's through ml_dtypes) in all three frameworks: the output is the
     float32 product x * keep * float32(scale) rounded once to the input's dtype, so the scale
     is not rounded to 16 bits first; the frameworks agree bit for bit."""
     rng = np.random.default_rng(7)
@@ -138,7 +139,38 @@ def test_half_precision_rounds_once_and_agrees(rate):
                                 uniform=ub)
         np.testing.assert_array_equal(got_t.float().numpy(), want)
         np.testing.assert_array_equal(tf.cast(got_tf, tf.float32).numpy(), want)
-        if tdtype == torch.float16:
-            np.testing.assert_array_equal(
-                sdn.spatial_dropout(x.astype(np.float16), rate, uniform=u).astype(np.float32),
-                once(u >= rate, 1 / (1 - rate)))
+        # NumPy: float16, and bfloat16 through ml_dtypes (which TensorFlow brings)
+        ndtype = np.float16 if tdtype == torch.float16 else ml_dtypes.bfloat16
+        xn = x.astype(ndtype)
+        np.testing.assert_array_equal(
+            sdn.spatial_dropout(xn, rate, uniform=u).astype(np.float32),
+            once(u >= rate, 1 / (1 - rate)))
+        np.testing.assert_array_equal(
+            sdn.dropblock(xn, rate, (3, 4), normalize="rate", uniform=ub).astype(np.float32),
+            once(keep_b, 1 / (1 - rate)))
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+def test_half_precision_dropconnect_rounds_once_and_agrees(rate):
+    """DropConnect's kernel in float16 and bfloat16: the surviving weights are the float32
+    product w * float32(scale) rounded once, in all three frameworks (read out exactly through
+    an identity input)."""
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(32, 24)).astype(np.float32)
+    uw = rng.random(w.shape).astype(np.float32)
+    eye = np.eye(32, dtype=np.float32)
+    for tdtype, fdtype, ndtype in [(torch.float16, tf.float16, np.float16),
+                                   (torch.bfloat16, tf.bfloat16, ml_dtypes.bfloat16)]:
+        w32 = torch.from_numpy(w).to(tdtype).float().numpy()  # the 16-bit weights' values
+        want = torch.from_numpy(w32 * ((uw >= rate) * np.float32(1 / (1 - rate))))
+        want = want.to(tdtype).float().numpy()
+        got_t = sdt.dropconnect_dense(torch.from_numpy(eye).to(tdtype),
+                                      torch.from_numpy(w).to(tdtype), None, rate, uniform=uw)
+        got_tf = sdtf.dropconnect_dense(tf.cast(eye, fdtype), tf.cast(w, fdtype), None, rate,
+                                        uniform=uw)
+        got_n = sdn.dropconnect_dense(eye.astype(ndtype), w.astype(ndtype), None, rate,
+                                      uniform=uw)
+        assert got_t.dtype == tdtype and got_tf.dtype == fdtype and got_n.dtype == ndtype
+        np.testing.assert_array_equal(got_t.float().numpy(), want)
+        np.testing.assert_array_equal(tf.cast(got_tf, tf.float32).numpy(), want)
+        np.testing.assert_array_equal(got_n.astype(np.float32), want)

@@ -10,6 +10,11 @@ import math
 import numpy as np
 import pytest
 
+try:
+    import ml_dtypes  # NumPy's bfloat16 (installed with TensorFlow and JAX)
+except ImportError:  # pragma: no cover
+    ml_dtypes = None
+
 from helpers import brute_force_keep_mask, five_sigma_fraction_bound
 from structdrop_tutorial import _sparse_seeds as ss
 from structdrop_tutorial import numpy as sdn
@@ -128,14 +133,19 @@ def test_keep_mask_equals_brute_force_one_map():
 
 
 # --------------------------------------------------------------------------- dropblock itself
+HALF = [np.float16] + ([ml_dtypes.bfloat16] if ml_dtypes is not None else [])
+
+
 @pytest.mark.parametrize("shape, block, data_format, share", CASES[:8])
 @pytest.mark.parametrize("seeds", ["valid", "padded"])
 @pytest.mark.parametrize("normalize", ["batch", "rate"])
+@pytest.mark.parametrize("dtype", [np.float32] + HALF)
 def test_dropblock_fast_equals_dense_on_same_seeds(shape, block, data_format, share, seeds,
-                                                   normalize):
+                                                   normalize, dtype):
     """dropblock(seed=s) draws the seeds with bernoulli_positions(default_rng(s)); feeding the
-    same seeds as ``uniform`` to the reference path gives the same output, bit for bit."""
-    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    same seeds as ``uniform`` to the reference path gives the same output, bit for bit, also in
+    16-bit floats (where both form the product in float32 and round it once)."""
+    x = np.random.default_rng(7).standard_normal(shape).astype(dtype)
     axes = spatial_axes(len(shape), data_format)
     spatial = tuple(shape[a] for a in axes)
     b = clip_block(block, spatial)
@@ -150,6 +160,12 @@ def test_dropblock_fast_equals_dense_on_same_seeds(shape, block, data_format, sh
                             uniform=uniform_from_positions(positions, grid) * 0.04, **kwargs)
         np.testing.assert_array_equal(fast, ref)
         assert fast.dtype == x.dtype
+        if x.dtype.itemsize == 2:  # the float32 product of the 16-bit values, rounded once
+            u = uniform_from_positions(positions, grid) * 0.04
+            keep = sdn.dropblock_keep_mask(u, gamma, b, data_format, seeds)
+            scale = keep.size / keep.sum() if normalize == "batch" else 1 / 0.9
+            want = (x.astype(np.float32) * (keep * np.float32(scale))).astype(x.dtype)
+            np.testing.assert_array_equal(fast.astype(np.float32), want.astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])

@@ -154,7 +154,8 @@ def spatial_dropout(x, rate, data_format="channels_first", *, training=True, see
             ``(N, *spatial, C)`` (``"channels_last"``). Unlike ``torch.nn.Dropout2d`` the rank
             is checked, never guessed: a rank-3 input has one spatial axis.
         rate: probability of dropping a channel of a sample, in [0, 1].
-        uniform: optional noise of shape ``(N, C, 1, ...)`` (the ``"spatial"`` noise shape).
+        uniform: optional noise of the ``"spatial"`` noise shape: ``(N, C, 1, ...)`` for
+            channels_first, ``(N, 1, ..., C)`` for channels_last.
 
     Returns:
         Tensor of x's shape and dtype; survivors are scaled by ``1 / (1 - rate)``.
@@ -396,6 +397,10 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
             kernel = _zeros(kernel, False)
         else:
             keep = _uniform(kernel.shape, seed, uniform, kernel.device) >= rate
-            kernel = kernel * (keep.to(kernel.dtype) * (1.0 / (1.0 - rate)))
+            scale = 1.0 / (1.0 - rate)
+            if kernel.dtype in (torch.float16, torch.bfloat16):  # in float32, rounded once
+                kernel = (kernel.float() * (keep.float() * scale)).to(kernel.dtype)
+            else:
+                kernel = kernel * (keep.to(kernel.dtype) * scale)
     out = x @ kernel
     return out if bias is None else out + bias
