@@ -97,7 +97,11 @@ def check_share(share) -> Tuple[str, ...]:
         return ()
     if isinstance(share, str):
         share = (share,)
-    share = tuple(share)
+    try:
+        share = tuple(share)
+    except TypeError:
+        raise TypeError(f"share must be a name or a sequence of names from {SHARE_AXES}, "
+                        f"got {share!r}") from None
     for s in share:
         check_choice(s, "share", SHARE_AXES)
     return tuple(sorted(set(share)))

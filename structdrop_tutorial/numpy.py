@@ -40,7 +40,15 @@ def _as_float_array(x, name="x"):
 
 
 def _rng(seed):
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, float, str)):  # numpy would take a bool; a float or str fails
+        raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {seed!r}")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"seed must be None, a non-negative int or a numpy.random.Generator, "
+                        f"got {seed!r}") from None
 
 
 def _uniform(shape, seed, uniform, name="uniform"):

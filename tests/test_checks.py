@@ -94,6 +94,9 @@ def test_integer_arguments_are_not_truncated():
         sdn.dropout(np.ones((2, 3, 4)), 0.5, noise_shape=(2, 1.7, 4))
     with pytest.raises(TypeError, match="noise_shape"):
         sdt.dropout(torch.ones(2, 3, 4), 0.5, noise_shape=(2, 1.7, 4))
+    for entry in (1.7, True):  # TensorFlow used to read 1.7 as 1 and True as 1
+        with pytest.raises(TypeError, match="noise_shape"):
+            sdtf.dropout(tf.ones((2, 3, 4)), 0.5, noise_shape=(None, entry, 4))
     for call in (lambda: sdt.DropPath(batch_axis=1.5), lambda: sdtf.DropPath(0.1, batch_axis=1.5),
                  lambda: sdn.drop_path(np.ones((2, 3)), 0.5, batch_axis=1.5)):
         with pytest.raises(TypeError, match="batch_axis"):
@@ -114,6 +117,51 @@ def test_dropconnect_dense_shapes_are_checked_by_name():
         sdn.dropconnect_dense(np.ones((3, 2)), np.ones((2, 4)), np.ones(3))
     with pytest.raises(ValueError, match="bias"):
         sdt.dropconnect_dense(torch.ones(3, 2), torch.ones(2, 4), torch.ones(3))
+    # TensorFlow broadcast a wrong bias into a wrong output shape ((3, 1, 4) gave a (3, 2, 4)
+    # output) or failed inside the addition
+    for bias in (np.ones((3, 1, 4), np.float32), np.ones(3, np.float32), 1.0, tf.ones((1, 4))):
+        with pytest.raises(ValueError, match=r"bias must have shape \(units,\) = \(4,\)"):
+            sdtf.dropconnect_dense(tf.ones((2, 3)), tf.ones((3, 4)), bias, 0.3, seed=0)
+    assert sdtf.dropconnect_dense(tf.ones((2, 3)), tf.ones((3, 4)), np.ones(4, np.float32),
+                                  0.3, seed=0).shape == (2, 4)
+
+
+def test_dropconnect_kernel_dtype_must_be_x_dtype():
+    """PyTorch and TensorFlow cannot multiply mixed dtypes: the error names the argument
+    (NumPy promotes, as its arithmetic always does)."""
+    with pytest.raises(ValueError, match="kernel must have x's dtype"):
+        sdt.dropconnect_dense(torch.ones(2, 3, dtype=torch.float16), torch.ones(3, 4), None, 0.3)
+    with pytest.raises(ValueError, match="kernel must have x's dtype"):
+        sdtf.dropconnect_dense(tf.ones((2, 3), tf.float16), tf.ones((3, 4)), None, 0.3)
+    assert sdn.dropconnect_dense(np.ones((2, 3), np.float16), np.ones((3, 4), np.float32), None,
+                                 0.3, seed=0).dtype == np.float32
+
+
+def test_dropconnect_layers_name_the_input_width_and_dtype():
+    layer = sdt.DropConnectLinear(5, 4)
+    with pytest.raises(ValueError, match="in_features = 5"):
+        layer(torch.ones(2, 7))
+    with pytest.raises(ValueError, match="layer's dtype"):
+        layer(torch.ones(2, 5, dtype=torch.float64))
+    keras_layer = sdtf.DropConnectDense(4)
+    keras_layer.build((None, 5))
+    with pytest.raises(ValueError, match="5 units on the last axis"):
+        keras_layer(tf.ones((2, 7)), training=True)
+
+
+def test_share_and_seed_errors_name_the_argument():
+    x = np.ones((2, 6, 6, 3), np.float32)
+    for call in (lambda: sdn.dropblock(x, 0.3, 3, share=5),
+                 lambda: sdt.dropblock(torch.ones(2, 3, 6, 6), 0.3, 3, share=5),
+                 lambda: sdtf.dropblock(tf.ones((2, 6, 6, 3)), 0.3, 3, share=5)):
+        with pytest.raises(TypeError, match="share must be"):
+            call()
+    for seed, error in (("abc", TypeError), (1.5, TypeError), (True, TypeError),
+                        (-1, ValueError)):
+        with pytest.raises(error, match="seed must be"):
+            sdn.dropblock(x, 0.3, 3, seed=seed)
+        with pytest.raises(error, match="seed must be"):
+            sdn.dropout(x, 0.3, seed=seed)
 
 
 def test_rate_one_gives_connected_zeros_never_nan():

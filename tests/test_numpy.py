@@ -22,7 +22,11 @@ def test_dropout_mask_scale_and_noise_shape():
 
 def test_bernoulli_two_ways_agree():
     u = np.random.default_rng(1).random(10_000)
-    np.testing.assert_array_equal(sdn.bernoulli_compare(u, 0.7), sdn.bernoulli_relu_sign(u, 0.7))
+    keep = sdn.bernoulli_compare(u, 0.7)
+    np.testing.assert_array_equal(keep, (u < 0.7).astype(np.float32))  # 1 = kept, below keep_prob
+    np.testing.assert_array_equal(keep, sdn.bernoulli_relu_sign(u, 0.7))
+    # on a tie the comparison drops and so does relu(sign(0)) = 0
+    np.testing.assert_array_equal(sdn.bernoulli_relu_sign(np.array([0.7, 0.2, 0.9]), 0.7), [0, 1, 0])
 
 
 @pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
@@ -125,6 +129,7 @@ def test_padded_seeds_drop_every_unit_equally_often():
 def test_batch_normalization_preserves_the_mean_exactly():
     x = np.ones((8, 5, 12, 12), np.float32)
     y = sdn.dropblock(x, 0.3, 3, "channels_first", seed=2)
+    assert 0.2 < np.mean(y == 0) < 0.4  # something was dropped, and rescaled
     assert y.mean() == pytest.approx(1.0, rel=1e-5)
 
 
@@ -295,3 +300,26 @@ def test_dropconnect_is_unbiased_and_identity_at_inference():
     # 5-sigma bound per entry (seeded, so deterministic).
     sd = np.sqrt((x ** 2) @ (w ** 2) * 0.3 / 0.7 / n_draws)
     assert np.all(np.abs(mean - (x @ w + b)) < 5 * sd)
+
+
+@pytest.mark.parametrize("gamma", ["exact", "paper", 0.015])
+@pytest.mark.parametrize("seeds", ["valid", "padded"])
+def test_the_sampler_gets_the_requested_gamma(monkeypatch, gamma, seeds):
+    """Both paths draw their seeds with the gamma asked for (the drop-fraction tests cannot
+    tell "exact" from "paper" at every setting): the sparse sampler and the reference mask."""
+    from structdrop_tutorial import _sparse_seeds
+    drawn = []
+    real = _sparse_seeds.bernoulli_positions
+    monkeypatch.setattr(_sparse_seeds, "bernoulli_positions",
+                        lambda rng, n, g, *a, **k: drawn.append(g) or real(rng, n, g, *a, **k))
+    x = np.random.default_rng(0).standard_normal((2, 14, 14, 3))
+    want = sd.resolve_gamma(gamma, 0.15, (7, 7), (14, 14), seeds)
+    sdn.dropblock(x, 0.15, 7, gamma=gamma, seeds=seeds, seed=0)
+    assert drawn == [want]
+    kept = []
+    real_mask = sdn.dropblock_keep_mask
+    monkeypatch.setattr(sdn, "dropblock_keep_mask",
+                        lambda u, g, *a, **k: kept.append(g) or real_mask(u, g, *a, **k))
+    grid = sd.seed_grid_shape(x.shape, (7, 7), "channels_last", seeds)
+    sdn.dropblock(x, 0.15, 7, gamma=gamma, seeds=seeds, uniform=np.random.default_rng(0).random(grid))
+    assert kept == [want]

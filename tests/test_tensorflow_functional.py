@@ -1,5 +1,7 @@
 """The TensorFlow functions: NumPy's results from the same noise, the contract's edge cases,
 graphs with unknown sizes, XLA, tensor rates, seeds and the realized drop fraction."""
+import importlib
+
 import numpy as np
 import pytest
 
@@ -214,11 +216,9 @@ def test_block_clipped_even_blocks_empty_and_no_mutation(sampler):
 
 
 # --------------------------------------------------------------------------- graphs, XLA, rates, seeds
-@pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("kernel", [True, False])
+# (jit=True, kernel=False) would repeat (jit=True, kernel=True): under XLA the kernel is never used
+@pytest.mark.parametrize("jit, kernel", [(False, True), (False, False), (True, True)])
 def test_graph_unknown_sizes_and_tensor_rate_without_retracing(jit, kernel, monkeypatch):
-    if jit and not kernel:
-        pytest.skip("under XLA the kernel is never used")
     monkeypatch.setattr(_fast, "USE_XLA_KERNEL", kernel)
     rate = tf.Variable(0.2, trainable=False)
     gen = keras.random.SeedGenerator(0)
@@ -292,12 +292,16 @@ def test_drop_fraction_matches_expectation(spatial, block, seeds, rate, sampler)
 
 
 def test_dropout_family_fractions():
+    """Drop fractions within 5 sigma of the rate (binomial over the independent draws); drop
+    path gets a batch of its own, large enough for a bound of 0.016."""
     x = tf.ones((64, 8, 8, 32))
-    n_draws = {"dropout": x.shape.num_elements(), "spatial_dropout": 64 * 32, "drop_path": 64}
+    n_draws = {"dropout": x.shape.num_elements(), "spatial_dropout": 64 * 32}
     for name, op in all_ops(x, 0.3, seed=4).items():
         if name in n_draws:
             got = float(np.mean(op().numpy() == 0))
             assert abs(got - 0.3) <= five_sigma_fraction_bound(0.3, n_draws[name]), name
+    got = float(np.mean(sdtf.drop_path(tf.ones((20_000, 1, 1, 1)), 0.3, seed=4).numpy() == 0))
+    assert abs(got - 0.3) <= five_sigma_fraction_bound(0.3, 20_000)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -323,3 +327,35 @@ def test_dropblock_gradient_is_the_mask_times_the_scale(sampler, mode):
     assert len(np.unique(mask)) == 2 and mask.min() == 0.0  # keep * scale
     np.testing.assert_array_equal(y.numpy(), x.numpy() * mask)
     np.testing.assert_allclose(dx.numpy(), mask * w.numpy(), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_tensor_rate_0_and_1_with_a_given_gamma(mode):
+    """A number gamma draws the seeds whatever the rate; a tensor rate of 0 or 1 still gives
+    the identity or zeros, as a Python rate does (it used to drop with gamma either way)."""
+    x = tf.random.stateless_normal((2, 8, 8, 3), seed=[1, 2])
+
+    def run(r):
+        return sdtf.dropblock(x, r, 3, gamma=0.2, seed=3)
+
+    if mode != "eager":
+        run = tf.function(run, jit_compile=mode == "xla", autograph=False)
+    np.testing.assert_array_equal(run(tf.constant(0.0)).numpy(), x.numpy())
+    np.testing.assert_array_equal(run(tf.constant(1.0)).numpy(), np.zeros(x.shape))
+    y = run(tf.constant(0.5)).numpy()
+    assert 0 < np.mean(y == 0) < 1  # 216 seed positions at gamma 0.2: P(no seed) = 0.8^216 < 1e-20
+
+
+@pytest.mark.parametrize("gamma", ["exact", "paper", 0.015])
+@pytest.mark.parametrize("seeds", ["valid", "padded"])
+@pytest.mark.parametrize("sampler", ["sparse", "dense"])
+def test_the_sampler_gets_the_requested_gamma(monkeypatch, gamma, seeds, sampler):
+    """The gamma dropblock draws its seeds with is the one asked for (the drop-fraction tests
+    cannot tell "exact" from "paper" at every setting)."""
+    db = importlib.import_module("structdrop_tutorial.tensorflow.dropblock")
+    resolved = []
+    real = db._resolve_gamma
+    monkeypatch.setattr(db, "_resolve_gamma", lambda *a: resolved.append(real(*a)) or resolved[-1])
+    x = tf.random.stateless_normal((2, 14, 14, 3), seed=[1, 2])
+    sdtf.dropblock(x, 0.15, 7, gamma=gamma, seeds=seeds, seed=0, sampler=sampler)
+    assert resolved == [sd.resolve_gamma(gamma, 0.15, (7, 7), (14, 14), seeds)]

@@ -127,3 +127,36 @@ def test_schedule_steps_in_fit_only():
     assert float(layers[0].rate_variable.numpy()) == pytest.approx(layers[0].rate)
     with pytest.raises(ValueError, match="total_steps"):
         sdtf.LinearRateSchedule(-1)
+
+
+@pytest.mark.parametrize("make, shape", LAYERS)
+def test_layers_in_a_graph_with_unknown_batch_and_edge_rates(make, shape):
+    """Each layer traced once in a tf.function whose batch size is unknown runs on a batch of
+    2 and an empty batch; at rate 1 a dropout layer gives zeros (DropConnect: a zero kernel, so
+    relu(0) = 0; Cutout has no rate and is skipped there), never NaN."""
+    layer = make()
+    dtype = layer.compute_dtype
+    layer.build(shape)
+    step = tf.function(lambda x: layer(x, training=True), autograph=False,
+                       input_signature=[tf.TensorSpec((None,) + shape[1:], dtype)])
+    units = shape[:-1] + (3,) if isinstance(layer, sdtf.DropConnectDense) else shape
+    for batch in (shape[0], 0):
+        y = step(tf.ones((batch,) + shape[1:], dtype))
+        assert tuple(y.shape) == (batch,) + units[1:]
+    if hasattr(layer, "rate_variable"):
+        layer.rate_variable.assign(1.0)
+        y = step(tf.ones(shape, dtype)).numpy()
+        assert not np.isnan(y).any() and np.all(y == 0)
+
+
+@pytest.mark.parametrize("policy, dtype", [("mixed_float16", "float16"),
+                                           ("mixed_bfloat16", "bfloat16")])
+def test_layers_compute_in_16_bits_under_a_16_bit_policy(policy, dtype):
+    """With a 16-bit dtype policy the layers take and return 16-bit tensors, and drop."""
+    x = tf.ones((2, 8, 8, 3), dtype)
+    for layer in (sdtf.SpatialDropout(0.5, seed=1, dtype=policy),
+                  sdtf.DropBlock2D(0.3, 3, seed=1, dtype=policy),
+                  sdtf.DropPath(0.5, seed=1, dtype=policy), sdtf.Cutout(3, seed=1, dtype=policy)):
+        y = layer(x, training=True)
+        assert y.dtype == dtype, type(layer).__name__
+        assert 0 < float(tf.reduce_mean(tf.cast(y == 0, tf.float32))) < 1, type(layer).__name__

@@ -210,18 +210,69 @@ def test_linear_schedule_validation():
 
 
 def test_module_training_loop_smoke():
-    """A few optimizer steps with DropBlock, scheduled, on 1-D, 2-D and 3-D layers."""
+    """A few optimizer steps through a scheduled DropBlock2d: the schedule ramps the rate
+    step by step, the layer drops in training once its rate is above 0, gradients reach the
+    convolution through the mask, and the loss stays finite."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), sdt.DropBlock2d(0.0, 3, generator=gen(1)),
                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
-    schedule = sdt.LinearSchedule(net, 0.1, 3)
+    schedule = sdt.LinearSchedule(net, 0.3, 3)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, t = torch.randn(16, 1, 6, 6), torch.randint(0, 2, (16,))
+    conv_before = net[0].weight.detach().clone()
+    rates, dropped = [], []
     for _ in range(4):
+        rates.append(net[1].rate)
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(net(x), t)
+        features = net[1](net[0](x))
+        dropped.append(float((features == 0).float().mean()))
+        loss = nn.functional.cross_entropy(net[2:](features), t)
         loss.backward()
         opt.step()
         schedule.step()
     assert np.isfinite(loss.item())
-    assert net[1].rate == pytest.approx(0.1)
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3]) and net[1].rate == pytest.approx(0.3)
+    assert dropped[0] == 0 and all(d > 0 for d in dropped[1:])
+    assert not torch.equal(net[0].weight, conv_before)
+
+
+def _with_rate(layer, rate):
+    layer.rate = rate
+    return layer
+
+
+@pytest.mark.parametrize("make", [
+    lambda: sdt.SpatialDropout(0.3, generator=gen()), lambda: sdt.DropBlock1d(0.2, 3, generator=gen()),
+    lambda: sdt.DropBlock2d(0.2, 3, generator=gen()), lambda: sdt.DropBlock3d(0.2, 2, generator=gen()),
+    lambda: sdt.DropPath(0.3, generator=gen())], ids=["SpatialDropout", "DropBlock1d", "DropBlock2d",
+                                                       "DropBlock3d", "DropPath"])
+def test_modules_at_rate_0_and_1_on_empty_and_16_bit_inputs(make):
+    """Rate 0 is the identity and rate 1 gives zeros (never NaN) in training; an empty batch
+    keeps its shape; float16 and bfloat16 inputs keep their dtype and are dropped."""
+    layer = make().train()
+    x = input_for(layer)
+    assert torch.equal(_with_rate(make().train(), 0.0)(x), x)
+    y = _with_rate(make().train(), 1.0)(x)
+    assert torch.equal(y, torch.zeros_like(x))
+    empty = x[:0]
+    assert layer(empty).shape == empty.shape
+    for dtype in (torch.float16, torch.bfloat16):
+        y = make().train()(x.to(dtype))
+        assert y.dtype == dtype and y.shape == x.shape
+        assert 0 < (y == 0).float().mean() < 1
+
+
+def test_cutout_and_dropconnect_module_edges():
+    """Cutout keeps dtype and empty batches; a patch larger than the map hides all of it.
+    DropConnectLinear: rate 1 gives the bias, an empty batch an empty output, float16 works."""
+    x = torch.randn(4, 3, 8, 8)
+    cut = sdt.Cutout(3, generator=gen()).train()
+    assert cut(x[:0]).shape == (0, 3, 8, 8)
+    assert cut(x.half()).dtype == torch.float16
+    assert torch.equal(sdt.Cutout(20, generator=gen()).train()(x), torch.zeros_like(x))
+    layer = sdt.DropConnectLinear(5, 4, rate=1.0).train()
+    xs = torch.randn(3, 5)
+    assert torch.equal(layer(xs), layer.bias.detach().expand(3, 4))
+    assert layer(xs[:0]).shape == (0, 4)
+    half = sdt.DropConnectLinear(5, 4, rate=0.5, generator=gen(), dtype=torch.float16).train()
+    assert half(xs.half()).dtype == torch.float16

@@ -211,6 +211,15 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
             return _connected_zeros(x)
         if any(_is_static(n) and n == 0 for n in spatial):
             return tf.identity(x)
+        if rate_s is None and not isinstance(gamma, str):
+            # A given gamma draws the seeds whatever the rate, but a rate of 0 or 1 still means
+            # the identity or zeros, as for a Python rate (a schedule's variable can be either).
+            r = _rate_tensor(rate)
+            return tf.cond(r >= 1.0, lambda: _connected_zeros(x),
+                           lambda: tf.cond(r <= 0.0, lambda: tf.identity(x), masked))
+        return masked()
+
+    def masked():
         g = _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds)
         mdtype = _mask_dtype(x.dtype)
         if uniform is None and sampler != "dense":

@@ -36,11 +36,10 @@ helpers shared with it in :mod:`._common`.
 """
 from __future__ import annotations
 
-import numbers
-
+import numpy as np
 import tensorflow as tf
 
-from .._checks import check_block_size, check_data_format, check_n_spatial
+from .._checks import check_block_size, check_data_format, check_int, check_n_spatial
 from ..shapes import drop_path_noise_shape
 from ._common import (_as_dtype, _as_float, _channel_axis, _connected_zeros, _dims,
                       _draw_uniform, _factor_dtype, _given_uniform, _inverse_keep, _is_static,
@@ -150,7 +149,8 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed=None, uniform=None
             if s is None:
                 shape.append(dims[a])
                 continue
-            s = int(s)
+            # a float or a bool is an error, as in NumPy and PyTorch, not truncated
+            s = int(s) if isinstance(s, tf.Tensor) else check_int(s, "noise_shape entries")
             if s != 1 and static[a] is not None and s != static[a]:
                 raise ValueError(f"noise_shape must have each entry 1 or the size of x on that "
                                  f"axis {tuple(static)}, got {tuple(noise_shape)}")
@@ -257,6 +257,14 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
                                   and x.shape[-1] != kernel.shape[0]):
         raise ValueError(f"kernel must have shape (x.shape[-1], units) = ({x.shape[-1]}, units), "
                          f"got {tuple(kernel.shape.as_list())}")
+    if kernel.dtype != x.dtype:
+        raise ValueError(f"kernel must have x's dtype {x.dtype.name}, got {kernel.dtype.name}")
+    if bias is not None:
+        bias_shape = (tuple(bias.shape.as_list()) if isinstance(bias, (tf.Tensor, tf.Variable))
+                      else tuple(np.shape(bias)))
+        units = kernel.shape[1]
+        if len(bias_shape) != 1 or None not in (units, bias_shape[0]) and bias_shape[0] != units:
+            raise ValueError(f"bias must have shape (units,) = ({units},), got {bias_shape}")
 
     def masked():
         if rate_s == 0.0:
@@ -271,6 +279,5 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
     k = _with_training(training, masked, kernel)
     out = tf.matmul(x, k) if x.shape.rank == 2 else tf.tensordot(x, k, axes=1)
     if bias is not None:
-        out = out + _as_dtype(bias, out.dtype) if isinstance(bias, numbers.Real) \
-            else out + tf.cast(bias, out.dtype)
+        out = out + tf.cast(bias, out.dtype)
     return out

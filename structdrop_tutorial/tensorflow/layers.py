@@ -13,8 +13,11 @@ Every layer:
   ``keras.models.load_model`` (registered under the package name ``"structdrop"``).
 
 Shapes: ``(batch, *spatial, channels)`` with ``data_format="channels_last"`` (default) or
-``(batch, channels, *spatial)`` with ``"channels_first"``; the output has the input's shape
-and dtype.
+``(batch, channels, *spatial)`` with ``"channels_first"``; the output has the input's shape.
+Its dtype is the layer's compute dtype, as for Keras's own ``Dropout``: under the default
+``"float32"`` policy a float16 input is cast to float32 first; a layer built with
+``dtype="mixed_float16"`` or ``"mixed_bfloat16"`` (or under that global policy) computes and
+returns 16-bit values.
 """
 from __future__ import annotations
 
@@ -267,6 +270,10 @@ class DropConnectDense(_RateLayer):
 
     def call(self, inputs, training=None):
         import tensorflow as tf
+        width = self.kernel.shape[0]
+        if inputs.shape.rank and inputs.shape[-1] is not None and inputs.shape[-1] != width:
+            raise ValueError(f"inputs must have {width} units on the last axis (the width the "
+                             f"layer was built for), got shape {tuple(inputs.shape.as_list())}")
         kernel = tf.cast(self.kernel, inputs.dtype)
         bias = None if self.bias is None else tf.cast(self.bias, inputs.dtype)
         out = F.dropconnect_dense(inputs, kernel, bias, self.rate_variable,

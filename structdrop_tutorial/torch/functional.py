@@ -392,6 +392,8 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
     kernel = _as_float_tensor(kernel, "kernel")
     check_dense_shapes(tuple(x.shape), tuple(kernel.shape),
                        None if bias is None else tuple(torch.as_tensor(bias).shape))
+    if kernel.dtype != x.dtype:
+        raise ValueError(f"kernel must have x's dtype {x.dtype}, got {kernel.dtype}")
     if training and rate > 0.0:
         if rate == 1.0:
             kernel = _zeros(kernel, False)

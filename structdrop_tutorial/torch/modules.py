@@ -296,6 +296,11 @@ class DropConnectLinear(_RateMixin, nn.Linear):
         self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and x.ndim and x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have in_features = {self.in_features} units on its last "
+                             f"axis, got shape {tuple(x.shape)}")
+        if isinstance(x, torch.Tensor) and x.dtype != self.weight.dtype:
+            raise ValueError(f"x must have the layer's dtype {self.weight.dtype}, got {x.dtype}")
         return F.dropconnect_dense(x, self.weight.t(), self.bias, self.rate, training=self.training,
                                    seed=self.generator)
 
