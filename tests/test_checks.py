@@ -199,3 +199,84 @@ def test_schedule_load_state_dict_changes_nothing_on_bad_input():
             schedule.load_state_dict(state)
         assert (schedule.last_step, schedule.target_rate, schedule.total_steps) == (1, 0.1, 10)
         assert module.rate == pytest.approx(0.01)
+
+
+def _every_rated_call(rate):
+    """Every public function that takes a rate, in the three frameworks, at ``rate``."""
+    xn, xt, xf = X_NP, torch.ones(2, 3, 8, 8), tf.ones((2, 8, 8, 3))
+    kn, kt, kf = np.ones((3, 4), np.float32), torch.ones(3, 4), tf.ones((3, 4))
+    return {
+        "numpy dropout": lambda: sdn.dropout(xn, rate),
+        "numpy spatial_dropout": lambda: sdn.spatial_dropout(xn, rate),
+        "numpy dropblock": lambda: sdn.dropblock(xn, rate, 3),
+        "numpy drop_path": lambda: sdn.drop_path(xn, rate),
+        "numpy dropconnect_dense": lambda: sdn.dropconnect_dense(xn[:, 0, 0], kn, None, rate),
+        "torch dropout": lambda: sdt.dropout(xt, rate),
+        "torch spatial_dropout": lambda: sdt.spatial_dropout(xt, rate),
+        "torch dropblock": lambda: sdt.dropblock(xt, rate, 3),
+        "torch drop_path": lambda: sdt.drop_path(xt, rate),
+        "torch dropconnect_dense": lambda: sdt.dropconnect_dense(xt[:, :, 0, 0], kt, None, rate),
+        "torch SpatialDropout": lambda: sdt.SpatialDropout(rate),
+        "torch DropBlock2d": lambda: sdt.DropBlock2d(rate, 3),
+        "torch DropPath": lambda: sdt.DropPath(rate),
+        "torch DropConnectLinear": lambda: sdt.DropConnectLinear(3, 4, rate=rate),
+        "tf dropout": lambda: sdtf.dropout(xf, rate),
+        "tf spatial_dropout": lambda: sdtf.spatial_dropout(xf, rate),
+        "tf dropblock": lambda: sdtf.dropblock(xf, rate, 3),
+        "tf drop_path": lambda: sdtf.drop_path(xf, rate),
+        "tf dropconnect_dense": lambda: sdtf.dropconnect_dense(xf[:, 0, 0], kf, None, rate),
+        "keras SpatialDropout": lambda: sdtf.SpatialDropout(rate),
+        "keras DropBlock2D": lambda: sdtf.DropBlock2D(rate, 3),
+        "keras DropPath": lambda: sdtf.DropPath(rate),
+        "keras DropConnectDense": lambda: sdtf.DropConnectDense(4, rate),
+    }
+
+
+@pytest.mark.parametrize("rate, error", [(1.5, ValueError), (-0.1, ValueError),
+                                         (float("nan"), ValueError), (True, TypeError),
+                                         ("0.1", TypeError)])
+def test_bad_python_rates_are_named_everywhere(rate, error):
+    """A Python rate outside [0, 1], NaN, a bool or a string: an error naming ``rate`` from
+    every function and layer of every framework. (TensorFlow tensor rates cannot be checked
+    without a synchronization; they are clipped, see test_tensorflow_functional.py.)"""
+    for name, call in _every_rated_call(rate).items():
+        with pytest.raises(error, match="rate"):
+            call()
+            pytest.fail(name)
+
+
+@pytest.mark.parametrize("block, error", [(2.5, TypeError), (0, ValueError), ((3,), ValueError),
+                                          (True, TypeError)])
+def test_bad_block_sizes_are_named_everywhere(block, error):
+    """A float, zero, a wrong-length tuple or a bool block_size (cutout: size) is named."""
+    calls = [lambda: sdn.dropblock(X_NP, 0.1, block), lambda: sdn.cutout(X_NP, block),
+             lambda: sdt.dropblock(torch.ones(2, 3, 8, 8), 0.1, block),
+             lambda: sdt.cutout(torch.ones(2, 3, 8, 8), block),
+             lambda: sdtf.dropblock(tf.ones((2, 8, 8, 3)), 0.1, block),
+             lambda: sdtf.cutout(tf.ones((2, 8, 8, 3)), block)]
+    for call in calls:
+        with pytest.raises(error, match="block_size|size"):
+            call()
+
+
+def test_bad_data_format_is_named_everywhere():
+    for call in (lambda: sdn.cutout(X_NP, 3, "NHWC"), lambda: sdn.spatial_dropout(X_NP, 0.1, "NHWC"),
+                 lambda: sdt.cutout(torch.ones(2, 3, 8, 8), 3, "NHWC"),
+                 lambda: sdtf.cutout(tf.ones((2, 8, 8, 3)), 3, "NHWC")):
+        with pytest.raises(ValueError, match="data_format"):
+            call()
+
+
+def test_empty_batches_and_16_bit_inputs_of_the_remaining_functions():
+    """dropconnect_dense on an empty batch; NumPy drop_path and cutout keep 16-bit dtypes."""
+    assert sdn.dropconnect_dense(np.ones((0, 3), np.float32), np.ones((3, 4), np.float32),
+                                 None, 0.3, seed=0).shape == (0, 4)
+    assert sdt.dropconnect_dense(torch.ones(0, 3), torch.ones(3, 4), None, 0.3).shape == (0, 4)
+    assert sdtf.dropconnect_dense(tf.ones((0, 3)), tf.ones((3, 4)), None, 0.3).shape == (0, 4)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        x = np.ones((16, 8, 8, 3), dtype)
+        y = sdn.drop_path(x, 0.5, seed=0)
+        assert y.dtype == dtype and 0 < np.mean(y.astype(np.float32) == 0) < 1
+        np.testing.assert_array_equal(np.unique(y.astype(np.float32)), [0.0, 2.0])
+        assert sdn.cutout(x, 3, seed=0).dtype == dtype
