@@ -26,7 +26,8 @@ def stratified_split(labels: np.ndarray, test_every: int) -> Tuple[np.ndarray, n
     Args:
         labels: 1-D integer array of class labels.
         test_every: within each class, positions ``test_every - 1, 2 * test_every - 1, ...``
-            (in storage order) go to the test set; must be an int >= 2.
+            (in storage order) go to the test set; an int >= 2 and at most the size of the
+            smallest class (so that every class has a test example).
 
     Returns:
         ``(train_idx, test_idx)``, each sorted ascending.
@@ -39,6 +40,10 @@ def stratified_split(labels: np.ndarray, test_every: int) -> Tuple[np.ndarray, n
     is_test = np.zeros(labels.shape[0], dtype=bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
+        if idx.size < test_every:
+            raise ValueError(f"test_every must be at most the size of the smallest class "
+                             f"({idx.size} of class {c}), got {test_every}: that class would "
+                             f"have no test example")
         is_test[idx[test_every - 1::test_every]] = True
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 

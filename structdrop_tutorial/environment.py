@@ -13,6 +13,7 @@ def quiet_tensorflow() -> None:
 
 
 def on_colab() -> bool:
+    """Whether this Python runs in Google Colab (``google.colab`` is imported there)."""
     return "google.colab" in sys.modules
 
 

@@ -64,6 +64,8 @@ def show_heatmap(values: np.ndarray, title: str = "", *, cmap: str = "viridis",
     """Draw a 2-D array as a heat map with a colour bar; returns the axes."""
     plt = _plt()
     values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be a 2-D array, got shape {values.shape}")
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 3.5))
     im = ax.imshow(values, cmap=cmap, interpolation="nearest")

@@ -6,7 +6,7 @@ probability linearly from 1 to its target. In drop-rate terms: the rate grows li
 """
 from __future__ import annotations
 
-from ._checks import check_rate
+from ._checks import check_int, check_rate
 
 
 def linear_rate(step: int, total_steps: int, final_rate: float) -> float:
@@ -15,10 +15,8 @@ def linear_rate(step: int, total_steps: int, final_rate: float) -> float:
     ``total_steps == 0`` means no ramp (the final rate from the start).
     """
     final_rate = check_rate(final_rate, "final_rate")
-    if int(total_steps) < 0:
-        raise ValueError(f"total_steps must be >= 0, got {total_steps!r}")
-    if int(step) < 0:
-        raise ValueError(f"step must be >= 0, got {step!r}")
+    total_steps = check_int(total_steps, "total_steps", 0)
+    step = check_int(step, "step", 0)
     if total_steps == 0:
         return final_rate
-    return final_rate * min(int(step) / int(total_steps), 1.0)
+    return final_rate * min(step / total_steps, 1.0)

@@ -36,7 +36,7 @@ __all__ = ["Measurement", "Bandwidth", "time_numpy", "time_torch", "time_tensorf
            "time_callable", "time_interleaved", "torch_sync", "tensorflow_sync", "sweep",
            "bandwidth_floor_seconds", "masked_multiply_bytes", "measure_bandwidth",
            "cpu_name", "torch_device_name", "tensorflow_device_name", "machine_summary",
-           "timing_files", "load_timings"]
+           "timing_files", "load_timings", "load_timing_details", "cuda_graph"]
 
 
 # --------------------------------------------------------------------------- results
@@ -87,6 +87,7 @@ class Measurement:
 
     @property
     def min(self) -> float:
+        """The fastest recorded per-call time, in seconds."""
         return min(self.times)
 
     def ratio(self, baseline: "Measurement") -> float:
@@ -169,12 +170,19 @@ def time_callable(fn: Callable[[], Any], *, warmup: int = 1, repeat: int | None 
     Returns:
         A :class:`Measurement` of per-call times.
     """
+    for name, value in (("warmup", warmup), ("repeat", repeat), ("number", number),
+                        ("min_runs", min_runs), ("max_runs", max_runs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int, got {value!r}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     if repeat is not None and repeat < 1:
         raise ValueError(f"repeat must be >= 1 or None, got {repeat}")
     if number is not None and number < 1:
         raise ValueError(f"number must be >= 1 or None, got {number}")
+    if not 1 <= min_runs <= max_runs:
+        raise ValueError(f"min_runs and max_runs must satisfy 1 <= min_runs <= max_runs, "
+                         f"got {min_runs} and {max_runs}")
     do_sync = sync if sync is not None else (lambda result: None)
 
     def run(n: int) -> float:
@@ -231,6 +239,11 @@ def time_interleaved(fns: dict, *, warmup: int = 1, rounds: int = 15, number: in
     Returns:
         ``{label: Measurement}`` in the order of ``fns``.
     """
+    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
+        raise ValueError(f"fns must be a non-empty dict of {{label: callable}}, got {fns!r:.80}")
+    for name, value in (("warmup", warmup), ("rounds", rounds), ("number", number)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     if rounds < 1 or number < 1:
@@ -331,10 +344,11 @@ def time_torch(fn: Callable[[], Any], *, device: Any = None, warmup: int = 1,
         device: the device the work runs on (``"cpu"``, ``"cuda"``, a ``torch.device``);
             default CPU.
         warmup: warm-up calls before the Timer starts.
-        min_run_time: seconds of measurement (``blocked_autorange``), or the minimum for
+        min_run_time: seconds of measurement (the blocks above), or the minimum for
             ``adaptive_autorange``.
-        method: ``"blocked"`` (``blocked_autorange``) or ``"adaptive"`` (``adaptive_autorange``,
-            stops when the IQR is within 10% of the median).
+        method: ``"blocked"`` (the blocks above, timed with ``Timer.timeit``) or
+            ``"adaptive"`` (``Timer.adaptive_autorange``, stops when the IQR is within 10% of
+            the median).
         num_threads: torch threads during the measurement; default ``torch.get_num_threads()``
             (the Timer's own default would be 1).
         clock, sync: fakes for tests; by default ``timeit.default_timer`` and the device's
@@ -348,6 +362,10 @@ def time_torch(fn: Callable[[], Any], *, device: Any = None, warmup: int = 1,
     from torch.utils import benchmark
     if method not in ("blocked", "adaptive"):
         raise ValueError(f"method must be 'blocked' or 'adaptive', got {method!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if not min_run_time > 0:
+        raise ValueError(f"min_run_time must be > 0 seconds, got {min_run_time!r}")
     synchronize = sync if sync is not None else _torch_sync(device)
     base_clock = clock if clock is not None else timeit.default_timer
 

@@ -17,6 +17,8 @@ def test_stratified_split_is_disjoint_complete_and_per_class():
             data.stratified_split(labels, bad)
     with pytest.raises(ValueError, match="labels"):
         data.stratified_split(labels.reshape(1, -1), 2)
+    with pytest.raises(ValueError, match="smallest class"):  # class 2 would have no test digit
+        data.stratified_split(labels, 4)
 
 
 @pytest.mark.parametrize("loader, side, n_train, n_test, package", [

@@ -53,6 +53,8 @@ def test_each_solution_notebook_has_questions_and_metadata(path):
 def test_unknown_question_lists_the_known_ones():
     with pytest.raises(KeyError, match="ex05.paper_gamma"):
         grade.question("ex05.no_such_question")
+    with pytest.raises(KeyError, match="the exercises are ex01, ex02"):
+        grade.question("ex99.x")
 
 
 # --------------------------------------------------------------------------- anti-constant
@@ -291,3 +293,26 @@ def test_unknown_exercise_is_reported_not_raised(tmp_path):
     bad.write_text("not json")
     r = runner.grade_notebook(bad)
     assert r.error and "could not read" in r.error
+    # the exercise comes from the file name, and each of its questions scores 0 of its points
+    assert r.exercise == "ex01" and r.points == 0
+    assert [q.question_id for q in r.results] == [q.id for q in grade.exercise_questions("ex01")]
+    assert sum(q.max_points for q in r.results) == 7
+
+
+def test_command_line_rejects_bad_arguments_before_grading(tmp_path, capsys):
+    """Exit status 2, and nothing graded, for an --out that is a folder, a --feedback-dir that
+    is a file, or a limit that is not positive."""
+    from structdrop_tutorial.grade.__main__ import main
+    nb = tmp_path / "ex01_x.ipynb"
+    nb.write_text("not json")
+    (tmp_path / "a_file").write_text("")
+    for extra, message in ([["--out", str(tmp_path)], "--out must be"],
+                           [["--feedback-dir", str(tmp_path / "a_file")], "--feedback-dir must"],
+                           [["--cell-timeout", "-5"], "--cell-timeout must be positive"],
+                           [["--total-timeout", "0"], "--total-timeout must be positive"],
+                           [["--check-timeout", "-1"], "--check-timeout must be positive"],
+                           [["--output-limit", "0"], "--output-limit must be positive"]):
+        with pytest.raises(SystemExit) as exc:
+            main([str(nb), "--out", str(tmp_path / "g.csv"), "--quiet"] + extra)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "g.csv").exists()

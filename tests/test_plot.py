@@ -20,6 +20,9 @@ def test_show_masks_and_images_draw_one_panel_per_array():
     assert (lo, hi) == (-1.0, 5.0)                   # one colour scale shared by all panels
     ax = plot.show_heatmap(np.arange(4.0).reshape(2, 2), "t", annotate=True)
     assert ax.get_title() == "t" and len(ax.texts) == 4
+    for bad in (np.ones(4), np.ones((2, 3, 4))):  # a 3-D array was drawn as an RGBA image
+        with pytest.raises(ValueError, match="2-D"):
+            plot.show_heatmap(bad)
     plt.close("all")
 
 

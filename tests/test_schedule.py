@@ -16,3 +16,12 @@ def test_linear_rate_ramps_then_holds():
 def test_linear_rate_rejects_bad_arguments(args, match):
     with pytest.raises(ValueError, match=match):
         sd.linear_rate(*args)
+
+
+@pytest.mark.parametrize("args, match", [((1, 0.5, 0.1), "total_steps"), ((2.7, 10, 0.1), "step"),
+                                         (("a", 10, 0.1), "step"), ((True, 10, 0.1), "step")])
+def test_linear_rate_steps_are_integers(args, match):
+    """Steps are counted, not measured: a float step was truncated (2.7 gave step 2) and a
+    total of 0.5 divided by zero."""
+    with pytest.raises(TypeError, match=match):
+        sd.linear_rate(*args)

@@ -107,6 +107,23 @@ def test_time_callable_validates():
         timing.time_callable(lambda: None, warmup=-1)
     with pytest.raises(ValueError, match="repeat"):
         timing.time_callable(lambda: None, repeat=0)
+    with pytest.raises(TypeError, match="repeat"):  # 2.5 ran 3 times
+        timing.time_callable(lambda: None, repeat=2.5)
+    with pytest.raises(ValueError, match="min_runs"):
+        timing.time_callable(lambda: None, min_runs=10, max_runs=5)
+    for fns in ({}, [lambda: None], {"a": 1}):
+        with pytest.raises(ValueError, match="fns must be"):
+            timing.time_interleaved(fns)
+    with pytest.raises(TypeError, match="number"):
+        timing.time_interleaved({"a": lambda: None}, number=None)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_time_torch_validates():
+    with pytest.raises(ValueError, match="warmup"):  # it ran, and printed "-1 warm-up"
+        timing.time_torch(lambda: None, warmup=-1)
+    with pytest.raises(ValueError, match="min_run_time"):
+        timing.time_torch(lambda: None, min_run_time=0)
 
 
 def test_time_numpy_and_tensorflow_fake_clock():

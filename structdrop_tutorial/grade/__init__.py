@@ -89,6 +89,8 @@ def question(question_id: str) -> Question:
         msg = f"unknown question id {question_id!r}"
         if same:
             msg += f"; {ex} has: {', '.join(same)}"
+        elif not broken:
+            msg += f"; the exercises are {', '.join(exercises())}"
         if broken:
             msg += f"; question module failed to load: {'; '.join(broken)}"
         raise KeyError(msg)

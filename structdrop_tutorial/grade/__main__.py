@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from . import runner
@@ -38,6 +39,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    for name in ("cell_timeout", "total_timeout", "check_timeout", "output_limit"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, "
+                         f"got {getattr(args, name)}")
+    # the outputs are checked before any grading, so that a typo loses no work
+    out = Path(args.out)
+    if out.is_dir() or not out.resolve().parent.is_dir():
+        parser.error(f"--out must be a CSV file in an existing folder, got {args.out}")
+    if args.feedback_dir is not None and Path(args.feedback_dir).exists() \
+            and not Path(args.feedback_dir).is_dir():
+        parser.error(f"--feedback-dir must be a folder, got the file {args.feedback_dir}")
 
     results = runner.grade_submissions(
         args.notebooks, args.out, args.feedback_dir, jobs=args.jobs,

@@ -271,6 +271,10 @@ def grade_notebook(path, *, cell_timeout: float = CELL_TIMEOUT_S,
         nb = nbformat.read(str(path), as_version=4)
     except Exception as exc:
         res.error = f"could not read the notebook: {type(exc).__name__}: {exc}"
+        res.exercise = exercise_of({}, path)  # from the file name: its questions score 0
+        res.results = [Result(q.id, q.title, q.points, hint=q.hint,
+                              properties=[Property("graded", False, res.error)])
+                       for q in (exercise_questions(res.exercise) if res.exercise else [])]
         res.wall_s = time.monotonic() - t0
         return res
     res.exercise = exercise_of(nb, path)
