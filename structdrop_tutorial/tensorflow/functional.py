@@ -263,7 +263,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
         bias_shape = (tuple(bias.shape.as_list()) if isinstance(bias, (tf.Tensor, tf.Variable))
                       else tuple(np.shape(bias)))
         units = kernel.shape[1]
-        if len(bias_shape) != 1 or None not in (units, bias_shape[0]) and bias_shape[0] != units:
+        if len(bias_shape) != 1 or (None not in (units, bias_shape[0]) and bias_shape[0] != units):
             raise ValueError(f"bias must have shape (units,) = ({units},), got {bias_shape}")
 
     def masked():
