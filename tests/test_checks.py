@@ -143,6 +143,10 @@ def test_dropconnect_layers_name_the_input_width_and_dtype():
         layer(torch.ones(2, 7))
     with pytest.raises(ValueError, match="layer's dtype"):
         layer(torch.ones(2, 5, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the matmul casts
+        assert layer.train()(torch.ones(2, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16
+        assert sdt.dropconnect_dense(torch.ones(2, 5, dtype=torch.bfloat16), torch.ones(5, 4),
+                                     None, 0.3).dtype == torch.bfloat16
     keras_layer = sdtf.DropConnectDense(4)
     keras_layer.build((None, 5))
     with pytest.raises(ValueError, match="5 units on the last axis"):

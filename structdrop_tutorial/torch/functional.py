@@ -392,7 +392,8 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
     kernel = _as_float_tensor(kernel, "kernel")
     check_dense_shapes(tuple(x.shape), tuple(kernel.shape),
                        None if bias is None else tuple(torch.as_tensor(bias).shape))
-    if kernel.dtype != x.dtype:
+    if kernel.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        # (under torch.autocast the matmul below casts both, as nn.Linear's does)
         raise ValueError(f"kernel must have x's dtype {x.dtype}, got {kernel.dtype}")
     if training and rate > 0.0:
         if rate == 1.0:
@@ -405,4 +406,8 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
             else:
                 kernel = kernel * (keep.to(kernel.dtype) * scale)
     out = x @ kernel
-    return out if bias is None else out + bias
+    if bias is None:
+        return out
+    if torch.is_autocast_enabled(out.device.type):  # the bias joins the matmul's dtype there,
+        bias = torch.as_tensor(bias, device=out.device).to(out.dtype)  # as in nn.Linear
+    return out + bias

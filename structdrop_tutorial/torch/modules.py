@@ -299,7 +299,8 @@ class DropConnectLinear(_RateMixin, nn.Linear):
         if isinstance(x, torch.Tensor) and x.ndim and x.shape[-1] != self.in_features:
             raise ValueError(f"x must have in_features = {self.in_features} units on its last "
                              f"axis, got shape {tuple(x.shape)}")
-        if isinstance(x, torch.Tensor) and x.dtype != self.weight.dtype:
+        if (isinstance(x, torch.Tensor) and x.dtype != self.weight.dtype
+                and not torch.is_autocast_enabled(x.device.type)):
             raise ValueError(f"x must have the layer's dtype {self.weight.dtype}, got {x.dtype}")
         return F.dropconnect_dense(x, self.weight.t(), self.bias, self.rate, training=self.training,
                                    seed=self.generator)
