@@ -53,3 +53,11 @@ def triton_test_device() -> str:
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
     return "cpu"
+
+
+def interpreted_bfloat16(p):
+    """A float32 torch tensor cast to bfloat16 the way Triton's interpreter casts it in a kernel:
+    the low 16 bits dropped (round toward zero), where compiled kernels and ``.to()`` round to
+    nearest even."""
+    import torch
+    return (p.view(torch.int32) & ~0xFFFF).view(torch.float32).to(torch.bfloat16)

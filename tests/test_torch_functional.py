@@ -27,7 +27,8 @@ torch = pytest.importorskip("torch")
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _fast, _paint, _triton  # noqa: E402
 
-from helpers import brute_force_keep_mask, five_sigma_fraction_bound  # noqa: E402
+from helpers import (brute_force_keep_mask, five_sigma_fraction_bound,  # noqa: E402
+                     interpreted_bfloat16)
 
 FORMATS = ["channels_first", "channels_last"]
 TRITON_ON_CPU = _triton.has_triton() and os.environ.get("TRITON_INTERPRET") == "1"
@@ -441,10 +442,8 @@ def rounded_once(path, x, rate, block, normalize):
     scale = (torch.tensor(keep.numel(), dtype=f32) / torch.tensor(int(keep.sum()), dtype=f32)
              if normalize == "batch" else torch.tensor(1 / (1 - rate), dtype=f32))
     p = x.float() * torch.where(keep, scale, torch.zeros_like(scale))
-    if x.dtype == torch.bfloat16 and path.startswith("triton"):
-        # Triton's interpreter casts float32 to bfloat16 by dropping the low 16 bits (round
-        # toward zero); compiled kernels round to nearest even (tests/test_torch_triton.py)
-        p = (p.view(torch.int32) & ~0xFFFF).view(f32)
+    if x.dtype == torch.bfloat16 and path.startswith("triton"):  # Triton's interpreter
+        return interpreted_bfloat16(p)
     return p.to(x.dtype)
 
 

@@ -21,7 +21,7 @@ from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _launch, _prepared, _triton  # noqa: E402
 
-from helpers import five_sigma_fraction_bound, triton_test_device  # noqa: E402
+from helpers import five_sigma_fraction_bound, interpreted_bfloat16, triton_test_device  # noqa: E402
 
 DEVICE = triton_test_device()
 
@@ -556,10 +556,8 @@ def test_product_and_gradient(mask_kind, dtype, normalize, shape):
 
         def product(t):
             p = t.float() * torch.where(keep, scale, torch.zeros_like(scale))
-            if dtype == torch.bfloat16 and DEVICE == "cpu":
-                # Triton's interpreter casts float32 to bfloat16 by dropping the low 16 bits
-                # (round toward zero); compiled kernels round to nearest even, as .to() does
-                return (p.view(torch.int32) & ~0xFFFF).view(torch.float32).to(dtype)
+            if dtype == torch.bfloat16 and DEVICE == "cpu":  # Triton's interpreter
+                return interpreted_bfloat16(p)
             return p.to(dtype)
     else:
         def product(t):

@@ -400,11 +400,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
             kernel = _zeros(kernel, False)
         else:
             keep = _uniform(kernel.shape, seed, uniform, kernel.device) >= rate
-            scale = 1.0 / (1.0 - rate)
-            if kernel.dtype in (torch.float16, torch.bfloat16):  # in float32, rounded once
-                kernel = (kernel.float() * (keep.float() * scale)).to(kernel.dtype)
-            else:
-                kernel = kernel * (keep.to(kernel.dtype) * scale)
+            kernel = _keep_scaled(kernel, keep, 1.0 / (1.0 - rate), False)
     out = x @ kernel
     if bias is None:
         return out
