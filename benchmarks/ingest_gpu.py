@@ -7,7 +7,9 @@ same name in ``structdrop_tutorial/data/timings/`` and writes the probe and the 
 into that GPU's ``gpu_<name>_kernels.json`` (under ``host_probe`` and ``network``; the kernel
 sweep's entries are left as they are), with the software, the date and how they were measured.
 It then prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
-and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes.
+and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes. Probes
+that failed on the GPU (the probe records the error instead of a time) are kept apart, under
+``host_probe.failed``.
 
 Usage (after fetching the round's files)::
 
@@ -55,6 +57,20 @@ def ratios(csv_path: Path) -> dict:
             and r["case"] in RESNET}
 
 
+def _split_failures(table: dict, failed: dict, where: str = "") -> dict:
+    """``table`` (name -> microseconds, or -> such a dict) with the probes that failed (an error
+    message instead of a number) moved to ``failed``, under ``where`` + their name."""
+    kept = {}
+    for name, value in table.items():
+        if isinstance(value, dict):
+            kept[name] = _split_failures(value, failed, f"{where}{name}: ")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            kept[name] = value
+        else:
+            failed[f"{where}{name}"] = str(value)
+    return kept
+
+
 def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: int = 300) -> dict:
     """Fold ``out``'s files into ``timings``; returns what it wrote (or would write)."""
     csvs = sorted(out.glob("gpu_*.csv"))
@@ -68,11 +84,14 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     wrote = {"csv": str(timings / csvs[0].name), "ratios": ratios(csvs[0])}
     probe_path, network_path = out / "host_probe.json", out / "network.json"
     if probe_path.exists():
-        probe = json.loads(probe_path.read_text())
+        probe, failed = json.loads(probe_path.read_text()), {}
         kernels["host_probe"] = {"software": sw, "date": today,
                                  "method": PROBE_METHOD.format(n=probe_n),
-                                 "host_us": probe["host_us"],
-                                 "eager_fwd_bwd_us": probe["eager_fwd_bwd_us"]}
+                                 "host_us": _split_failures(probe["host_us"], failed),
+                                 "eager_fwd_bwd_us": _split_failures(probe["eager_fwd_bwd_us"],
+                                                                     failed)}
+        if failed:  # kept apart, so that every timing table holds numbers only
+            kernels["host_probe"]["failed"] = failed
         wrote["host_probe"] = kernels["host_probe"]
     if network_path.exists():
         network = json.loads(network_path.read_text())

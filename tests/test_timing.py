@@ -575,7 +575,8 @@ def test_host_probe_stub_runs(tmp_path):
 def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
     """ingest_gpu.py copies the round's CSV over the committed one and writes the probe and the
     network timings into that GPU's JSON with the software of gpu.txt, keeping its other
-    entries; a missing gpu.txt version line is an error, not a blank."""
+    entries; probes that failed go to a table of their own; a missing gpu.txt version line is an
+    error, not a blank."""
     import json
     ingest = _bench_module("ingest_gpu")
     out, timings = tmp_path / "out", tmp_path / "timings"
@@ -588,9 +589,10 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
     (timings / "gpu_fake_kernels.json").write_text(json.dumps({"device_us": {"a": 1}}))
     (out / "gpu.txt").write_text("name\nFake GPU\ntorch 9.0 triton 9.1\n")
     (out / "host_probe.json").write_text(json.dumps(
-        {"device": "Fake GPU", "torch": "9.0", "host_us": {"dropblock fwd+bwd, prepared": 100.0},
-         "eager_fwd_bwd_us": {"32x512x28x28": {"floor x*mask": 100.0,
-                                               "dropblock, prepared": 140.0}}}))
+        {"device": "Fake GPU", "torch": "9.0",
+         "host_us": {"dropblock fwd+bwd, prepared": 100.0, "op": "RuntimeError: no derivative"},
+         "eager_fwd_bwd_us": {"32x512x28x28": {"floor x*mask": 100.0, "dropblock, prepared": 140.0,
+                                               "op": "RuntimeError: no derivative"}}}))
     (out / "network.json").write_text(json.dumps(
         {"device": "Fake GPU", "torch": "9.0", "block": 7, "rate": 0.1, "stage": "s",
          "steps": {"32x512x28x28": {"none": {"step_s": 1e-3, "added_s": 0.0}}}}))
@@ -604,6 +606,10 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
     assert kernels["host_probe"]["software"] == kernels["network"]["software"] == \
         "torch 9.0, triton 9.1"
     assert kernels["host_probe"]["host_us"] == {"dropblock fwd+bwd, prepared": 100.0}
+    assert kernels["host_probe"]["eager_fwd_bwd_us"] == {
+        "32x512x28x28": {"floor x*mask": 100.0, "dropblock, prepared": 140.0}}
+    assert kernels["host_probe"]["failed"] == {  # probes that failed are kept apart, by name
+        "op": "RuntimeError: no derivative", "32x512x28x28: op": "RuntimeError: no derivative"}
     assert kernels["network"]["steps"]["32x512x28x28"]["none"]["step_s"] == 1e-3
     (out / "gpu.txt").write_text("name\nFake GPU\n")
     with pytest.raises(ValueError, match="torch X triton Y"):

@@ -290,6 +290,33 @@ def test_per_unit_drop_probability_map(seeds):
     assert np.all(np.abs(freq - prob) <= bound)
 
 
+@pytest.mark.parametrize("default", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_drawn_noise_equals_given_noise(dtype, default):
+    """Drawn noise (the small mask compared and scaled in place when the draw has x's dtype) gives
+    bit for bit what the same draw passed as ``uniform`` gives, inplace too, for every dtype and
+    either default dtype; rate 0.3, whose scale has no exact 16-bit value."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        for fmt in FORMATS:
+            x = torch.randn(layout((4, 5), fmt, 6, 7), dtype=torch.float32).to(dtype)
+            shape = sd.noise_shape("spatial", tuple(x.shape), fmt)
+            u = torch.rand(shape, generator=torch.Generator().manual_seed(8))
+            assert u.dtype == default
+            expected = sdt.spatial_dropout(x, 0.3, fmt, uniform=u)
+            got = sdt.spatial_dropout(x, 0.3, fmt, seed=8)
+            assert got.dtype == dtype and torch.equal(got, expected)
+            assert 0 < int((got == 0).sum()) < got.numel()
+            x2 = x.clone()
+            assert sdt.spatial_dropout(x2, 0.3, fmt, seed=8, inplace=True) is x2
+            assert torch.equal(x2, expected)
+            ns = tuple(shape)
+            assert torch.equal(sdt.dropout(x, 0.3, ns, seed=8), sdt.dropout(x, 0.3, ns, uniform=u))
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def test_spatial_dropout_fraction():
     x = torch.ones(200, 100, 3, 3)
     y = sdt.spatial_dropout(x, 0.3, seed=1)

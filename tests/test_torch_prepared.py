@@ -312,9 +312,12 @@ def test_planned_direct_launches_equal_triton_launches(monkeypatch, planned):
         with monkeypatch.context() as m:
             m.setattr(_launch, "DIRECT", False)
             ordinary = run(x, g, **kw)
-        with monkeypatch.context() as m:
-            m.setattr(_launch, "VERIFY", True)  # the launches that make the plan are verified
-            plan = plan_for(x, **kw)
+        with monkeypatch.context() as m:  # compile, then launch directly, verified (no plan
+            m.setattr(_launch, "VERIFY", True)  # is made or used while launches are verified)
+            for _ in range(2):
+                sdt.dropblock(x, **kw)
+            assert not _prepared._PLANS
+        plan = plan_for(x, **kw)  # from the kernels just verified
         assert plan.ints
         before = len(planned)
         result = run(x, g, **kw)
@@ -334,6 +337,7 @@ def test_planned_launch_arguments_are_those_of_direct_launches(monkeypatch):
     from test_torch_launch import Kernel
     kernels = SimpleNamespace(dropblock_rows_kernel=Kernel(), masked_rows_kernel=Kernel(),
                               dropblock_mask_kernel=Kernel(), masked_scale_kernel=Kernel())
+    monkeypatch.setattr(_triton, "FORCE", True)  # a CPU tensor, also where a GPU is
     monkeypatch.setattr(_triton, "_kernels", lambda: kernels)
     monkeypatch.setattr(_triton, "_rows_problem", lambda *a: None)
     monkeypatch.setattr(_triton, "new_key", lambda *a: _triton._mix(3, 8))

@@ -31,7 +31,11 @@ only Python, autograd and allocations are timed; ``benchmarks/host_probe.py --st
 minimum of 15 interleaved rounds, three runs): a forward+backward on a tiny input costs the
 host 31 us for the floor ``x * mask``, 74-75 us through the ordinary path and 47-49 us through a
 plan; a forward alone 5.5, 31 and 14 (on the 2-core Intel Xeon of the second CPU timings: 31, 77
-and 48; 5.6, 32 and 15). On a GPU this has not been timed yet.
+and 48; 5.6, 32 and 15). On an H100 (``benchmarks/host_probe.py``, three machines of one
+session, PyTorch 2.11, Triton 3.6) a tiny forward+backward cost the host 156 / 227 / 329 us
+through a plan and 204 / 304 / 540 us through the ordinary path with direct launches, against
+86 / 114 / 162 us for the floor: a plan costs 1.8 to 2.0 floors of host time, an ordinary call
+2.4 to 3.3.
 """
 from __future__ import annotations
 

@@ -41,18 +41,15 @@ Measured on an NVIDIA H100 (``data/timings/gpu_nvidia_h100_80gb_hbm3*``, book ch
 tests of this path passed there, compiled): at 32x1024x14x14 / 32x512x28x28 / 16x256x56x56 the
 row-word mask kernel takes 13 / 23 / 24 us and its product kernel 25 / 44 / 44 us, against
 32 / 57 / 57 us for the floor ``x * mask`` (the byte-mask kernel: 41 / 88 / 103 us). Replayed
-from a CUDA graph, where the host's costs are gone, forward+backward is 1.08 / 1.03 / 1.01 times
-the floor's. Eagerly it is 2.4 / 1.7 / 1.75 times: the floor itself is bound by the host at
-14x14, and one call here costs the host about three floors' worth (a counter, two launches and
-an autograd function forward, a backward in Python), although the kernels are launched through
-their compiled launchers (:mod:`._launch`) and the key is made on the host. Those figures
-predate the shared accumulator of the row-word kernel, which removed the counter (a fill
-kernel, about 10 us of host time per call there) and the per-call scratch allocation; that
-change has not been timed on a GPU yet, nor has the next one: after the first calls of a
-signature, :mod:`._prepared` keeps a plan that launches both kernels without the per-call checks
-and lookups (on this repository's 2-core CPU with no-op launchers, a tiny forward+backward
-costs the host about 48 us through a plan and 75 us without; the floor 31). An earlier H200 run
-of the byte-mask kernels is in ``data/timings/gpu_nvidia_h200*``.
+from a CUDA graph, where the host's costs are gone, forward+backward is 1.08 / 1.00 / 0.99 times
+the floor's. Eagerly it is 1.5 to 2.0 times (three runs on three machines of one session: 1.53 /
+1.95 / 1.86 in the committed file): the eager step waits for the host, whose work per call
+(two launches and an autograd function forward, a backward in Python on the autograd engine's
+thread) costs 1.8 to 2.0 times the floor's, although the kernels are launched through their
+compiled launchers (:mod:`._launch`), the key is made on the host, the count goes to a shared
+accumulator (no fill kernel per call) and, after the first calls of a signature,
+:mod:`._prepared` launches both kernels from a plan without the per-call checks and lookups. An
+earlier H200 run of the byte-mask kernels is in ``data/timings/gpu_nvidia_h200*``.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90

@@ -138,7 +138,11 @@ def _store_scaled(x_ptr, out_ptr, offs, inb, keep, count_ptr, scale_bits, total,
     acc = tl.float64 if WIDE else tl.float32
     if FROM_COUNT:
         kept = tl.load(count_ptr).to(acc)
-        s = tl.where(kept > 0, total.to(acc) / tl.maximum(kept, 1.0), 0.0)
+        if WIDE:  # float64 ``/`` is IEEE division
+            s = total.to(acc) / tl.maximum(kept, 1.0)
+        else:  # float32 ``/`` compiles to an approximate division (div.full.f32, up to 2 ulp)
+            s = tl.math.div_rn(total.to(acc), tl.maximum(kept, 1.0))
+        s = tl.where(kept > 0, s, 0.0)
     else:
         s = scale_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc)
     y = x.to(acc) * (keep.to(acc) * s)

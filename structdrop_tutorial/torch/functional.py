@@ -137,12 +137,23 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed: Seed = None, unif
         if len(shape) != x.ndim or any(s not in (1, n) for s, n in zip(shape, x.shape)):
             raise ValueError(f"noise_shape must have x's rank {x.ndim} with each entry 1 or the "
                              f"size of x on that axis {tuple(x.shape)}, got {tuple(noise_shape)}")
+    return _dropout(x, rate, shape, training, seed, uniform, inplace)
+
+
+def _dropout(x, rate: float, shape: tuple, training, seed, uniform, inplace) -> torch.Tensor:
+    """:func:`dropout` after its checks (``rate`` a float in [0, 1], ``shape`` the noise shape)."""
     if not training or rate == 0.0:
         return x
     if rate == 1.0:
         return _zeros(x, inplace)
-    keep = _uniform(shape, seed, uniform, x.device) >= rate
-    return _keep_scaled(x, keep, 1.0 / (1.0 - rate), inplace)
+    u = _uniform(shape, seed, uniform, x.device)
+    scale = 1.0 / (1.0 - rate)
+    if uniform is None and u.dtype == x.dtype and u.numel() != x.numel():
+        # a fresh draw for a small mask, already in x's dtype: compare and scale it in place
+        # (the values of (u >= rate).to(x.dtype) * scale, two fewer tensors), one multiply of x
+        factor = u.ge_(rate).mul_(scale)
+        return x.mul_(factor) if inplace else x * factor
+    return _keep_scaled(x, u >= rate, scale, inplace)
 
 
 def spatial_dropout(x, rate, data_format="channels_first", *, training=True, seed: Seed = None,
@@ -163,8 +174,8 @@ def spatial_dropout(x, rate, data_format="channels_first", *, training=True, see
     check_data_format(data_format)
     x = _as_float_tensor(x)
     check_n_spatial(x.ndim)
-    return dropout(x, rate, _noise_shape("spatial", tuple(x.shape), data_format), training=training,
-                   seed=seed, uniform=uniform, inplace=inplace)
+    return _dropout(x, check_rate(rate), _noise_shape("spatial", tuple(x.shape), data_format),
+                    training, seed, uniform, inplace)
 
 
 # --------------------------------------------------------------------------- DropBlock
