@@ -312,12 +312,14 @@ def test_planned_direct_launches_equal_triton_launches(monkeypatch, planned):
         with monkeypatch.context() as m:
             m.setattr(_launch, "DIRECT", False)
             ordinary = run(x, g, **kw)
-        with monkeypatch.context() as m:  # compile, then launch directly, verified (no plan
-            m.setattr(_launch, "VERIFY", True)  # is made or used while launches are verified)
+        # compile, then launch directly with every launch verified (no plan is made or used
+        # while launches are verified); then plan from the kernels just verified
+        with monkeypatch.context() as m:
+            m.setattr(_launch, "VERIFY", True)
             for _ in range(2):
                 sdt.dropblock(x, **kw)
             assert not _prepared._PLANS
-        plan = plan_for(x, **kw)  # from the kernels just verified
+        plan = plan_for(x, **kw)
         assert plan.ints
         before = len(planned)
         result = run(x, g, **kw)
