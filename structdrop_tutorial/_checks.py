@@ -54,6 +54,19 @@ def check_int(value, name: str, minimum: Optional[int] = None) -> int:
     return value
 
 
+#: int seeds lie in [0, SEED_LIMIT) in every framework (TensorFlow keeps them as int64)
+SEED_LIMIT = 2 ** 63
+
+
+def check_seed_int(seed, allowed: str) -> int:
+    """An int ``seed`` in [0, 2**63) as an int; ``allowed`` names the other accepted kinds in
+    the ValueError for one outside that range."""
+    seed = int(seed)
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be None, an int in [0, 2**63) or {allowed}, got {seed}")
+    return seed
+
+
 def block_rank(block_size, name: str = "block_size") -> int:
     """How many axes a block size names: 1 for an int (any rank), else its length; a TypeError
     naming ``name`` for anything that is neither."""

@@ -22,7 +22,7 @@ from typing import Sequence, Tuple, Union
 
 import numpy as np
 
-from ._checks import (BlockSize, check_block_size, check_choice, check_gamma, check_rate,
+from ._checks import (BlockSize, check_block_size, check_choice, check_gamma, check_int, check_rate,
                       check_spatial_shape, SEEDS)
 
 
@@ -53,6 +53,7 @@ def paper_gamma(rate: float, block_size: BlockSize, spatial_shape: Sequence[int]
 def axis_coverage(n: int, b: int, seeds: str = "valid") -> np.ndarray:
     """How many seed positions along one axis have a block that covers each of the ``n`` units."""
     check_choice(seeds, "seeds", SEEDS)
+    n, b = check_int(n, "n", 0), check_int(b, "b", 1)
     b = min(b, n)
     if seeds == "padded":
         return np.full(n, b, dtype=np.int64)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 
 import math
+import numbers
 
 import numpy as np
 
 from ._checks import (SEEDS, check_block_size, check_choice, check_data_format,
                       check_dense_shapes, check_dropblock_options, check_float_dtype_name,
-                      check_int, check_n_spatial, check_rate)
+                      check_int, check_n_spatial, check_rate, check_seed_int)
 from . import _sparse_seeds
 from .gamma import _check_gamma, clip_block, resolve_gamma
 from .shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
@@ -44,6 +45,8 @@ def _rng(seed):
         return seed
     if isinstance(seed, (bool, float, str)):  # numpy would take a bool; a float or str fails
         raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {seed!r}")
+    if isinstance(seed, (numbers.Integral, np.integer)):
+        seed = check_seed_int(seed, "a numpy.random.Generator")
     try:
         return np.random.default_rng(seed)
     except (TypeError, ValueError) as exc:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-from ._checks import check_choice, check_data_format, check_int, check_n_spatial, check_share
+from ._checks import (check_block_size, check_choice, check_data_format, check_int, check_n_spatial,
+                      check_share)
 
 Shape = Tuple[Optional[int], ...]
 
@@ -83,7 +84,7 @@ def all_noise_shapes(input_shape: Sequence[int]) -> Tuple[Tuple[int, ...], ...]:
 
     For a (3, 4, 5) input that gives the 8 shapes from (1, 1, 1) to (3, 4, 5).
     """
-    shape = tuple(int(s) for s in input_shape)
+    shape = tuple(check_int(s, "input_shape entries", 0) for s in input_shape)
     out = []
     for bits in range(2 ** len(shape)):
         out.append(tuple(s if bits >> (len(shape) - 1 - a) & 1 else 1 for a, s in enumerate(shape)))
@@ -105,8 +106,12 @@ def seed_grid_shape(input_shape: Sequence[Optional[int]], block_size: Sequence[i
     shape = list(input_shape)
     rank = len(shape)
     axes = spatial_axes(rank, data_format)
-    for a, b in zip(axes, block_size):
+    block = check_block_size(block_size, len(axes))
+    for a, b in zip(axes, block):
         if shape[a] is not None:
+            if seeds == "valid" and b > shape[a]:
+                raise ValueError(f"block_size {tuple(block)} must be clipped to the map "
+                                 f"{tuple(shape[a] for a in axes)} first (gamma.clip_block)")
             shape[a] = shape[a] - b + 1 if seeds == "valid" else shape[a] + b - 1
     if "channels" in share:
         shape[channel_axis(rank, data_format)] = 1

@@ -174,3 +174,18 @@ def test_half_precision_dropconnect_rounds_once_and_agrees(rate):
         np.testing.assert_array_equal(got_t.float().numpy(), want)
         np.testing.assert_array_equal(tf.cast(got_tf, tf.float32).numpy(), want)
         np.testing.assert_array_equal(got_n.astype(np.float32), want)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**70])
+def test_int_seeds_outside_the_range_are_the_same_error_everywhere(seed):
+    x = np.ones((2, 3, 4, 4), np.float32)
+    for mod, xx in ((sdn, x), (sdt, torch.from_numpy(x)), (sdtf, tf.constant(x))):
+        with pytest.raises(ValueError, match=r"seed must be None, an int in \[0, 2\*\*63\)"):
+            mod.spatial_dropout(xx, 0.5, "channels_first", seed=seed)
+
+
+def test_numpy_int_seeds_are_ints_everywhere():
+    x = np.ones((2, 3, 4, 4), np.float32)
+    ref = sdt.spatial_dropout(torch.from_numpy(x), 0.5, "channels_first", seed=3)
+    torch.testing.assert_close(
+        sdt.spatial_dropout(torch.from_numpy(x), 0.5, "channels_first", seed=np.int64(3)), ref)

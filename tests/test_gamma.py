@@ -124,3 +124,9 @@ def test_rate_type_error():
     with pytest.raises(TypeError, match="rate"):
         sd.paper_gamma("0.1", 3, (8, 8))
     assert math.isfinite(sd.exact_gamma(1e-12, 3, (8, 8)))
+
+
+@pytest.mark.parametrize("b", [0, -2])
+def test_axis_coverage_needs_a_positive_block(b):
+    with pytest.raises(ValueError, match="b must be >= 1"):
+        sd.axis_coverage(5, b)

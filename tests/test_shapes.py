@@ -66,3 +66,17 @@ def test_drop_path_noise_shape_rejects_bad_arguments(args, match):
     from structdrop_tutorial.shapes import drop_path_noise_shape
     with pytest.raises(ValueError, match=match):
         drop_path_noise_shape(*args)
+
+
+def test_seed_grid_shape_checks_the_block():
+    with pytest.raises(ValueError, match="one entry per spatial axis"):
+        sd.seed_grid_shape((2, 8, 8, 3), (3,), "channels_last")
+    with pytest.raises(ValueError, match="clipped to the map"):
+        sd.seed_grid_shape((2, 8, 8, 3), (9, 9), "channels_last")
+    assert sd.seed_grid_shape((2, 8, 8, 3), (9, 9), "channels_last", "padded") == (2, 16, 16, 3)
+    assert sd.seed_grid_shape((2, None, 8, 3), 3, "channels_last") == (2, None, 6, 3)
+
+
+def test_all_noise_shapes_rejects_negative_sizes():
+    with pytest.raises(ValueError, match="input_shape entries must be >= 0"):
+        sd.all_noise_shapes((3, -1))

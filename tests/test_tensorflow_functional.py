@@ -111,6 +111,46 @@ def test_keep_mask_and_family_match_numpy_graph():
                                   sdn.dropout(x, 0.5, (None, 1, 1, None), uniform=un[:5]))
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_given_noise_for_another_batch_size_is_an_error_in_a_graph(jit):
+    """Traced with an unknown batch size, a uniform (or a noise_shape entry) made for batch 4
+    must not broadcast a batch of 1 up to 4: the graph checks it at run time; under XLA, which
+    drops the check, the reshape fails (uniform) or the noise takes x's size (noise_shape)."""
+    rng = np.random.default_rng(5)
+    calls = {
+        "dropout": lambda x: sdtf.dropout(x, 0.5, uniform=rng.random((4, 5, 6, 3))),
+        "spatial_dropout": lambda x: sdtf.spatial_dropout(x, 0.5, uniform=rng.random((4, 1, 1, 3))),
+        "dropblock": lambda x: sdtf.dropblock(x, 0.2, 3, uniform=rng.random((4, 3, 4, 3))),
+        "noise_shape": lambda x: sdtf.dropout(x, 0.5, noise_shape=[4, 1, 1, 3], seed=1),
+    }
+    for name, call in calls.items():
+        f = tf.function(call, input_signature=[tf.TensorSpec((None, 5, 6, 3))], jit_compile=jit)
+        assert f(tf.ones((4, 5, 6, 3))).shape == (4, 5, 6, 3)
+        if jit and name == "noise_shape":
+            assert f(tf.ones((1, 5, 6, 3))).shape == (1, 5, 6, 3), name
+            continue
+        match = None if jit else ("noise_shape must have" if name == "noise_shape"
+                                  else "uniform must have the shape of the noise")
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            f(tf.ones((1, 5, 6, 3)))
+
+
+def test_noise_shape_tensor_entries():
+    x = tf.ones((2, 3))
+    with pytest.raises(TypeError, match="noise_shape entries"):
+        sdtf.dropout(x, 0.5, noise_shape=[tf.constant(2.7), 3])
+    eager = sdtf.dropout(x, 0.5, noise_shape=[tf.constant(2), 1], seed=3)
+    np.testing.assert_array_equal(eager.numpy(), sdtf.dropout(x, 0.5, noise_shape=[2, 1], seed=3).numpy())
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 3))])
+    def per_sample(t):  # an entry known only at run time: x's size, checked then
+        return sdtf.dropout(t, 0.5, noise_shape=[tf.shape(t)[0], 1], seed=3)
+
+    for n in (2, 5):
+        y = per_sample(tf.ones((n, 3))).numpy()
+        assert y.shape == (n, 3) and np.all((y == 0) | (y == 2)) and np.all(y == y[:, :1])
+
+
 # --------------------------------------------------------------------------- edge cases
 def test_rate_zero_one_and_inference(sampler):
     x = tf.random.stateless_normal((3, 8, 8, 4), seed=[0, 1])

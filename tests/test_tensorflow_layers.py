@@ -127,6 +127,11 @@ def test_schedule_steps_in_fit_only():
     assert float(layers[0].rate_variable.numpy()) == pytest.approx(layers[0].rate)
     with pytest.raises(ValueError, match="total_steps"):
         sdtf.LinearRateSchedule(-1)
+    for bad in (1.5, "a", None):
+        with pytest.raises(TypeError, match="total_steps must be an int"):
+            sdtf.LinearRateSchedule(bad)
+    with pytest.raises(ValueError, match="start_step"):
+        sdtf.LinearRateSchedule(4, start_step=-2)
 
 
 @pytest.mark.parametrize("make, shape", LAYERS)
@@ -160,3 +165,49 @@ def test_layers_compute_in_16_bits_under_a_16_bit_policy(policy, dtype):
         y = layer(x, training=True)
         assert y.dtype == dtype, type(layer).__name__
         assert 0 < float(tf.reduce_mean(tf.cast(y == 0, tf.float32))) < 1, type(layer).__name__
+
+
+def test_tensor_rate_gamma_tabulates_the_block_clipped_to_a_known_map(monkeypatch):
+    """A Keras layer's rate is a variable, so gamma is found in the graph from a table of
+    coverage counts; where the map size is known the table has the clipped block's size
+    (14 x 14 = 196 entries here), not the requested one's (300 x 300), and gives the gamma of
+    a float rate."""
+    from structdrop_tutorial.gamma import exact_gamma
+    from structdrop_tutorial.tensorflow import _graph_gamma
+    sizes = []
+    original = _graph_gamma.coverage_histogram
+
+    def spy(block, spatial, seeds="valid"):
+        values, weights = original(block, spatial, seeds)
+        sizes.append(int(values.shape[0]))
+        return values, weights
+    monkeypatch.setattr(_graph_gamma, "coverage_histogram", spy)
+    g = _graph_gamma.exact_gamma(tf.constant(0.1), [min(300, 14)] * 2, [14, 14])
+    layer = sdtf.DropBlock2D(0.1, 300)
+    y = layer(tf.ones((2, 14, 14, 3)), training=True)
+    assert y.shape == (2, 14, 14, 3) and sizes == [196, 196]
+    np.testing.assert_allclose(float(g), exact_gamma(0.1, 14, (14, 14)), rtol=1e-7)
+
+
+def test_huge_block_on_a_map_of_unknown_size_is_a_clear_error():
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3))])
+    def f(x):
+        return sdtf.dropblock(x, tf.constant(0.1), 1000)
+    with pytest.raises(ValueError, match="block_size .* coverage table"):
+        f(tf.ones((1, 8, 8, 3)))
+    g = tf.function(lambda x: sdtf.dropblock(x, tf.constant(0.1), 9),
+                    input_signature=[tf.TensorSpec((None, None, None, 3))])
+    assert g(tf.ones((1, 8, 8, 3))).shape == (1, 8, 8, 3)
+
+
+def test_setting_rate_is_checked_and_takes_effect():
+    layer = sdtf.DropBlock2D(0.1, 3)
+    x = tf.ones((4, 8, 8, 3))
+    layer.rate = 0.0
+    assert float(layer.rate_variable.numpy()) == 0.0
+    np.testing.assert_array_equal(layer(x, training=True).numpy(), x.numpy())
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+        layer.rate = 1.5
+    assert layer.rate == 0.0
+    layer.rate = 0.25
+    assert layer.get_config()["rate"] == 0.25 and np.isclose(float(layer.rate_variable.numpy()), 0.25)

@@ -595,6 +595,23 @@ def test_torch_compile_traces():
     torch.testing.assert_close(compiled(x), f(x))
 
 
+@pytest.mark.parametrize("make", [lambda: sdt.SpatialDropout(0.3), lambda: sdt.DropPath(0.3),
+                                  lambda: sdt.Cutout(4), lambda: sdt.DropBlock2d(0.1, 3)],
+                         ids=["SpatialDropout", "DropPath", "Cutout", "DropBlock2d"])
+def test_torch_compile_batch_size_changes(make):
+    """A compiled layer sees a new batch size (the last, smaller batch of an epoch): dynamo then
+    traces the sizes as symbols, where rand(generator=None) used to fail. Drawn from the default
+    generator, the compiled layer gives the eager layer's output for the same seed."""
+    layer = make().train()
+    compiled = torch.compile(layer, backend="eager")
+    for n in (4, 3, 5):
+        x = torch.randn(n, 4, 8, 8)
+        torch.manual_seed(n)
+        y = compiled(x)
+        torch.manual_seed(n)
+        torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
+
+
 @pytest.mark.skipif(not __import__("os").environ.get("STRUCTDROP_SLOW_TESTS"),
                     reason="slow (>60 s on 2 cores): set STRUCTDROP_SLOW_TESTS=1")
 def test_torch_compile_inductor():

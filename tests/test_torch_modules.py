@@ -276,3 +276,15 @@ def test_cutout_and_dropconnect_module_edges():
     assert layer(xs[:0]).shape == (0, 4)
     half = sdt.DropConnectLinear(5, 4, rate=0.5, generator=gen(), dtype=torch.float16).train()
     assert half(xs.half()).dtype == torch.float16
+
+
+@pytest.mark.parametrize("n_spatial", [True, 2.0, 4])
+def test_dropblock_n_spatial_must_be_1_2_or_3(n_spatial):
+    with pytest.raises((TypeError, ValueError), match="n_spatial"):
+        sdt.DropBlock(0.1, 3, n_spatial=n_spatial)
+
+
+@pytest.mark.parametrize("total_steps", [True, 2.5, -1])
+def test_linear_schedule_total_steps_is_an_int(total_steps):
+    with pytest.raises((TypeError, ValueError), match="total_steps"):
+        sdt.LinearSchedule(sdt.DropBlock2d(0.1, 3), 0.1, total_steps)

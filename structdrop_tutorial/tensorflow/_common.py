@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from .._checks import check_rate
+from .._checks import check_rate, check_seed_int
 
 #: The stateless generator used everywhere (the same numbers eagerly, in graphs and under XLA).
 RNG_ALG = "philox"
@@ -92,7 +92,7 @@ def seed_tensor(seed):
     if seed is None:
         return tf.random.uniform([2], minval=0, maxval=2**31 - 1, dtype=tf.int64)
     if isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool):
-        return tf.constant([int(seed), 0], tf.int64)
+        return tf.constant([check_seed_int(seed, "a keras.random.SeedGenerator"), 0], tf.int64)
     if hasattr(seed, "next") and hasattr(seed, "state"):  # keras.random.SeedGenerator
         return tf.cast(tf.convert_to_tensor(seed.next()), tf.int64)
     if isinstance(seed, (tf.Tensor, tf.Variable, np.ndarray)):
@@ -119,7 +119,9 @@ def _draw_uniform(dims, seed, dtype=tf.float32):
 
 
 def _given_uniform(uniform, dims, name="uniform"):
-    """``uniform`` as a float tensor, checked against ``dims`` wherever both are static."""
+    """``uniform`` as a float tensor of shape ``dims``: checked when traced wherever both sizes
+    are static, and at run time where one is not (a graph with an unknown batch size), so that
+    a uniform of another size never broadcasts into an output of the wrong shape."""
     u = tf.convert_to_tensor(uniform)
     if not u.dtype.is_floating:
         u = tf.cast(u, tf.float64)
@@ -128,7 +130,20 @@ def _given_uniform(uniform, dims, name="uniform"):
     if len(got) != len(want) or any(g is not None and w is not None and g != w
                                     for g, w in zip(got, want)):
         raise ValueError(f"{name} must have shape {tuple(want)}, got {tuple(got)}")
-    return u
+    if None not in got and None not in want:
+        return u
+    return _checked_shape(u, dims, f"{name} must have the shape of the noise, {tuple(want)} "
+                                   "with None known only at run time")
+
+
+def _checked_shape(t, dims, message):
+    """``t`` once its run-time shape equals ``dims`` (ints and scalar int32 tensors): an
+    assertion in a graph; under XLA, which drops assertions, the reshape still fails when the
+    sizes differ in number."""
+    want = _shape_arg(dims)
+    check = tf.debugging.assert_equal(tf.shape(t, out_type=tf.int32), want, message=message)
+    with tf.control_dependencies([check]):
+        return tf.reshape(t, want)
 
 
 def _threshold(value, dtype):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from .._checks import check_int
 from ..schedule import linear_rate
 
 __all__ = ["LinearRateSchedule"]
@@ -39,12 +40,8 @@ class LinearRateSchedule(keras.callbacks.Callback):
 
     def __init__(self, total_steps, layers=None, start_step=0):
         super().__init__()
-        if int(total_steps) < 0:
-            raise ValueError(f"total_steps must be >= 0, got {total_steps!r}")
-        if int(start_step) < 0:
-            raise ValueError(f"start_step must be >= 0, got {start_step!r}")
-        self.total_steps = int(total_steps)
-        self.step = int(start_step)
+        self.total_steps = check_int(total_steps, "total_steps", 0)
+        self.step = check_int(start_step, "start_step", 0)
         self._layers = None if layers is None else list(layers)
 
     def scheduled_layers(self):

@@ -3,6 +3,7 @@ running-sum block expansion), the sparse sampler's dispatch (:mod:`._fast`) and 
 gamma plumbing (:mod:`._graph_gamma`). :mod:`.functional` re-exports the public names."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -116,6 +117,10 @@ def _dropblock_geometry(x, block_size, data_format, seeds, share):
     return requested, spatial, block, grid, mask
 
 
+#: the most coverage counts the graph's exact gamma tabulates (a block on a map of unknown size)
+_MAX_COVERAGE_TABLE = 2 ** 18
+
+
 def _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds):
     """Gamma as a Python float where everything is static (exactly NumPy's), else a tensor."""
     if not isinstance(gamma, str):
@@ -126,9 +131,17 @@ def _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds):
     if rate_s is not None and all(_is_static(n) for n in spatial):
         return resolve_gamma(gamma, rate_s, block, spatial, seeds)
     r = rate_s if rate_s is not None else _rate_tensor(rate)
+    # the coverage table has prod(upper) entries: clip the block where the map size is static
+    upper = [min(b, n) if _is_static(n) else b for b, n in zip(requested, spatial)]
     if gamma == "exact":
-        return _graph_gamma.exact_gamma(r, requested, spatial, seeds)
-    return _graph_gamma.paper_gamma(r, requested, spatial)
+        if seeds == "valid" and math.prod(upper) > _MAX_COVERAGE_TABLE:
+            raise ValueError(
+                f"block_size {tuple(requested)} on a map whose size {tuple(spatial)} is not known "
+                f"when traced needs a coverage table of {math.prod(upper)} entries to find "
+                f"gamma='exact' (at most {_MAX_COVERAGE_TABLE}): give the map size in the input "
+                "signature, use a smaller block, or gamma='paper'")
+        return _graph_gamma.exact_gamma(r, upper, spatial, seeds)
+    return _graph_gamma.paper_gamma(r, upper, spatial)
 
 
 def _mask_dtype(dtype):

@@ -149,14 +149,41 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed=None, uniform=None
             if s is None:
                 shape.append(dims[a])
                 continue
-            # a float or a bool is an error, as in NumPy and PyTorch, not truncated
-            s = int(s) if isinstance(s, tf.Tensor) else check_int(s, "noise_shape entries")
-            if s != 1 and static[a] is not None and s != static[a]:
-                raise ValueError(f"noise_shape must have each entry 1 or the size of x on that "
-                                 f"axis {tuple(static)}, got {tuple(noise_shape)}")
-            shape.append(s)
+            shape.append(_noise_entry(s, a, dims, static, noise_shape))
 
     return _masked_by_noise(x, rate, rate_s, shape, training, seed, uniform)
+
+
+def _noise_entry(s, axis, dims, static, noise_shape):
+    """One checked ``noise_shape`` entry (not None): 1 or x's size on ``axis``. A float or a bool
+    is an error, as in NumPy and PyTorch, not truncated; an int tensor is read where its value is
+    known when traced. Where x's size or the entry is known only at run time, a graph checks it
+    then, and the noise takes x's size (so under XLA, which drops the check, the output keeps
+    x's shape)."""
+    wrong = (f"noise_shape must have each entry 1 or the size of x on that axis "
+             f"{tuple(static)}, got {tuple(noise_shape)}")
+    if isinstance(s, (tf.Tensor, tf.Variable)):
+        if not s.dtype.is_integer or s.shape.rank != 0:
+            raise TypeError(f"noise_shape entries must be None, ints or scalar int tensors, "
+                            f"got {s!r}")
+        value = tf.get_static_value(s)
+        if value is None:  # symbolic: 1 or x's size, checked at run time
+            s = tf.cast(s, tf.int32)
+            ok = tf.logical_or(tf.equal(s, 1), tf.equal(s, tf.cast(dims[axis], tf.int32)))
+            with tf.control_dependencies([tf.debugging.Assert(ok, [wrong, s])]):
+                return tf.identity(s)
+        s = int(value)
+    else:
+        s = check_int(s, "noise_shape entries")
+    if s == 1:
+        return 1
+    if static[axis] is not None:
+        if s != static[axis]:
+            raise ValueError(wrong)
+        return s
+    check = tf.debugging.assert_equal(tf.cast(dims[axis], tf.int32), s, message=wrong)
+    with tf.control_dependencies([check]):
+        return tf.identity(dims[axis])
 
 
 def spatial_dropout(x, rate, data_format="channels_last", *, training=True, seed=None,

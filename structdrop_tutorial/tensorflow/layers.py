@@ -41,17 +41,33 @@ def _is_training(training):
 
 
 class _RateLayer(keras.layers.Layer):
-    """Shared plumbing: a checked target ``rate``, its variable and a seed generator."""
+    """Shared plumbing: a checked target ``rate``, its variable and a seed generator.
+
+    The layer drops with ``rate_variable``, which a compiled step reads at every call.
+    Setting ``rate`` checks the value and sets the variable to it; a
+    :class:`~structdrop_tutorial.tensorflow.callbacks.LinearRateSchedule` then ramps the
+    variable towards the new ``rate`` from its next training batch on.
+    """
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.rate = check_rate(rate)
+        self._rate = check_rate(rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.rate_variable = self.add_weight(
             shape=(), name="rate", initializer=keras.initializers.Constant(self.rate),
             trainable=False, dtype="float32", autocast=False)
         self.supports_masking = True
+
+    @property
+    def rate(self):
+        """The target drop rate (what ``get_config`` saves)."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value):
+        self._rate = check_rate(value)
+        self.rate_variable.assign(self._rate)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -47,8 +47,11 @@ def geometric_gaps(n: int, p: float, generator: Optional[torch.Generator] = None
     """
     device = torch.device(device if device is not None else "cpu")
     if device.type != "cpu":
-        return torch.empty(n, dtype=torch.float64, device=device).geometric_(p, generator=generator)
-    u = torch.rand(n, dtype=torch.float64, generator=generator)
+        out = torch.empty(n, dtype=torch.float64, device=device)
+        return out.geometric_(p) if generator is None else out.geometric_(p, generator=generator)
+    # generator=None is left out: torch.compile cannot trace it once n is a symbolic size
+    u = (torch.rand(n, dtype=torch.float64) if generator is None
+         else torch.rand(n, dtype=torch.float64, generator=generator))
     return u.log_().div_(math.log1p(-p)).ceil_()
 
 
@@ -67,7 +70,8 @@ def bernoulli_positions(total: int, p: float, generator: Optional[torch.Generato
     if total <= 0 or p <= 0.0:
         return torch.empty(0, dtype=torch.long, device=device)
     if p >= DENSE_THRESHOLD:
-        u = torch.rand(total, generator=generator, device=device)
+        u = (torch.rand(total, device=device) if generator is None  # as in geometric_gaps
+             else torch.rand(total, generator=generator, device=device))
         return torch.nonzero(u < p).reshape(-1)
     mean = total * p
     n_draw = batch or int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)

@@ -17,13 +17,14 @@ counter-based generator inside the mask kernel, same distribution, same expansio
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Union
 
 import torch
 
 from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
                        check_dense_shapes, check_dropblock_options, check_float_dtype_name,
-                       check_int, check_n_spatial, check_rate)
+                       check_int, check_n_spatial, check_rate, check_seed_int)
 from ..gamma import _check_gamma, clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                       spatial_axes)
@@ -49,18 +50,21 @@ def _generator(seed: Seed, device) -> Optional[torch.Generator]:
     """A generator for ``device``: the one given, a fresh one seeded with an int, or None."""
     if seed is None or isinstance(seed, torch.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be None, an int or a torch.Generator, got {seed!r}")
     g = torch.Generator(device=device)
-    g.manual_seed(seed)
+    g.manual_seed(check_seed_int(seed, "a torch.Generator"))
     return g
 
 
 def _uniform(shape, seed: Seed, uniform, device, name: str = "uniform") -> torch.Tensor:
     """The noise tensor: ``uniform`` checked against ``shape`` and moved to ``device``, or fresh draws."""
-    shape = tuple(int(s) for s in shape)
     if uniform is None:
-        return torch.rand(shape, generator=_generator(seed, device), device=device)
+        g = _generator(seed, device)
+        if g is None:  # torch.compile cannot trace rand(generator=None) once sizes are dynamic
+            return torch.rand(tuple(shape), device=device)
+        return torch.rand(tuple(shape), generator=g, device=device)
+    shape = tuple(int(s) for s in shape)
     uniform = torch.as_tensor(uniform, device=device)
     if tuple(uniform.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(uniform.shape)}")

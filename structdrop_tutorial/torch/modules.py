@@ -127,7 +127,7 @@ class DropBlock(_RateMixin, nn.Module):
                  share=(), normalize: str = "batch", inplace: bool = False,
                  generator: Optional[torch.Generator] = None):
         super().__init__()
-        if n_spatial is not None and n_spatial not in (1, 2, 3):
+        if n_spatial is not None and check_int(n_spatial, "n_spatial") not in (1, 2, 3):
             raise ValueError(f"n_spatial must be 1, 2, 3 or None, got {n_spatial!r}")
         self.n_spatial = n_spatial
         self.rate = rate

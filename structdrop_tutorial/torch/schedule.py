@@ -61,9 +61,7 @@ class LinearSchedule:
                  total_steps: int):
         self.modules = _collect(module_or_modules)
         self.target_rate = check_rate(target_rate, "target_rate")
-        if int(total_steps) != total_steps or total_steps < 0:
-            raise ValueError(f"total_steps must be an int >= 0, got {total_steps!r}")
-        self.total_steps = int(total_steps)
+        self.total_steps = check_int(total_steps, "total_steps", 0)
         self.last_step = 0
         self._apply()
 
