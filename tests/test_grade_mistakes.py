@@ -2,7 +2,8 @@
 
 Each wrong answer is a mistake a learner can make while every simpler check still passes (right
 shapes, right scale, roughly the right fraction): masks shared across channels or across the
-batch, a schedule counter advanced before dropping, a block not clipped to the map.
+batch, one draw per element where one per channel was asked, blocks larger than asked or whole
+maps dropped, a schedule counter advanced before dropping, a block not clipped to the map.
 """
 import numpy as np
 import pytest
@@ -30,6 +31,8 @@ def test_shared_over_names_the_shared_axis():
     d[0, 0, 0] = True
     assert core.shared_over(d) is None
     assert core.shared_over(np.zeros((1, 1, 5), bool)) is None
+    assert core.shared_over(np.zeros((4, 3, 5), bool)) is None   # constant: says nothing
+    assert core.shared_over(np.ones((4, 3, 5), bool)) is None
 
 
 # --------------------------------------------------------------------------- ex02
@@ -54,6 +57,14 @@ def test_ex02_rejects_masks_shared_over_an_axis(per):
     def answer(x, rate, rng, data_format="channels_last"):
         return _spatial_np(x, rate, rng, data_format, per)
     assert "one draw per (sample, channel)" in failed("ex02.random_spatial_dropout", answer)
+
+
+def test_ex02_names_one_draw_per_element():
+    def answer(x, rate, rng, data_format="channels_last"):
+        return (x * (rng.random(x.shape) >= rate) / np.float32(1 - rate)).astype(x.dtype)
+    result = core.grade(grade.question("ex02.random_spatial_dropout"), answer, time_limit_s=120)
+    details = [p.detail for p in result.properties if not p.passed]
+    assert details and "one draw per element" in details[0], details
 
 
 def test_ex02_accepts_one_draw_per_sample_and_channel():
@@ -94,7 +105,38 @@ def test_ex06_accepts_per_channel_masks():
     assert failed("ex06.dropblock_module", _module()) == []
 
 
-def _scheduled(count_first):
+def _sized_module(size):
+    class DropBlock2d(torch.nn.Module):
+        def __init__(self, rate, block_size):
+            super().__init__()
+            self.rate, self.block_size = rate, block_size
+
+        def forward(self, x):
+            return sdt.dropblock(x, self.rate, size(self.block_size), training=self.training)
+    return DropBlock2d
+
+
+class _WholeMaps(torch.nn.Module):
+    """Spatial dropout with DropBlock's batch scale: whole maps are unions of blocks too."""
+
+    def __init__(self, rate, block_size):
+        super().__init__()
+        self.rate, self.block_size = rate, block_size
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        keep = sdt.spatial_dropout(torch.ones_like(x), self.rate, "channels_first") != 0
+        return x * keep * (keep.numel() / keep.sum().clamp(min=1))
+
+
+@pytest.mark.parametrize("answer", [_sized_module(lambda b: b + 1), _sized_module(lambda b: 2 * b),
+                                    _WholeMaps], ids=["block+1", "2*block", "whole maps"])
+def test_ex06_rejects_blocks_larger_than_asked(answer):
+    assert "blocks of block_size, not larger" in failed("ex06.dropblock_module", answer)
+
+
+def _scheduled(count_first, grow=0):
     class ScheduledDropBlock2d(torch.nn.Module):
         def __init__(self, final_rate, block_size, total_steps):
             super().__init__()
@@ -112,7 +154,7 @@ def _scheduled(count_first):
                 return x
             if count_first:
                 self.steps += 1
-            y = sdt.dropblock(x, self.rate, self.block_size)
+            y = sdt.dropblock(x, self.rate, self.block_size + grow)
             if not count_first:
                 self.steps += 1
             return y
@@ -123,6 +165,11 @@ def test_ex06_rejects_a_counter_advanced_before_dropping():
     assert "the first training forward (rate 0) returns x" in failed(
         "ex06.scheduled_dropblock", _scheduled(count_first=True))
     assert failed("ex06.scheduled_dropblock", _scheduled(count_first=False)) == []
+
+
+def test_ex06_rejects_a_scheduled_block_larger_than_asked():
+    assert "blocks of block_size, not larger" in failed(
+        "ex06.scheduled_dropblock", _scheduled(count_first=False, grow=1))
 
 
 # --------------------------------------------------------------------------- ex05
@@ -137,3 +184,19 @@ def test_ex05_coverage_needs_the_block_clipped_to_the_map():
         return np.outer(axis(spatial_shape[0], b[0]), axis(spatial_shape[1], b[1]))
     assert failed("ex05.coverage_counts", lambda b, s: counts(b, s, clip=False))
     assert failed("ex05.coverage_counts", lambda b, s: counts(b, s, clip=True)) == []
+
+
+def test_ex05_exact_gamma_stops_at_the_first_call_that_hangs():
+    """A bisection that never ends costs the learner one 20 s time-out, not one per case."""
+    import time
+    calls = []
+
+    def exact_gamma(rate, block_size, spatial_shape):
+        calls.append(rate)
+        while True:
+            time.sleep(0.05)
+    result = core.grade(grade.question("ex05.exact_gamma"), exact_gamma, time_limit_s=120)
+    details = [p.detail for p in result.properties if not p.passed]
+    assert len(calls) == 1
+    assert any("did not return within 20 s; the remaining calls were not made" in d
+               for d in details), details

@@ -448,8 +448,10 @@ def _short(v) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def not_constant(name: str, outputs: Sequence[Any]) -> Property:
-    """Property: a function gave different outputs for different inputs (not a constant)."""
+def not_constant(name: str, outputs: Sequence[Any], failure: Optional[str] = None) -> Property:
+    """Property: a function gave different outputs for different inputs (not a constant).
+
+    ``failure`` replaces the default failure detail (for calls whose inputs were the same)."""
     arrays = []
     for o in outputs:
         try:
@@ -462,7 +464,8 @@ def not_constant(name: str, outputs: Sequence[Any]) -> Property:
             distinct += 1
     if distinct > 1:
         return Property(name, True, f"{len(outputs)} inputs, outputs differ as they should")
-    return Property(name, False, f"the same output came back for {len(outputs)} different inputs")
+    return Property(name, False, failure or
+                    f"the same output came back for {len(outputs)} different inputs")
 
 
 def binomial_interval(n: int, p: float, sigmas: float = 5.0) -> Tuple[float, float]:
@@ -476,11 +479,13 @@ def shared_over(dropped: np.ndarray) -> Optional[str]:
 
     ``"channels"`` when, in every sample, all channels have the same pattern (one draw per
     sample); ``"samples"`` when every sample has sample 0's pattern (one mask for the batch);
-    None otherwise. Only sharing by *every* sample counts, so independent masks fail this test
-    with a probability that is negligible at the sizes the checkers use (they say how small).
+    None otherwise, and for a mask that is all True or all False (shared along every axis, so
+    the sharing says nothing; the checkers report such masks by their drop fraction). Only sharing
+    by *every* sample counts, so independent masks fail this test with a probability that is
+    negligible at the sizes the checkers use (they say how small).
     """
     d = np.asarray(dropped, dtype=bool)
-    if d.ndim < 2 or (d.shape[0] < 2 and d.shape[1] < 2):
+    if d.ndim < 2 or (d.shape[0] < 2 and d.shape[1] < 2) or d.all() or not d.any():
         return None
     flat = d.reshape(d.shape[0], d.shape[1], -1)
     if d.shape[1] > 1 and np.all(flat == flat[:, :1]):

@@ -41,8 +41,9 @@ from .core import Property, Result
 CELL_TIMEOUT_S = 120
 #: time limit for all of a submission's own cells in one run (seconds)
 TOTAL_TIMEOUT_S = 900
-#: time limit for checking one question's answer (seconds)
-CHECK_TIMEOUT_S = 60
+#: time limit for checking one question's answer (seconds): the one ``check`` uses in a notebook,
+#: so that an answer that passes there is not timed out here
+CHECK_TIMEOUT_S = 120
 #: characters each cell may print to stdout and to stderr
 OUTPUT_LIMIT = 20000
 #: how many times a notebook is re-run after a cell killed the kernel or timed out

@@ -166,7 +166,14 @@ def check_random_spatial_dropout(answer):
                     structure.extend(fails)
                     break
                 yb = np.asarray(got)
-                maps = np.all(yb == 0, axis=spatial_axes(4, fmt))   # (sample, channel) dropped
+                zero = yb == 0
+                maps = np.all(zero, axis=spatial_axes(4, fmt))   # (sample, channel) dropped
+                if np.any(np.any(zero, axis=spatial_axes(4, fmt)) & ~maps):
+                    structure.append(Property(
+                        "one draw per (sample, channel)", False,
+                        f"x of shape {big.shape} ({fmt}), rate 0.3: some (sample, channel) "
+                        "maps are partly zero: one draw per element, not per (sample, channel)"))
+                    break
                 shared = shared_over(maps)
                 if shared is not None:
                     structure.append(Property(
@@ -202,7 +209,9 @@ def check_random_spatial_dropout(answer):
                 break
             draws.append(got)
         if len(draws) == 3:
-            p = not_constant("a new mask on every call with the same generator", draws)
+            p = not_constant("a new mask on every call with the same generator", draws,
+                             "3 calls on the same input with one generator returned the same "
+                             "output: draw from the generator passed in, on every call")
             props.append(p)
         a, fa = call_checked(name, answer, x, 0.5, np.random.default_rng(7), "channels_last")
         b, fb = call_checked(name, answer, x, 0.5, np.random.default_rng(7), "channels_last")

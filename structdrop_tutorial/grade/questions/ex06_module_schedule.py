@@ -35,19 +35,48 @@ def _positive_input(rng, shape):
     return (0.5 + np.abs(rng.standard_normal(shape))).astype(np.float32)
 
 
-def _union_of_blocks(dropped, block):
-    """True when the dropped set of every (n, c) map is a union of whole blocks inside the map.
+def _opening(dropped, window):
+    """The union of the ``window``-sized boxes inside each (n, c) map that are dropped entirely
+    (the morphological opening, valid positions only)."""
+    windows = np.lib.stride_tricks.sliding_window_view(dropped, window, axis=(2, 3))
+    full = windows.all(axis=(-2, -1))                        # windows dropped entirely
+    return ~dropblock_keep_mask(np.where(full, 0.0, 1.0), 0.5, window, "channels_first", "valid")
 
-    The morphological opening with a ``block`` window (valid positions only) leaves a set
-    unchanged exactly when the set is such a union.
+
+def _union_of_blocks(dropped, block):
+    """True when the dropped set of every (n, c) map is a union of whole blocks inside the map:
+    exactly then the opening with a ``block`` window leaves it unchanged."""
+    bh, bw = clip_block(block, dropped.shape[2:])
+    return bool(np.array_equal(_opening(dropped, (bh, bw)), dropped))
+
+
+def _blocks_too_large(dropped, block):
+    """The axis ("tall" or "wide") along which every dropped region is longer than the (clipped)
+    block, or None.
+
+    A union of ``block`` boxes is also a union of boxes one unit taller exactly when opening it
+    with the taller window leaves it unchanged; a too-large block (``block_size + 1``) or whole
+    dropped maps (spatial dropout) do that along every axis the block does not fill. A correct
+    mask does not: a block that overlaps no other is removed by the opening. Where the checkers
+    call this (at least 256 maps, rates 0.1 to 0.2) the chance that not one block of a correct
+    mask is isolated along an axis is below 1e-10, and the draws are seeded.
     """
     h, w = dropped.shape[2:]
     bh, bw = clip_block(block, (h, w))
-    windows = np.lib.stride_tricks.sliding_window_view(dropped, (bh, bw), axis=(2, 3))
-    full = windows.all(axis=(-2, -1))                        # windows dropped entirely
-    u = np.where(full, 0.0, 1.0)
-    rebuilt = ~dropblock_keep_mask(u, 0.5, (bh, bw), "channels_first", "valid")
-    return bool(np.array_equal(rebuilt, dropped))
+    for axis, window, room in (("tall", (bh + 1, bw), bh < h), ("wide", (bh, bw + 1), bw < w)):
+        if room and np.array_equal(_opening(dropped, window), dropped):
+            return axis
+    return None
+
+
+def _too_large(ctx, axis, block, spatial):
+    bh, bw = clip_block(block, spatial)
+    return Property(
+        "blocks of block_size, not larger", False,
+        f"{ctx}: every dropped region is at least "
+        + (f"{bh + 1} units tall" if axis == "tall" else f"{bw + 1} units wide")
+        + f", so the dropped units are not {bh}x{bw} blocks: blocks larger than block_size, or "
+        "whole maps dropped")
 
 
 def _fraction_property(name, dropped, rate, context, block=None, spatial=None):
@@ -156,6 +185,10 @@ def check_dropblock_module(answer):
                 "dropped units form whole blocks inside the map", False,
                 f"{ctx}: the dropped units of some map are not a union of "
                 f"{min(block, shape[2])}x{min(block, shape[3])} blocks lying inside the map"))
+            continue
+        larger = _blocks_too_large(dropped, block)
+        if larger is not None:
+            struct_cases.append(_too_large(ctx, larger, block, shape[2:]))
             continue
         ratio = y[~dropped] / xs_np[~dropped]
         want = dropped.size / np.count_nonzero(~dropped)
@@ -345,9 +378,12 @@ def check_scheduled_dropblock(answer):
     else:
         dropped = y == 0
         ctx = f"ScheduledDropBlock2d(0.1, 3, 4) after 4 training forwards, x of shape {shape}"
+        larger = None if not _union_of_blocks(dropped, 3) else _blocks_too_large(dropped, 3)
         if not _union_of_blocks(dropped, 3):
             props.append(Property("drops whole 3x3 blocks", False,
                                   f"{ctx}: dropped units are not a union of 3x3 blocks"))
+        elif larger is not None:
+            props.append(_too_large(ctx, larger, 3, shape[2:]))
         else:
             props.append(_fraction_property("after the ramp, drops a fraction final_rate",
                                             dropped, 0.1, ctx, 3, shape[2:]))
@@ -374,18 +410,18 @@ def check_scheduled_dropblock(answer):
 
 QUESTIONS = [
     Question("ex06.dropblock_module", 4, "DropBlock2d", check_dropblock_module,
-             "Subclass torch.nn.Module, store rate and block_size in __init__, and in forward "
-             "return structdrop_tutorial.torch.dropblock(x, self.rate, self.block_size, "
-             "training=self.training) (channels_first, gamma='exact').",
+             "Subclass torch.nn.Module and store rate and block_size; in forward call the "
+             "package's PyTorch DropBlock function (channels_first input, its default "
+             "gamma='exact') and tell it which mode the module is in.",
              "a DropBlock module that respects train/eval"),
     Question("ex06.scheduled_rate", 2, "scheduled_rate", check_scheduled_rate,
              "final_rate * min(step / total_steps, 1), and final_rate from the start when "
              "total_steps == 0.",
              "the linear rate schedule"),
     Question("ex06.scheduled_dropblock", 4, "ScheduledDropBlock2d", check_scheduled_dropblock,
-             "Keep the counter in a buffer (register_buffer('steps', torch.zeros((), "
-             "dtype=torch.long))); rate is scheduled_rate(steps, total_steps, final_rate); a "
-             "training forward drops with the current rate and then adds 1 to steps; eval "
-             "returns x and leaves steps alone.",
+             "Keep the step counter in a registered buffer, so that state_dict saves it; the "
+             "rate follows scheduled_rate of that counter; a training forward drops with the "
+             "current rate and only then counts the step; eval returns x and leaves the counter "
+             "alone.",
              "a DropBlock whose rate grows per training step"),
 ]

@@ -279,9 +279,9 @@ QUESTIONS = [
              "time a callable with warm-up, synchronization and the median"),
     Question("ex07.masked_multiply_floor", 3, "masked_multiply_floor",
              check_masked_multiply_floor,
-             "y = x * mask reads x and the mask and writes y (x's size and dtype): bytes = "
-             "2 * x.numel() * x.element_size() + mask.numel() * mask.element_size(); the "
-             "backward pass moves as much again; divide by the bandwidth (bytes/s).",
+             "y = x * mask reads x and the mask and writes y (x's size and dtype), each at its "
+             "own element size; the backward pass moves as much again; time = bytes / "
+             "bandwidth (bytes/s).",
              "the memory-bandwidth floor of a masked multiply"),
     Question("ex07.ratios_to_floor", 2, "ratios_to_floor", check_ratios_to_floor,
              "For every op: statistics.median of its run times divided by floor_s; keep the keys.",
