@@ -362,7 +362,8 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
 
     ``x`` is (batch, in), ``kernel`` is (in, out). One weight mask is drawn per call (shared by
     the batch; the paper draws one per example) and survivors are scaled by ``1 / (1 - rate)``,
-    so inference is the plain layer. ``uniform`` has the kernel's shape.
+    so inference is the plain layer. The bias is never dropped (the paper masks it too).
+    ``uniform`` has the kernel's shape.
     """
     rate = check_rate(rate)
     x = _as_float_array(x)

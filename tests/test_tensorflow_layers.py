@@ -44,8 +44,11 @@ def test_config_round_trip_and_training_flag(make, shape):
         np.testing.assert_allclose(y_inf.numpy(), tf.nn.relu(x @ layer.kernel).numpy(), rtol=1e-6)
         assert not np.allclose(layer(x, training=True).numpy(), y_inf.numpy())
         return
-    np.testing.assert_array_equal(layer(x).numpy(), x.numpy())  # training=None: inference
-    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    want = x.numpy()  # inference is the identity, but for the paper's unscaled DropPath
+    if isinstance(layer, sdtf.DropPath) and not layer.scale:
+        want = (want * (1 - layer.rate)).astype(want.dtype)
+    np.testing.assert_array_equal(layer(x).numpy(), want)  # training=None: inference
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), want)
     outs = [layer(x, training=True).numpy() for _ in range(6)]
     assert any(not np.array_equal(o, x.numpy()) for o in outs)
     assert outs[0].dtype == x.numpy().dtype
@@ -211,3 +214,19 @@ def test_setting_rate_is_checked_and_takes_effect():
     assert layer.rate == 0.0
     layer.rate = 0.25
     assert layer.get_config()["rate"] == 0.25 and np.isclose(float(layer.rate_variable.numpy()), 0.25)
+
+
+def test_droppath_scale_false_is_the_papers_convention():
+    layer = sdtf.DropPath(0.2, scale=False, seed=0)
+    x = tf.fill((4000, 3), 2.0)
+    y = layer(x, training=True).numpy()
+    assert set(np.unique(y).tolist()) <= {0.0, 2.0}
+    kept = float((y[:, 0] != 0).mean())
+    assert abs(kept - 0.8) < 5 * (0.8 * 0.2 / 4000) ** 0.5  # binomial, 5 sigma
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy() * np.float32(0.8))
+    np.testing.assert_array_equal(sdtf.DropPath(0.2)(x, training=False).numpy(), x.numpy())
+
+    @tf.function
+    def by_flag(flag):
+        return layer(x, training=flag)
+    np.testing.assert_array_equal(by_flag(tf.constant(False)).numpy(), x.numpy() * np.float32(0.8))

@@ -288,3 +288,15 @@ def test_dropblock_n_spatial_must_be_1_2_or_3(n_spatial):
 def test_linear_schedule_total_steps_is_an_int(total_steps):
     with pytest.raises((TypeError, ValueError), match="total_steps"):
         sdt.LinearSchedule(sdt.DropBlock2d(0.1, 3), 0.1, total_steps)
+
+
+def test_droppath_scale_false_is_the_papers_convention():
+    """Unscaled in training, the branch times 1 - rate in eval mode: the same expectation."""
+    layer = sdt.DropPath(0.2, scale=False, generator=torch.Generator().manual_seed(0))
+    x = torch.full((4000, 3), 2.0)
+    y = layer.train()(x)
+    assert set(torch.unique(y).tolist()) <= {0.0, 2.0}
+    kept = (y[:, 0] != 0).double().mean().item()
+    assert abs(kept - 0.8) < 5 * (0.8 * 0.2 / 4000) ** 0.5  # binomial, 5 sigma
+    torch.testing.assert_close(layer.eval()(x), x * 0.8, rtol=0, atol=0)
+    torch.testing.assert_close(sdt.DropPath(0.2).eval()(x), x, rtol=0, atol=0)

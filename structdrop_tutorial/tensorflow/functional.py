@@ -272,8 +272,8 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
 
     ``x`` is ``(batch, in)`` (or ``(..., in)``), ``kernel`` is ``(in, out)``. One weight mask is
     drawn per call (shared by the batch; the paper draws one per example) and survivors are
-    scaled by ``1 / (1 - rate)``, so inference is the plain layer. ``uniform`` has the kernel's
-    shape.
+    scaled by ``1 / (1 - rate)``, so inference is the plain layer. The bias is never dropped
+    (the paper masks it too). ``uniform`` has the kernel's shape.
     """
     rate_s = _static_rate(rate)
     x = _as_float(x)

@@ -24,11 +24,13 @@ from __future__ import annotations
 import numbers
 
 import keras
+import tensorflow as tf
 
 from .._checks import (NORMALIZE, SEEDS, block_rank, check_block_size, check_choice,
                        check_data_format, check_gamma, check_int, check_rate,
                        check_share)
 from . import functional as F
+from ._common import _factor_dtype, _times
 
 __all__ = ["SpatialDropout", "DropBlock1D", "DropBlock2D", "DropBlock3D", "DropPath", "Cutout",
            "DropConnectDense"]
@@ -189,7 +191,9 @@ class DropPath(_RateLayer):
 
     Put it on the branch before the addition: ``y = x + DropPath(r)(f(x))``. With
     ``mode="sample"`` each sample's branch is dropped independently; with ``"batch"`` the whole
-    batch's. Survivors are scaled by ``1 / (1 - rate)`` when ``scale=True``.
+    batch's. Survivors are scaled by ``1 / (1 - rate)`` when ``scale=True`` (the default; the
+    layer is the identity at inference). With ``scale=False`` (the original paper) training keeps
+    survivors unscaled and inference multiplies the branch by ``1 - rate``, its expected value.
 
     Input shape: any, with the batch on ``batch_axis``. Output shape: same as the input.
     """
@@ -201,9 +205,25 @@ class DropPath(_RateLayer):
         self.scale = bool(scale)
 
     def call(self, inputs, training=None):
-        return F.drop_path(inputs, self.rate_variable, mode=self.mode, batch_axis=self.batch_axis,
-                           training=_is_training(training), seed=self.seed_generator,
-                           scale=self.scale)
+        training = _is_training(training)
+        if self.scale:
+            return F.drop_path(inputs, self.rate_variable, mode=self.mode,
+                               batch_axis=self.batch_axis, training=training,
+                               seed=self.seed_generator, scale=True)
+
+        def train():
+            return F.drop_path(inputs, self.rate_variable, mode=self.mode,
+                               batch_axis=self.batch_axis, training=True,
+                               seed=self.seed_generator, scale=False)
+
+        def infer():  # the paper's inference: the branch times its survival probability
+            x = tf.convert_to_tensor(inputs)
+            keep = 1.0 - tf.cast(self.rate_variable, tf.float64)
+            return _times(x, tf.cast(keep, _factor_dtype(x.dtype)))
+
+        if isinstance(training, (tf.Tensor, tf.Variable)):
+            return tf.cond(tf.cast(training, tf.bool), train, infer)
+        return train() if training else infer()
 
     def get_config(self):
         config = super().get_config()

@@ -399,8 +399,8 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed: Se
 
     ``x`` is ``(..., in)`` and ``kernel`` is ``(in, out)`` (the transpose of
     ``nn.Linear.weight``). One weight mask is drawn per call, shared by the batch, and survivors
-    are scaled by ``1 / (1 - rate)`` so that inference is the plain layer. ``uniform`` has the
-    kernel's shape.
+    are scaled by ``1 / (1 - rate)`` so that inference is the plain layer. The bias is never
+    dropped (the paper masks it too). ``uniform`` has the kernel's shape.
     """
     rate = check_rate(rate)
     x = _as_float_tensor(x)

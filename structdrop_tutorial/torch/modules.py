@@ -211,8 +211,9 @@ class DropPath(_RateMixin, nn.Module):
         rate: probability of dropping the branch, in [0, 1]. Default: 0.1.
         mode: ``"sample"`` (default) or ``"batch"``.
         batch_axis: the batch axis of the input. Default: 0.
-        scale: divide survivors by ``1 - rate`` (default). With ``scale=False`` multiply by
-            ``1 - rate`` at inference instead (the original paper).
+        scale: divide survivors by ``1 - rate`` (default; eval mode is then the identity).
+            With ``scale=False`` (the original paper) survivors are not scaled in training and
+            eval mode multiplies the branch by ``1 - rate``, its expected value.
         generator: optional :class:`torch.Generator` for the masks.
 
     Shape:
@@ -229,6 +230,8 @@ class DropPath(_RateMixin, nn.Module):
         self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and not self.scale:  # the paper's inference
+            return x * (1.0 - self.rate)
         return F.drop_path(x, self.rate, mode=self.mode, batch_axis=self.batch_axis,
                            training=self.training, seed=self.generator, scale=self.scale)
 
