@@ -45,7 +45,7 @@ def _rng(seed):
         return seed
     if isinstance(seed, (bool, float, str)):  # numpy would take a bool; a float or str fails
         raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {seed!r}")
-    if isinstance(seed, (numbers.Integral, np.integer)):
+    if isinstance(seed, numbers.Integral):
         seed = check_seed_int(seed, "a numpy.random.Generator")
     try:
         return np.random.default_rng(seed)

@@ -26,7 +26,7 @@ import pkgutil
 import re
 from typing import Any, Dict, List, Optional
 
-from .core import Property, Question, Result, grade
+from .core import CHECK_TIME_LIMIT_S, Property, Question, Result, grade
 
 __all__ = ["check", "score", "last_result", "totals", "all_questions", "question", "exercises", "exercise_questions",
            "Property", "Question", "Result", "registry_errors"]
@@ -35,8 +35,6 @@ _REGISTRY: Optional[Dict[str, Question]] = None
 _ERRORS: Dict[str, str] = {}
 _LAST: Dict[str, Result] = {}
 
-#: default time limit (seconds) for checking one answer in a notebook
-CHECK_TIME_LIMIT_S = 120.0
 #: set inside a kernel run by the instructor's runner: check() then only says that the
 #: runner grades every answer itself after the notebook has run
 UNDER_RUNNER = False

@@ -35,7 +35,14 @@ import numpy as np
 
 __all__ = ["Property", "Question", "Result", "GradeTimeout", "grade", "to_numpy", "describe",
            "call_safely", "call_checked", "compare_arrays", "compare_values", "is_callable",
-           "not_constant", "binomial_interval", "shared_over", "time_limit", "fmt_array"]
+           "not_constant", "binomial_interval", "shared_over", "time_limit", "fmt_array",
+           "timed_out", "CHECK_TIME_LIMIT_S"]
+
+#: time limit (seconds) for checking one answer, in a notebook and in the instructor's runner
+#: alike, so that an answer that passes for the learner is not timed out when graded
+CHECK_TIME_LIMIT_S = 120.0
+#: how a call stopped by its time limit is reported (:func:`call_safely`, :func:`timed_out`)
+_TIMED_OUT = "did not return within"
 
 
 # --------------------------------------------------------------------------- data
@@ -315,12 +322,17 @@ def call_safely(name: str, fn: Callable, *args, time_limit_s: Optional[float] = 
     except GradeTimeout as exc:
         if not exc.args or exc.args[0] is not token:
             raise  # an enclosing limit ran out: let its owner report it
-        return None, Property(name, False, f"did not return within {time_limit_s:g} s")
+        return None, Property(name, False, f"{_TIMED_OUT} {time_limit_s:g} s")
     except SystemExit as exc:
         return None, Property(name, False, f"called exit (SystemExit: {exc.code!r}) instead of "
                                            "returning")
     except Exception as exc:
         return None, Property(name, False, f"raised {_exc_line(exc)}{_where(exc)}")
+
+
+def timed_out(failures: Sequence[Property]) -> bool:
+    """Whether one of the failed properties :func:`call_safely` returned is a time-out."""
+    return any(not p.passed and p.detail.startswith(_TIMED_OUT) for p in failures)
 
 
 def _snapshot(obj):

@@ -35,15 +35,14 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ._kernel import MARKER, TRUNCATION_NOTICE
-from .core import Property, Result
+from .core import CHECK_TIME_LIMIT_S, Property, Result
 
 #: per-cell time limit (seconds)
 CELL_TIMEOUT_S = 120
 #: time limit for all of a submission's own cells in one run (seconds)
 TOTAL_TIMEOUT_S = 900
-#: time limit for checking one question's answer (seconds): the one ``check`` uses in a notebook,
-#: so that an answer that passes there is not timed out here
-CHECK_TIMEOUT_S = 120
+#: time limit for checking one question's answer (seconds): the one ``check`` uses in a notebook
+CHECK_TIMEOUT_S = CHECK_TIME_LIMIT_S
 #: characters each cell may print to stdout and to stderr
 OUTPUT_LIMIT = 20000
 #: how many times a notebook is re-run after a cell killed the kernel or timed out

@@ -131,8 +131,8 @@ def _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds):
     if rate_s is not None and all(_is_static(n) for n in spatial):
         return resolve_gamma(gamma, rate_s, block, spatial, seeds)
     r = rate_s if rate_s is not None else _rate_tensor(rate)
-    # the coverage table has prod(upper) entries: clip the block where the map size is static
-    upper = [min(b, n) if _is_static(n) else b for b, n in zip(requested, spatial)]
+    # the coverage table has prod(upper) entries: the clipped block where the map size is static
+    upper = [b if _is_static(n) else r for b, r, n in zip(block, requested, spatial)]
     if gamma == "exact":
         if seeds == "valid" and math.prod(upper) > _MAX_COVERAGE_TABLE:
             raise ValueError(

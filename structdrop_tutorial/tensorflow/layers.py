@@ -206,15 +206,14 @@ class DropPath(_RateLayer):
 
     def call(self, inputs, training=None):
         training = _is_training(training)
-        if self.scale:
+
+        def dropped(training):
             return F.drop_path(inputs, self.rate_variable, mode=self.mode,
                                batch_axis=self.batch_axis, training=training,
-                               seed=self.seed_generator, scale=True)
+                               seed=self.seed_generator, scale=self.scale)
 
-        def train():
-            return F.drop_path(inputs, self.rate_variable, mode=self.mode,
-                               batch_axis=self.batch_axis, training=True,
-                               seed=self.seed_generator, scale=False)
+        if self.scale:  # inverted scaling: the function is the identity at inference
+            return dropped(training)
 
         def infer():  # the paper's inference: the branch times its survival probability
             x = tf.convert_to_tensor(inputs)
@@ -222,8 +221,8 @@ class DropPath(_RateLayer):
             return _times(x, tf.cast(keep, _factor_dtype(x.dtype)))
 
         if isinstance(training, (tf.Tensor, tf.Variable)):
-            return tf.cond(tf.cast(training, tf.bool), train, infer)
-        return train() if training else infer()
+            return tf.cond(tf.cast(training, tf.bool), lambda: dropped(True), infer)
+        return dropped(True) if training else infer()
 
     def get_config(self):
         config = super().get_config()

@@ -30,6 +30,14 @@ import torch
 DENSE_THRESHOLD = 0.05
 
 
+def rand(size, generator: Optional[torch.Generator] = None, **kwargs) -> torch.Tensor:
+    """``torch.rand``, leaving ``generator`` out when it is None: ``torch.compile`` cannot trace
+    ``rand(generator=None)`` once the sizes are symbolic (a batch size that changed)."""
+    if generator is None:
+        return torch.rand(size, **kwargs)
+    return torch.rand(size, generator=generator, **kwargs)
+
+
 def geometric_gaps(n: int, p: float, generator: Optional[torch.Generator] = None,
                    device=None) -> torch.Tensor:
     """``n`` i.i.d. Geometric(``p``) variables (trials up to and including the first success,
@@ -49,9 +57,7 @@ def geometric_gaps(n: int, p: float, generator: Optional[torch.Generator] = None
     if device.type != "cpu":
         out = torch.empty(n, dtype=torch.float64, device=device)
         return out.geometric_(p) if generator is None else out.geometric_(p, generator=generator)
-    # generator=None is left out: torch.compile cannot trace it once n is a symbolic size
-    u = (torch.rand(n, dtype=torch.float64) if generator is None
-         else torch.rand(n, dtype=torch.float64, generator=generator))
+    u = rand(n, generator, dtype=torch.float64)
     return u.log_().div_(math.log1p(-p)).ceil_()
 
 
@@ -70,8 +76,7 @@ def bernoulli_positions(total: int, p: float, generator: Optional[torch.Generato
     if total <= 0 or p <= 0.0:
         return torch.empty(0, dtype=torch.long, device=device)
     if p >= DENSE_THRESHOLD:
-        u = (torch.rand(total, device=device) if generator is None  # as in geometric_gaps
-             else torch.rand(total, generator=generator, device=device))
+        u = rand(total, generator, device=device)
         return torch.nonzero(u < p).reshape(-1)
     mean = total * p
     n_draw = batch or int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)

@@ -28,7 +28,8 @@ from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
 from ..gamma import _check_gamma, clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                       spatial_axes)
-from ._fast import _compiling, bernoulli_positions, count_true, masked_scale, scale_from_count
+from ._fast import (_compiling, bernoulli_positions, count_true, masked_scale, rand as _rand,
+                    scale_from_count)
 from ._paint import seeds_to_dropped, seeds_to_keep_from_table, use_table, window_or
 from . import _prepared, _triton
 
@@ -60,10 +61,7 @@ def _generator(seed: Seed, device) -> Optional[torch.Generator]:
 def _uniform(shape, seed: Seed, uniform, device, name: str = "uniform") -> torch.Tensor:
     """The noise tensor: ``uniform`` checked against ``shape`` and moved to ``device``, or fresh draws."""
     if uniform is None:
-        g = _generator(seed, device)
-        if g is None:  # torch.compile cannot trace rand(generator=None) once sizes are dynamic
-            return torch.rand(tuple(shape), device=device)
-        return torch.rand(tuple(shape), generator=g, device=device)
+        return _rand(tuple(shape), _generator(seed, device), device=device)
     shape = tuple(int(s) for s in shape)
     uniform = torch.as_tensor(uniform, device=device)
     if tuple(uniform.shape) != shape:

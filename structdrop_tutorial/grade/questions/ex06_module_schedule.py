@@ -378,11 +378,10 @@ def check_scheduled_dropblock(answer):
     else:
         dropped = y == 0
         ctx = f"ScheduledDropBlock2d(0.1, 3, 4) after 4 training forwards, x of shape {shape}"
-        larger = None if not _union_of_blocks(dropped, 3) else _blocks_too_large(dropped, 3)
         if not _union_of_blocks(dropped, 3):
             props.append(Property("drops whole 3x3 blocks", False,
                                   f"{ctx}: dropped units are not a union of 3x3 blocks"))
-        elif larger is not None:
+        elif (larger := _blocks_too_large(dropped, 3)) is not None:
             props.append(_too_large(ctx, larger, 3, shape[2:]))
         else:
             props.append(_fraction_property("after the ramp, drops a fraction final_rate",
