@@ -12,8 +12,8 @@ keeps a :class:`Plan`:
 the compiled launchers of the mask and product kernels (:func:`._launch.prepared`) and every
 argument they take that does not change between calls. Later calls with the same signature
 (:func:`find`) make the key, allocate the row words, launch the mask kernel and apply the product
-through :class:`._triton.MaskedScale`, whose forward and backward launch the product kernel
-from the plan too. On a GPU the pointers go to the launcher as integers, so it does not ask
+through :class:`PlannedProduct`, whose forward and backward launch the product kernel from the
+plan too. On a GPU the pointers go to the launcher as integers, so it does not ask
 the driver about each tensor.
 
 The masks, outputs, gradients and the generator's state after a call are those of the ordinary
@@ -31,11 +31,12 @@ only Python, autograd and allocations are timed; ``benchmarks/host_probe.py --st
 minimum of 15 interleaved rounds, three runs): a forward+backward on a tiny input costs the
 host 31 us for the floor ``x * mask``, 74-75 us through the ordinary path and 47-49 us through a
 plan; a forward alone 5.5, 31 and 14 (on the 2-core Intel Xeon of the second CPU timings: 31, 77
-and 48; 5.6, 32 and 15). On an H100 (``benchmarks/host_probe.py``, three machines of one
-session, PyTorch 2.11, Triton 3.6) a tiny forward+backward cost the host 156 / 227 / 329 us
-through a plan and 204 / 304 / 540 us through the ordinary path with direct launches, against
-86 / 114 / 162 us for the floor: a plan costs 1.8 to 2.0 floors of host time, an ordinary call
-2.4 to 3.3.
+and 48; 5.6, 32 and 15). On an H100 (``benchmarks/host_probe.py``, PyTorch 2.11, Triton 3.6;
+the committed run, then three machines of an earlier session, before :class:`PlannedProduct`) a
+tiny forward+backward cost the host 163, then 156 / 227 / 329 us through a plan and 235, then
+204 / 304 / 540 us through the ordinary path with direct launches, against 130, then
+86 / 114 / 162 us for the floor: a plan costs 1.25 to 2.0 floors of host time, an ordinary call
+1.8 to 3.3.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class Plan:
     __slots__ = ("device", "index", "geo", "gamma", "rows", "scratch", "ints", "mask_run",
                  "mask_lead", "mask_grid", "mask_tail", "prod_run", "prod_lead", "prod_grid",
                  "prod_tail", "param", "from_count", "generation", "tunables", "checked",
-                 "rows_checked")
+                 "rows_checked", "generator")
 
     def fresh(self) -> bool:
         """Nothing the plan depends on has changed since it was made."""
@@ -97,7 +98,7 @@ def _usable(plan: Plan) -> bool:
     if plan.index is None:  # Triton's interpreter (CPU tests)
         return _triton.FORCE
     return (torch._C._cuda_getDevice() == plan.index
-            and not torch.cuda.is_current_stream_capturing())
+            and not torch._C._cuda_isCurrentStreamCapturing())
 
 
 def find(x, rate, block_size, data_format, gamma, seeds, normalize) -> Optional[Plan]:
@@ -165,6 +166,8 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
         return
     plan = Plan()
     plan.device, plan.index, plan.geo, plan.gamma = device, index, geo, g
+    # the device's default generator, for keys made on the host (None: Triton's interpreter)
+    plan.generator = None if index is None else torch.cuda.default_generators[index]
     plan.rows, plan.scratch, plan.ints = geo.rows, geo.scratch, mask[2]
     plan.mask_run, plan.mask_lead = mask[0], mask[1]
     plan.mask_grid = tuple(geo.launch) + (1,) * (3 - len(geo.launch))
@@ -185,7 +188,11 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
 def dropblock(plan: Plan, x: torch.Tensor, generator, inplace: bool) -> torch.Tensor:
     """DropBlock of ``x`` through ``plan`` (from :func:`find`): the ordinary path's result."""
     device = plan.device
-    key = _triton.new_key(device, generator, True)
+    key = None
+    if plan.generator is not None and _triton.HOST_KEYS:  # new_key's key, without its checks
+        key = _triton.host_key(plan.generator if generator is None else generator)
+    if key is None:
+        key = _triton.new_key(device, generator, True)
     words = torch.empty(plan.rows + 1, dtype=torch.int64, device=device)
     if plan.index is None:
         stream, where = 0, (device.type, 0)
@@ -209,26 +216,60 @@ def dropblock(plan: Plan, x: torch.Tensor, generator, inplace: bool) -> torch.Te
     else:
         plan.mask_run(g[0], g[1], g[2], stream, words, scratch, acc, None, key,
                       *plan.mask_tail, False)
-    return _triton._BASE_APPLY(x, words, plan.param, plan.from_count, inplace, plan)
+    return _APPLY(x, words, plan, inplace)
 
 
-def product(plan: Plan, x: torch.Tensor, words: torch.Tensor, out: torch.Tensor,
-            checked: bool) -> bool:
-    """``out = x * keep * scale`` from the plan's row words; False (nothing launched) when the
-    plan no longer applies (``checked``: :func:`find` has just said it does) or x and out are
-    not 16-byte aligned, as the kept launcher was compiled for."""
-    if not checked and not (_usable(plan) and x.device == plan.device):
-        return False
+def product(plan: Plan, x: torch.Tensor, words: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = x * keep * scale`` from the plan's row words: the kept launcher where x and out
+    are 16-byte aligned, as it was compiled for, else the ordinary launch."""
     g = plan.prod_grid
     if not plan.ints:
         plan.prod_run(g[0], g[1], g[2], 0, x, words, out, *plan.prod_tail)
-        return True
+        return
     px, po = x.data_ptr(), out.data_ptr()
     if (px | po) & 15:
-        return False
+        _triton._apply(x, words, plan.param, plan.from_count, out)
+        return
     plan.prod_run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(plan.index),
                   *plan.prod_lead, px, words.data_ptr(), po, *plan.prod_tail)
-    return True
+
+
+class PlannedProduct(torch.autograd.Function):
+    """:class:`._triton.MaskedScale` for a planned call: ``x * keep * scale`` from the row
+    words (saved for the backward pass, 8 bytes per row and the count), launched from the
+    plan, which also gives the scale. Nothing else is checked or looked up: on a GPU a call's
+    host time is the step's (see the module docstring). The backward pass launches from the
+    plan while it still applies, else through the ordinary launch."""
+
+    @staticmethod
+    def forward(ctx, x, words, plan, inplace):
+        out = x if inplace else torch.empty_like(x)
+        product(plan, x, words, out)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(words)
+        ctx.plan = plan
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (words,) = ctx.saved_tensors
+        plan = ctx.plan
+        if grad.requires_grad:  # double backward: differentiable tensor operations
+            out = _triton.differentiable_product(grad, words, plan.param, plan.from_count)
+            return out, None, None, None
+        grad = grad.contiguous()
+        out = torch.empty_like(grad)
+        if _usable(plan):
+            product(plan, grad, words, out)
+        else:
+            _triton._apply(grad, words, plan.param, plan.from_count, out)
+        return out, None, None, None
+
+
+# the C++ apply: find() has ruled out functorch transforms and compilation, for which
+# ``PlannedProduct.apply`` (a Python wrapper around it) exists
+_APPLY = super(torch.autograd.Function, PlannedProduct).apply
 
 
 def clear() -> None:

@@ -42,14 +42,16 @@ tests of this path passed there, compiled): at 32x1024x14x14 / 32x512x28x28 / 16
 row-word mask kernel takes 13 / 23 / 24 us and its product kernel 25 / 44 / 44 us, against
 32 / 57 / 57 us for the floor ``x * mask`` (the byte-mask kernel: 41 / 88 / 103 us). Replayed
 from a CUDA graph, where the host's costs are gone, forward+backward is 1.08 / 1.00 / 0.99 times
-the floor's. Eagerly it is 1.5 to 2.0 times (three runs on three machines of one session: 1.53 /
-1.95 / 1.86 in the committed file): the eager step waits for the host, whose work per call
-(two launches and an autograd function forward, a backward in Python on the autograd engine's
-thread) costs 1.8 to 2.0 times the floor's, although the kernels are launched through their
-compiled launchers (:mod:`._launch`), the key is made on the host, the count goes to a shared
+the floor's. Eagerly it is 1.4 to 2.0 times (1.86 / 1.78 / 1.44 in the committed file; 1.5 to
+2.0 on three other H100 machines): the host's work per call (two launches and an autograd
+function forward, a backward in Python on the autograd engine's thread) costs 1.25 to 2.0 times
+the floor's on a tiny input, although the kernels are launched through their compiled
+launchers (:mod:`._launch`), the key is made on the host, the count goes to a shared
 accumulator (no fill kernel per call) and, after the first calls of a signature,
-:mod:`._prepared` launches both kernels from a plan without the per-call checks and lookups. An
-earlier H200 run of the byte-mask kernels is in ``data/timings/gpu_nvidia_h200*``.
+:mod:`._prepared` launches both kernels from a plan without the per-call checks and lookups;
+at full size the eager step also took 50 to 80 us longer than that host time (book chapter 8,
+not yet explained). An earlier H200 run of the byte-mask kernels is in
+``data/timings/gpu_nvidia_h200*``.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
@@ -277,14 +279,21 @@ def new_key(device, generator: Optional[torch.Generator], eager: Optional[bool] 
         if gen is None:
             index = device.index if device.index is not None else _current_device()
             gen = torch.cuda.default_generators[index]
-        try:
-            seed, offset = gen.initial_seed(), gen.get_offset()
-            gen.set_offset(offset + 4)
-        except (AttributeError, RuntimeError):  # a generator without a Philox offset
-            pass
-        else:
-            return _mix(seed, offset)
+        key = host_key(gen)
+        if key is not None:
+            return key
     return torch.empty(1, dtype=torch.int64, device=device).random_(generator=generator)
+
+
+def host_key(gen: torch.Generator) -> Optional[int]:
+    """:func:`new_key`'s key on the host from ``gen``'s seed and Philox offset (which it
+    advances by 4), or None where the generator has no offset."""
+    try:
+        seed, offset = gen.initial_seed(), gen.get_offset()
+        gen.set_offset(offset + 4)
+    except (AttributeError, RuntimeError):  # a generator without a Philox offset
+        return None
+    return _mix(seed, offset)
 
 
 def _key_args(key):
@@ -420,15 +429,11 @@ def seed_grid(shape, device, gamma, block, seeds, key) -> torch.Tensor:
 
 
 def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
-           out: torch.Tensor, plan=None, checked: bool = False) -> torch.Tensor:
+           out: torch.Tensor) -> torch.Tensor:
     """``out = x * keep * scale``; ``mask`` is the boolean keep mask or a buffer of x's row
     words followed by the count of kept units (int64, see :func:`_row_buffer`); ``param`` is
     the kept-unit count of a boolean mask (a device tensor) when ``from_count`` (unused with
-    row words), else the scale as a Python float (passed by value as its float64 bits).
-    ``plan``: the :class:`._prepared.Plan` the row words came from, launched from where it
-    still applies (``checked``: it was just found to)."""
-    if plan is not None and _prepared.product(plan, x, mask, out, checked):
-        return out
+    row words), else the scale as a Python float (passed by value as its float64 bits)."""
     n = x.numel()
     launch = (-(-n // APPLY_BLOCK),)
     count, bits = (param, 0) if from_count else (None, _float64_bits(param))
@@ -467,6 +472,17 @@ def _keep(mask: torch.Tensor, shape) -> torch.Tensor:
     return words_keep_mask(mask, shape) if mask.dtype == torch.int64 else mask
 
 
+def differentiable_product(grad: torch.Tensor, mask: torch.Tensor, param,
+                           from_count: bool) -> torch.Tensor:
+    """``grad * keep * scale`` in differentiable tensor operations (double backward); ``mask``
+    and ``param`` as for :func:`_apply`."""
+    if from_count and mask.dtype == torch.int64:
+        param = mask[-1:]  # the count after the row words
+    keep = _keep(mask, grad.shape)
+    scale = _scale(keep, param, from_count, grad.dtype)
+    return grad * (keep.to(grad.dtype) * scale).to(grad.dtype)
+
+
 class MaskedScale(torch.autograd.Function):
     """``x * keep * scale`` by :func:`._triton_kernels.masked_scale_kernel` (or
     ``masked_rows_kernel``); saves the mask (1 byte per unit, or a word per row with the count
@@ -474,10 +490,9 @@ class MaskedScale(torch.autograd.Function):
     backward pass."""
 
     @staticmethod
-    def forward(ctx, x, keep, param, from_count, inplace, plan=None):
+    def forward(ctx, x, keep, param, from_count, inplace):
         out = x if inplace else torch.empty_like(x)
-        _apply(x, keep, param, from_count, out, plan, True)
-        ctx.plan = plan
+        _apply(x, keep, param, from_count, out)
         if inplace:
             ctx.mark_dirty(x)
         if from_count and keep.dtype == torch.bool:
@@ -494,16 +509,13 @@ class MaskedScale(torch.autograd.Function):
         saved = ctx.saved_tensors
         keep, param = saved if len(saved) == 2 else (saved[0], ctx.scale)
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
+            return None, None, None, None, None
         if grad.requires_grad:  # double backward: differentiable tensor operations
-            if ctx.from_count and keep.dtype == torch.int64:
-                param = keep[-1:]  # the count after the row words
-            keep = _keep(keep, grad.shape)
-            scale = _scale(keep, param, ctx.from_count, grad.dtype)
-            return grad * (keep.to(grad.dtype) * scale).to(grad.dtype), None, None, None, None, None
+            return (differentiable_product(grad, keep, param, ctx.from_count),
+                    None, None, None, None)
         grad = grad.contiguous()
-        out = _apply(grad, keep, param, ctx.from_count, torch.empty_like(grad), ctx.plan)
-        return out, None, None, None, None, None
+        out = _apply(grad, keep, param, ctx.from_count, torch.empty_like(grad))
+        return out, None, None, None, None
 
 
 # Combinations (device, geometry, dtype, normalization) whose kernels compiled and ran, and
@@ -612,8 +624,5 @@ def apply_masked_scale(x, keep, param, from_count: bool, inplace: bool) -> torch
     no functorch transform is active, ``x`` is a plain tensor and nothing is being compiled."""
     if (torch._C._are_functorch_transforms_active() or _compiling()
             or torch._C._functorch.is_functorch_wrapped_tensor(x)):
-        return MaskedScale.apply(x, keep, param, from_count, inplace, None)
-    return _BASE_APPLY(x, keep, param, from_count, inplace, None)
-
-
-from . import _prepared  # noqa: E402  (it uses this module's functions)
+        return MaskedScale.apply(x, keep, param, from_count, inplace)
+    return _BASE_APPLY(x, keep, param, from_count, inplace)
