@@ -19,7 +19,11 @@ the floor measured in the same run:
 * native ops that have their own backward: ``aten::_masked_scale`` (a byte mask and a scale
   known on the host) and ``(x * keep) * scale`` with the scale a device scalar;
 * calls through the ordinary path against prepared calls (``_prepared``: a plan kept per
-  signature launches the kernels without the per-call checks and lookups).
+  signature launches the kernels without the per-call checks and lookups);
+* at full size, where an eager step of a planned call loses the overlap of host and device
+  work that the floor keeps: with autograd's worker threads off, with each output (and its
+  autograd graph) kept alive to the next step, and the planned product alone on given row
+  words.
 
 ``--stub`` measures the last of these without a GPU: on the CPU, with the compiled launchers
 replaced by no-ops (and the key made on the host as on CUDA), only the host's Python, autograd
@@ -141,6 +145,19 @@ def _fwd_bwd(fn, x, g):
     return lambda: torch.autograd.grad(fn(x), x, g)
 
 
+def _kept(fn, x, g):
+    """Forward+backward of ``fn`` whose output (with its autograd graph) lives until the next
+    call, so that the graph is destroyed on the calling thread, not on autograd's."""
+    kept = []
+
+    def call():
+        y = fn(x)
+        out = torch.autograd.grad(y, x, g)
+        kept[:] = [y]
+        return out
+    return call
+
+
 def _single_threaded(fn):
     def call():
         with torch.autograd.set_multithreading_enabled(False):
@@ -236,6 +253,11 @@ def steps(dev, n, shapes):
         key = _triton.new_key(torch.device(dev), gen)
         rgeo = _triton.row_geometry(shape, (BLOCK, BLOCK), "valid", _triton.ROW_ITEMS)
         words = _triton._row_buffer(rgeo, torch.device(dev), gamma_of(shape), key)
+        prepared = _fwd_bwd(lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)
+        for _ in range(3):  # the plan is made (on the second ordinary call)
+            prepared()
+        plan = _prepared._PLANS.get(_prepared._key(x, RATE, BLOCK, "channels_first", "exact",
+                                                   "valid", "batch"))
         cases = {
             "floor x*mask": _fwd_bwd(lambda t: t * mask, x, g),
             "dropblock, triton[grid]": _direct(False)(_fwd_bwd(
@@ -251,7 +273,18 @@ def steps(dev, n, shapes):
             "_masked_scale(x, uint8 mask, float) (mask given)": _fwd_bwd(
                 lambda t: torch.ops.aten._masked_scale(t, keep.view(torch.uint8), 1.1), x, g),
             "(x * bool) * scale tensor (mask given)": _fwd_bwd(lambda t: (t * keep) * s0, x, g),
+            # where does a full-size eager step lose the overlap of host and device that the
+            # floor keeps? The autograd engine's device thread, Python's destruction of the
+            # output's graph (kept alive to the next step here), the planned product alone
+            "floor x*mask, single-threaded autograd": _single_threaded(
+                _fwd_bwd(lambda t: t * mask, x, g)),
+            "dropblock, prepared, single-threaded autograd": _single_threaded(prepared),
+            "dropblock, prepared, output kept to the next step": _kept(
+                lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g),
         }
+        if plan is not None:  # PlannedProduct on given row words: its two launches only
+            cases["PlannedProduct only (mask given)"] = _fwd_bwd(
+                lambda t: _prepared._APPLY(t, words, plan, False), x, g)
         row = _timed(cases, dev, n)
         floor = row["floor x*mask"]
         label = "x".join(map(str, shape))

@@ -457,6 +457,17 @@ def test_host_probe_smoke(monkeypatch, capsys):
     for fn in (probe.NativeBackward, probe.PassBackward):
         (gx,) = torch.autograd.grad(fn.apply(x, m), x, torch.ones(3))
         assert torch.equal(gx, m if fn is probe.NativeBackward else torch.ones(3))
+    # _kept: the gradient of the call, and the output alive until the next call
+    outputs = []
+    kept = probe._kept(lambda t: outputs.append(t * m) or outputs[-1], x, torch.ones(3))
+    (gx,) = kept()
+    assert torch.equal(gx, m)
+    import weakref
+    first = weakref.ref(outputs.pop())
+    assert first() is not None  # kept by the probe after the call
+    kept()
+    outputs.clear()
+    assert first() is None  # released by the next call
     # _fresh_state: the row-word kernel's state is asked for as while capturing, then restored
     from structdrop_tutorial.torch import _triton
     seen = []
