@@ -23,7 +23,8 @@ the floor measured in the same run:
 * at full size, where an eager step of a planned call loses the overlap of host and device
   work that the floor keeps: with autograd's worker threads off, with each output (and its
   autograd graph) kept alive to the next step, and the planned product alone on given row
-  words.
+  words; and whether any piece of a call waits for the device: each timed on the host while
+  the device still has a millisecond of queued work (``host_us_device_busy``).
 
 ``--stub`` measures the last of these without a GPU: on the CPU, with the compiled launchers
 replaced by no-ops (and the key made on the host as on CUDA), only the host's Python, autograd
@@ -295,6 +296,63 @@ def steps(dev, n, shapes):
     return res
 
 
+BUSY_CYCLES = 2_000_000  # torch.cuda._sleep's spin: about a millisecond of GPU clock
+
+
+def busy_us(fn, repeats=21):
+    """Host microseconds of one call of ``fn`` issued while the device still has about a
+    millisecond of queued work (median over ``repeats``): a call that waits for the device takes
+    about that long, one that does not takes what it takes on an idle device."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        torch.cuda._sleep(BUSY_CYCLES)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+        torch.cuda.synchronize()
+    return round(sorted(times)[len(times) // 2], 2)
+
+
+def device_busy(dev):
+    """Whether any piece of a call waits for the device: each piece timed on the host while
+    the device is busy (:func:`busy_us`), next to how long the device's queued work lasts."""
+    x = torch.randn(32, 1024, 14, 14, device=dev, requires_grad=True)
+    g, mask = torch.randn_like(x), (torch.rand_like(x) > 0.1).float()
+    gen = torch.Generator(device=dev).manual_seed(0)
+    step = _fwd_bwd(lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)
+    for _ in range(3):  # a plan is made
+        step()
+    plan = _prepared._PLANS.get(_prepared._key(x, RATE, BLOCK, "channels_first", "exact",
+                                               "valid", "batch"))
+    words = _triton._row_buffer(plan.geo, x.device, plan.gamma, 12345) if plan else None
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    torch.cuda._sleep(BUSY_CYCLES)
+    torch.cuda.synchronize()
+    out = {"device busy for (torch.cuda._sleep)": round((time.perf_counter() - t0) * 1e6, 2)}
+    cases = {
+        "nothing": lambda: None,
+        "floor x*mask fwd+bwd": _fwd_bwd(lambda t: t * mask, x, g),
+        "dropblock fwd, prepared": lambda: sdt.dropblock(x.detach(), RATE, BLOCK, seed=gen),
+        "dropblock fwd+bwd, prepared": step,
+        "is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
+        "key: host_key (seed and offset)": lambda: _triton.host_key(gen),
+        "empty_like(x)": lambda: torch.empty_like(x),
+    }
+    if plan is not None:
+        cases["PlannedProduct fwd+bwd (mask given)"] = _fwd_bwd(
+            lambda t: _prepared._APPLY(t, words, plan, False), x, g)
+    for name, fn in cases.items():
+        try:
+            out[name] = busy_us(fn)
+        except Exception as exc:
+            out[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        print(f"device busy: {name:50s} {out[name]}", flush=True)
+    return out
+
+
 def stub_launches() -> None:
     """Run the eager CUDA path's Python on the CPU with no-op launchers: Triton's C launchers
     become no-ops (nothing is computed), CPU tensors take the Triton path, the key is made on
@@ -389,6 +447,8 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
            "torch": torch.__version__, "host_us": pieces(args.device, args.n),
            "eager_fwd_bwd_us": steps(args.device, max(args.n // 3, 5), shapes)}
+    if torch.device(args.device).type == "cuda":
+        res["host_us_device_busy"] = device_busy(args.device)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
 

@@ -90,6 +90,9 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
                                  "host_us": _split_failures(probe["host_us"], failed),
                                  "eager_fwd_bwd_us": _split_failures(probe["eager_fwd_bwd_us"],
                                                                      failed)}
+        if "host_us_device_busy" in probe:
+            kernels["host_probe"]["host_us_device_busy"] = _split_failures(
+                probe["host_us_device_busy"], failed, "device busy: ")
         if failed:  # kept apart, so that every timing table holds numbers only
             kernels["host_probe"]["failed"] = failed
         wrote["host_probe"] = kernels["host_probe"]

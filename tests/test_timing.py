@@ -608,6 +608,21 @@ def test_tensorflow_sync_copies_nothing_on_a_synchronous_cpu():
 
 @pytest.mark.skipif(not HAS_TORCH or importlib.util.find_spec("triton") is None,
                     reason="torch and triton needed")
+def test_host_probe_busy_times_the_call_alone(monkeypatch):
+    """busy_us times only the call issued behind the queued work (a call that waits 2 ms takes
+    2 ms, one that returns at once takes microseconds), and synchronizes after each call."""
+    pytest.importorskip("torch")
+    import time
+    import torch
+    probe = _bench_module("host_probe")
+    events = []
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: events.append("sleep"), raising=False)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
+    assert probe.busy_us(lambda: time.sleep(0.002), repeats=3) >= 1900
+    assert probe.busy_us(lambda: None, repeats=3) < 1000
+    assert events[:5] == ["sync", "sleep", "sync", "sleep", "sync"]
+
+
 def test_host_probe_stub_runs(tmp_path):
     """host_probe.py --stub (no GPU: no-op launchers) times the ordinary and the prepared
     DropBlock calls; it makes its plan or fails. Times are reported, never asserted."""
@@ -644,7 +659,8 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
         {"device": "Fake GPU", "torch": "9.0",
          "host_us": {"dropblock fwd+bwd, prepared": 100.0, "op": "RuntimeError: no derivative"},
          "eager_fwd_bwd_us": {"32x512x28x28": {"floor x*mask": 100.0, "dropblock, prepared": 140.0,
-                                               "op": "RuntimeError: no derivative"}}}))
+                                               "op": "RuntimeError: no derivative"}},
+         "host_us_device_busy": {"nothing": 1.0, "op": "RuntimeError: no derivative"}}))
     (out / "network.json").write_text(json.dumps(
         {"device": "Fake GPU", "torch": "9.0", "block": 7, "rate": 0.1, "stage": "s",
          "steps": {"32x512x28x28": {"none": {"step_s": 1e-3, "added_s": 0.0}}}}))
@@ -660,8 +676,10 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
     assert kernels["host_probe"]["host_us"] == {"dropblock fwd+bwd, prepared": 100.0}
     assert kernels["host_probe"]["eager_fwd_bwd_us"] == {
         "32x512x28x28": {"floor x*mask": 100.0, "dropblock, prepared": 140.0}}
+    assert kernels["host_probe"]["host_us_device_busy"] == {"nothing": 1.0}
     assert kernels["host_probe"]["failed"] == {  # probes that failed are kept apart, by name
-        "op": "RuntimeError: no derivative", "32x512x28x28: op": "RuntimeError: no derivative"}
+        "op": "RuntimeError: no derivative", "32x512x28x28: op": "RuntimeError: no derivative",
+        "device busy: op": "RuntimeError: no derivative"}
     assert kernels["network"]["steps"]["32x512x28x28"]["none"]["step_s"] == 1e-3
     (out / "gpu.txt").write_text("name\nFake GPU\n")
     with pytest.raises(ValueError, match="torch X triton Y"):
