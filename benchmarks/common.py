@@ -113,7 +113,6 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     p.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads (default: $OMP_NUM_THREADS or {DEFAULT_THREADS})")
     p.add_argument("--rounds", type=int, default=None, help="recorded rounds per op")
-    p.add_argument("--device", default=None, help="device for torch (cpu, cuda); default: best")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
     args.threads = set_threads(args.threads)

@@ -289,6 +289,14 @@ def _run_all_module():
     return _bench_module("run_all")
 
 
+def test_numpy_benchmark_has_no_device_option():
+    """bench_numpy.py runs on the CPU only: it does not offer a --device it would ignore."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_numpy.py"), "--help"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "--threads" in proc.stdout
+    assert "--device" not in proc.stdout
+
+
 def _run_bench(script, tmp_path):
     """Run one benchmark script small and quick, through run_all's command line adapter."""
     path = ROOT / "benchmarks" / script
