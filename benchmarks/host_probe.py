@@ -26,7 +26,7 @@ the floor measured in the same run:
   words; and whether any piece of a call waits for the device: each timed on the host while
   the device still has a millisecond of queued work (``host_us_device_busy``).
 
-``--stub`` measures the last of these without a GPU: on the CPU, with the compiled launchers
+``--stub`` measures the ordinary and the prepared calls without a GPU: on the CPU, with the compiled launchers
 replaced by no-ops (and the key made on the host as on CUDA), only the host's Python, autograd
 and allocation costs of a DropBlock forward and forward+backward are timed, against the floor's.
 

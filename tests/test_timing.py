@@ -617,18 +617,24 @@ def test_tensorflow_sync_copies_nothing_on_a_synchronous_cpu():
 @pytest.mark.skipif(not HAS_TORCH or importlib.util.find_spec("triton") is None,
                     reason="torch and triton needed")
 def test_host_probe_busy_times_the_call_alone(monkeypatch):
-    """busy_us times only the call issued behind the queued work (a call that waits 2 ms takes
-    2 ms, one that returns at once takes microseconds), and synchronizes after each call."""
+    """busy_us times only the call, issued behind the queued work (a call that waits 2 ms takes
+    2 ms, one that returns at once takes microseconds, however long the synchronization after
+    it takes), and synchronizes after each call."""
     pytest.importorskip("torch")
     import time
     import torch
     probe = _bench_module("host_probe")
     events = []
+
+    def synchronize(*args):
+        events.append("sync")
+        time.sleep(0.004)  # the queued work draining: not the call's time
+
     monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: events.append("sleep"), raising=False)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
-    assert probe.busy_us(lambda: time.sleep(0.002), repeats=3) >= 1900
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    assert probe.busy_us(lambda: events.append("call") or time.sleep(0.002), repeats=3) >= 1900
+    assert events[:7] == ["call", "sync", "sleep", "call", "sync", "sleep", "call"]
     assert probe.busy_us(lambda: None, repeats=3) < 1000
-    assert events[:5] == ["sync", "sleep", "sync", "sleep", "sync"]
 
 
 def test_host_probe_stub_runs(tmp_path):

@@ -152,6 +152,26 @@ def test_double_backward_and_a_plan_gone_before_backward(planned, monkeypatch):
     assert torch.equal(gx, mask_scale) and launched == [1]
 
 
+def test_planned_keys_come_from_the_callers_generator(planned, monkeypatch):
+    """A planned call makes its key on the host from the generator given, else from the plan's
+    device's default generator (on a GPU; a stand-in here), and the key decides the mask as in
+    the ordinary path."""
+    x = torch.randn(2, 3, 9, 11, device=DEVICE)
+    plan = plan_for(x, rate=0.3, block_size=3)
+    default = plan.generator if DEVICE == "cuda" else object()
+    monkeypatch.setattr(plan, "generator", default)
+    asked = []
+    monkeypatch.setattr(_triton, "host_key", lambda gen: asked.append(gen) or _triton._mix(7, 4))
+    monkeypatch.setattr(_triton, "new_key", lambda *a: _triton._mix(7, 4))  # the ordinary path
+    gen = generator(3)
+    y_default, y_given = sdt.dropblock(x, 0.3, 3), sdt.dropblock(x, 0.3, 3, seed=gen)
+    assert len(planned) == 2 and asked == [default, gen]
+    monkeypatch.setattr(_prepared, "ENABLED", False)
+    ordinary = sdt.dropblock(x, 0.3, 3)
+    assert torch.equal(y_default, ordinary) and torch.equal(y_given, ordinary)
+    assert 0 < int((ordinary == 0).sum()) < ordinary.numel()
+
+
 def test_values_that_compare_equal_do_not_share_a_plan(planned):
     """7 and 7.0 are equal keys, but only 7 is a block size; 1 and True likewise for gamma:
     after a plan for the valid value the other still raises, as it does without plans."""

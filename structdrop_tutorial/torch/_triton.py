@@ -48,10 +48,10 @@ function forward, a backward in Python on the autograd engine's thread) costs 1.
 the floor's on a tiny input, although the kernels are launched through their compiled
 launchers (:mod:`._launch`), the key is made on the host, the count goes to a shared
 accumulator (no fill kernel per call) and, after the first calls of a signature,
-:mod:`._prepared` launches both kernels from a plan without the per-call checks and lookups;
-at full size the eager step also took 50 to 80 us longer than that host time (book chapter 8,
-not yet explained). An earlier H200 run of the byte-mask kernels is in
-``data/timings/gpu_nvidia_h200*``.
+:mod:`._prepared` launches both kernels from a plan without the per-call checks and lookups.
+At full size the eager steps cost more floors than that host time on a tiny input; where the
+rest goes is not yet measured (book chapter 8). An earlier H200 run of the byte-mask kernels is
+in ``data/timings/gpu_nvidia_h200*``.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
