@@ -26,9 +26,10 @@ the floor measured in the same run:
   words; and whether any piece of a call waits for the device: each timed on the host while
   the device still has a millisecond of queued work (``host_us_device_busy``).
 
-``--stub`` measures the ordinary and the prepared calls without a GPU: on the CPU, with the compiled launchers
-replaced by no-ops (and the key made on the host as on CUDA), only the host's Python, autograd
-and allocation costs of a DropBlock forward and forward+backward are timed, against the floor's.
+``--stub`` measures the ordinary and the prepared calls without a GPU: on the CPU, with the
+compiled launchers replaced by no-ops (and the key made on the host as on CUDA), only the host's
+Python, autograd and allocation costs of a DropBlock forward and forward+backward are timed,
+against the floor's.
 
 Usage::
 
@@ -159,6 +160,15 @@ def _kept(fn, x, g):
     return call
 
 
+def _planned_step(step, x):
+    """Run ``step`` (a DropBlock forward+backward of ``x``) until its signature has a plan
+    (made on the second ordinary call); the plan, or None where none is made."""
+    for _ in range(3):
+        step()
+    return _prepared._PLANS.get(_prepared._key(x, RATE, BLOCK, "channels_first", "exact",
+                                               "valid", "batch"))
+
+
 def _single_threaded(fn):
     def call():
         with torch.autograd.set_multithreading_enabled(False):
@@ -255,10 +265,7 @@ def steps(dev, n, shapes):
         rgeo = _triton.row_geometry(shape, (BLOCK, BLOCK), "valid", _triton.ROW_ITEMS)
         words = _triton._row_buffer(rgeo, torch.device(dev), gamma_of(shape), key)
         prepared = _fwd_bwd(lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)
-        for _ in range(3):  # the plan is made (on the second ordinary call)
-            prepared()
-        plan = _prepared._PLANS.get(_prepared._key(x, RATE, BLOCK, "channels_first", "exact",
-                                                   "valid", "batch"))
+        plan = _planned_step(prepared, x)
         cases = {
             "floor x*mask": _fwd_bwd(lambda t: t * mask, x, g),
             "dropblock, triton[grid]": _direct(False)(_fwd_bwd(
@@ -322,10 +329,7 @@ def device_busy(dev):
     g, mask = torch.randn_like(x), (torch.rand_like(x) > 0.1).float()
     gen = torch.Generator(device=dev).manual_seed(0)
     step = _fwd_bwd(lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g)
-    for _ in range(3):  # a plan is made
-        step()
-    plan = _prepared._PLANS.get(_prepared._key(x, RATE, BLOCK, "channels_first", "exact",
-                                               "valid", "batch"))
+    plan = _planned_step(step, x)
     words = _triton._row_buffer(plan.geo, x.device, plan.gamma, 12345) if plan else None
     torch.cuda.synchronize()
     t0 = time.perf_counter()
