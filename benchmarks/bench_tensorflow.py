@@ -55,8 +55,8 @@ def nchw_label(shape) -> str:
 
 
 COLUMNS = ["framework", "op", "shape", "mode", "jit", "median_s", "iqr_s", "ratio_to_floor",
-           "floor_op", "device", "tf_version", "keras_version", "threads", "runs", "case",
-           "reference_version"]
+           "floor_op", "floor_median_s", "device", "tf_version", "keras_version", "threads",
+           "runs", "number", "case", "data_format", "dtype", "elements", "reference_version"]
 
 
 def keras_cv_version() -> str:
@@ -150,7 +150,8 @@ def fwd_bwd(op, x, dy, jit, eager=False):
 
 
 def measure_case(shape, jit, rounds, quick, mode="fwd+bwd"):
-    """Interleaved rounds of every op; returns name -> list of per-call seconds."""
+    """Interleaved rounds of every op; returns name -> (per-call seconds of each round, floor
+    name, calls per round)."""
     import tensorflow as tf
 
     from structdrop_tutorial.timing import time_tensorflow
@@ -177,7 +178,7 @@ def measure_case(shape, jit, rounds, quick, mode="fwd+bwd"):
         for name, step in steps.items():
             m = time_tensorflow(step, warmup=0, repeat=1, number=numbers[name])
             times[name].append(m.times[0])
-    return {name: (t, ops[name][1]) for name, t in times.items()}
+    return {name: (t, ops[name][1], numbers[name]) for name, t in times.items()}
 
 
 def quartile_spread(ts):
@@ -208,9 +209,12 @@ def main(argv=None):
     def measure(case):  # one case: a shape, graph or XLA, a pass
         shape, jit, mode = case
         results = measure_case(shape, jit, args.rounds, args.quick, mode)
-        medians = {name: statistics.median(t) for name, (t, _) in results.items()}
+        medians = {name: statistics.median(t) for name, (t, _, _) in results.items()}
         label = f"{mode} xla" if jit else mode
-        for name, (t, floor) in results.items():
+        elements = 1
+        for size in shape:
+            elements *= size
+        for name, (t, floor, number) in results.items():
             ratio = medians[name] / medians[floor] if floor else 1.0
             rows.append({"framework": "tensorflow", "op": name,
                          "shape": "x".join(map(str, shape)), "case": nchw_label(shape),
@@ -218,9 +222,12 @@ def main(argv=None):
                          "median_s": f"{medians[name]:.6g}",
                          "iqr_s": f"{quartile_spread(t):.3g}",
                          "ratio_to_floor": f"{ratio:.3f}", "floor_op": floor or name,
+                         "floor_median_s": f"{medians[floor or name]:.6g}",
                          "device": device, "tf_version": tf.__version__,
                          "keras_version": keras.__version__, "threads": args.threads,
-                         "runs": len(t),
+                         "runs": len(t), "number": number,
+                         "data_format": "channels_last", "dtype": "float32",
+                         "elements": elements,
                          "reference_version": reference if name.startswith("keras_cv") else ""})
         print_rows([r for r in rows if r["shape"] == "x".join(map(str, shape))
                     and r["mode"] == label])

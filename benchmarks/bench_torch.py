@@ -43,7 +43,7 @@ timings (``gpu_nvidia_h100_80gb_hbm3.csv``) hold this mode's rows.
 Usage::
 
     python benchmarks/bench_torch.py --csv timings_torch.csv           # 2 threads, 5 shapes
-    python benchmarks/bench_torch.py --quick                           # one small shape
+    python benchmarks/bench_torch.py --tiny --quick                    # one small shape, once
     python benchmarks/bench_torch.py --device cuda --csv gpu.csv       # on a GPU
 """
 from __future__ import annotations
@@ -70,13 +70,13 @@ from structdrop_tutorial.torch import _triton  # noqa: E402
 # The ResNet-50 stages of the issue (NCHW), then a 3-D and a 1-D case (as in benchmarks/common.py).
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56), (16, 64, 16, 16, 16),
           (32, 256, 1024)]
-QUICK_SHAPES = [(8, 64, 28, 28)]
+TINY_SHAPES = [(8, 64, 28, 28)]
 BLOCK, RATE = 7, 0.1
 WARMUP = 10
 COLUMNS = ["framework", "op", "shape", "mode", "median_s", "iqr_s", "ratio_to_floor", "floor_op",
            "device", "torch_version", "threads", "saved_bytes_per_element", "peak_ratio",
-           "page_faults_per_call", "floor_median_s", "runs", "elements", "dtype",
-           "reference_version"]
+           "page_faults_per_call", "floor_median_s", "runs", "number", "elements", "dtype",
+           "data_format", "reference_version"]
 
 
 # --------------------------------------------------------------------------- the ops
@@ -316,6 +316,7 @@ def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done
             times = {name: [] for name in ops}
             medians = {name: [] for name in ops}
             faults = {name: [] for name in ops}
+            numbers = {name: [] for name in ops}
             failed = set()
             for _ in range(rounds):
                 for name, (fn, _) in ops.items():
@@ -332,6 +333,7 @@ def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done
                         continue
                     times[name].extend(m.times)
                     medians[name].append(m.median)
+                    numbers[name].append(m.number)
                     faults[name].append(f)
             for name, (fn, floor) in ops.items():
                 ref = floor or name
@@ -347,7 +349,8 @@ def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done
                        "saved_bytes_per_element": "", "peak_ratio": "",
                        "page_faults_per_call": "" if on_gpu else f"{statistics.median(faults[name]):.0f}",
                        "floor_median_s": f"{timing.Measurement(tuple(times[ref])).median:.6g}",
-                       "runs": len(times[name]), "elements": x.numel(),
+                       "runs": len(times[name]), "number": calls_per_run(numbers[name]),
+                       "elements": x.numel(), "data_format": "channels_first",
                        "dtype": str(x.dtype).replace("torch.", ""),
                        "reference_version": references.get(library) or ""}
                 if mode == "fwd+bwd":
@@ -364,6 +367,11 @@ def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done
 
     timing.sweep(shapes, measure_shape, desc=f"torch {device}", progress=progress)
     return rows
+
+
+def calls_per_run(numbers) -> int:
+    """Calls per timed run of an op (each round picks its own; the median of the rounds')."""
+    return int(statistics.median(numbers))
 
 
 def print_table(rows, header=True):
@@ -385,7 +393,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=None,
                         help="interleaved repetitions (default 5; 1 with --quick)")
     parser.add_argument("--min-run-time", type=float, default=0.3)
-    parser.add_argument("--quick", action="store_true", help="one small shape, one round")
+    parser.add_argument("--quick", action="store_true", help="one round (smoke test)")
+    parser.add_argument("--tiny", action="store_true", help="one small shape (CI, CPU)")
     parser.add_argument("--modes", default="fwd,fwd+bwd",
                         help="fwd, fwd+bwd, graph (CUDA only; added by default there)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
@@ -415,7 +424,7 @@ def main(argv=None):
                 raise SystemExit(f"--triton-config: unknown parameter {name}")
             setattr(_triton, name, value)
         print("Triton launch parameters:", config)
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    shapes = TINY_SHAPES if args.tiny else SHAPES
     if args.shapes:
         shapes = []
         for item in args.shapes.split(","):

@@ -149,7 +149,8 @@ def make_row(env: dict, case: Case, op: str, pass_: str, m, floor, data_format: 
                 "data_format": data_format, "dtype": dtype, "block": case.block,
                 "rate": case.rate, "elements": case.elements,
                 "median_s": f"{m.median:.6g}", "iqr_s": f"{m.iqr:.3g}", "runs": m.runs,
-                "number": m.number, "floor_median_s": f"{floor.median:.6g}",
+                "number": m.number, "floor_op": floor.label or "floor",
+                "floor_median_s": f"{floor.median:.6g}",
                 "ratio": f"{m.median / floor.median:.3f}"})
     return row
 

@@ -53,7 +53,8 @@ def supported_options(path: Path) -> str:
 
 def script_command(path: Path, out: Path, *, quick: bool, tiny: bool, threads: int | None,
                    progress: bool) -> list:
-    """Command line for one script: ``--out`` or ``--csv``, and the size options it knows."""
+    """Command line for one script: ``--out`` or ``--csv``, and the options it knows of the
+    ones every script shares in meaning (``--quick``: few rounds; ``--tiny``: small shapes)."""
     options = supported_options(path)
     cmd = [sys.executable, str(path)]
     cmd += ["--out" if "--out" in options else "--csv", str(out)]
@@ -61,11 +62,8 @@ def script_command(path: Path, out: Path, *, quick: bool, tiny: bool, threads: i
         cmd.append("--quick")
     if quick and "--no-memory" in options:
         cmd.append("--no-memory")  # a smoke run skips the separate peak-memory processes
-    if tiny:
-        if "--tiny" in options:
-            cmd.append("--tiny")
-        elif "--quick" in options and "--quick" not in cmd:
-            cmd.append("--quick")  # the script's small case
+    if tiny and "--tiny" in options:
+        cmd.append("--tiny")
     if threads and "--threads" in options:
         cmd += ["--threads", str(threads)]
     if not progress and "--no-progress" in options:
@@ -114,8 +112,10 @@ def normalize(rows: list, framework: str, threads: int, malloc: str = "") -> lis
         xla = str(row.get("jit", "")).lower() in ("true", "1", "on", "yes")
         if row.get("pass", "").lower().endswith(" xla"):
             row["pass"], xla = row["pass"][:-4].strip(), True
-        if xla and "XLA" not in row.get("op", ""):
-            row["op"] = f"{row['op']} (XLA)"
+        if xla:  # the op and its floor, both compiled
+            for key in ("op", "floor_op"):
+                if row.get(key) and "XLA" not in row[key]:
+                    row[key] = f"{row[key]} (XLA)"
         row.setdefault("framework", framework)
         if not row.get("framework"):
             row["framework"] = framework

@@ -1,6 +1,7 @@
 """Tests of structdrop_tutorial.timing with fake clocks and fake callables (no wall-clock asserts)."""
 import csv
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -314,7 +315,29 @@ def _run_bench(script, tmp_path):
     assert rows and all(float(r["median_s"]) > 0 for r in rows)
     assert {r["pass"] for r in rows} <= {"fwd", "fwd+bwd"}
     assert all(r["ratio"] and float(r["ratio"]) > 0 for r in rows)
+    # every framework's rows say what was measured and against what, in the same columns
+    described = ("case", "shape", "data_format", "dtype", "elements", "runs", "number",
+                 "floor_op", "floor_median_s", "framework_version", "device")
+    for r in rows:
+        assert all(r.get(k) for k in described), {k: r.get(k) for k in described}
+        assert int(r["elements"]) == math.prod(int(s) for s in r["shape"].split("x"))
+        assert r["data_format"] in ("channels_first", "channels_last") and int(r["number"]) >= 1
+        floors = [f for f in rows if f["op"] == r["floor_op"] and f["case"] == r["case"]
+                  and f["pass"] == r["pass"]]
+        assert len(floors) == 1 and floors[0]["median_s"] == r["floor_median_s"], r
     return rows, proc.stdout
+
+
+@pytest.mark.parametrize("script", ["bench_numpy.py", "bench_torch.py", "bench_tensorflow.py"])
+def test_run_all_size_options_mean_the_same_for_every_script(script):
+    """--quick asks each script for few rounds and --tiny for small shapes, never one for the
+    other (PyTorch's script once took --quick for its small shape)."""
+    run_all = _run_all_module()
+    path = ROOT / "benchmarks" / script
+    for quick, tiny in ((True, False), (False, True), (True, True)):
+        cmd = run_all.script_command(path, Path("x.csv"), quick=quick, tiny=tiny, threads=2,
+                                     progress=False)
+        assert ("--quick" in cmd, "--tiny" in cmd) == (quick, tiny), (quick, tiny, cmd)
 
 
 def test_bench_numpy_smoke(tmp_path):
