@@ -27,6 +27,17 @@ def check_rate(rate, name: str = "rate") -> float:
     return rate
 
 
+def check_fill(fill, name: str = "fill") -> float:
+    """Return ``fill`` (cutout's patch value) as a float, or raise unless it is a finite real
+    number (a Python or NumPy number; not a bool, a string, a tensor, NaN or infinity)."""
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
+        raise TypeError(f"{name} must be a finite real number, got {fill!r}")
+    value = float(fill)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite real number, got {fill!r}")
+    return value
+
+
 def check_gamma(gamma, name: str = "gamma", choices: Sequence[str] = GAMMAS):
     """One of ``choices`` (by default ``"exact"`` and ``"paper"``) or a real number in [0, 1]
     (returned as a float); a TypeError or ValueError naming ``name`` otherwise (None, a bool, a

@@ -46,7 +46,9 @@ def bernoulli_positions(rng: np.random.Generator, n: int, gamma: float,
     numbers. The gaps between chosen positions are geometric (number of trials up to and
     including the next success); their running sum is the list of positions. Gaps are drawn
     ``chunk`` at a time (default: enough for the mean plus six standard deviations) until the
-    sum passes ``n``.
+    sum passes ``n``. A gap longer than ``n`` ends the list wherever it starts, so gaps are
+    capped at ``n + 1`` before they are summed: for a tiny ``gamma`` NumPy's geometric draws
+    saturate at the largest int64, and their sum would overflow.
     """
     if n <= 0 or gamma <= 0.0:
         return np.zeros(0, dtype=np.int64)
@@ -58,7 +60,7 @@ def bernoulli_positions(rng: np.random.Generator, n: int, gamma: float,
     parts = []
     last = -1  # position of the last success so far
     while True:
-        gaps = rng.geometric(gamma, size=chunk)
+        gaps = np.minimum(rng.geometric(gamma, size=chunk), n + 1)
         pos = last + np.cumsum(gaps, dtype=np.int64)
         if pos[-1] >= n:
             parts.append(pos[: np.searchsorted(pos, n)])

@@ -23,7 +23,8 @@ import numpy as np
 
 from ._checks import (SEEDS, check_block_size, check_choice, check_data_format,
                       check_dense_shapes, check_dropblock_options, check_float_dtype_name,
-                      check_int, check_n_spatial, check_rate, check_seed_int)
+                      check_fill, check_gamma, check_int, check_n_spatial,
+                      check_rate, check_seed_int)
 from . import _sparse_seeds
 from .gamma import _check_gamma, clip_block, resolve_gamma
 from .shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
@@ -285,6 +286,7 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
     axes = spatial_axes(x.ndim, data_format)
     spatial = tuple(x.shape[a] for a in axes)
     check_block_size(block_size, n_spatial)
+    check_gamma(gamma)  # before the shortcuts below, as in the other two frameworks
     if not training or rate == 0.0:
         return x
     if rate == 1.0:
@@ -320,6 +322,7 @@ def cutout(x, size, data_format="channels_last", *, fill=0.0, training=True, see
     x = _as_float_array(x)
     n_spatial = check_n_spatial(x.ndim)
     size = check_block_size(size, n_spatial, "size")
+    fill = check_fill(fill)
     if not training:
         return x
     axes = spatial_axes(x.ndim, data_format)

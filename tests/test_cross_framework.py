@@ -34,6 +34,18 @@ def test_keep_mask_identical(spatial, block, fmt, seeds):
     np.testing.assert_array_equal(np.asarray(got_tf.numpy(), bool), ref)
 
 
+def test_keep_mask_of_integer_noise_identical():
+    """Noise that is not float (ints, bools) is compared with gamma as numbers in all three."""
+    u = np.zeros((2, 6, 6, 3), np.int64)
+    u[0, 1, 2, 0] = 1
+    for noise in (u, u.astype(bool)):
+        ref = sdn.dropblock_keep_mask(noise, 0.5, 3)
+        got_t = sdt.dropblock_keep_mask(torch.from_numpy(noise), 0.5, 3, "channels_last")
+        got_tf = sdtf.dropblock_keep_mask(noise, 0.5, 3)
+        np.testing.assert_array_equal(got_t.numpy(), ref)
+        np.testing.assert_array_equal(got_tf.numpy(), ref)
+
+
 @pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("share", [(), "channels", ("batch", "channels")])
 def test_dropblock_outputs_identical(fmt, share):
@@ -182,6 +194,31 @@ def test_int_seeds_outside_the_range_are_the_same_error_everywhere(seed):
     for mod, xx in ((sdn, x), (sdt, torch.from_numpy(x)), (sdtf, tf.constant(x))):
         with pytest.raises(ValueError, match=r"seed must be None, an int in \[0, 2\*\*63\)"):
             mod.spatial_dropout(xx, 0.5, "channels_first", seed=seed)
+
+
+@pytest.mark.parametrize("gamma, error", [("bogus", ValueError), (2.0, ValueError),
+                                          (-1.0, ValueError), (None, TypeError)])
+def test_a_bad_gamma_is_the_same_error_everywhere_even_where_unused(gamma, error):
+    """Rate 0 or 1, an empty map and inference never use gamma; it is checked all the same."""
+    for shape, rate, training in (((2, 3, 6, 6), 0.0, True), ((2, 3, 6, 6), 1.0, True),
+                                  ((2, 3, 0, 6), 0.3, True), ((2, 3, 6, 6), 0.3, False)):
+        x = np.ones(shape, np.float32)
+        for mod, xx in ((sdn, x), (sdt, torch.from_numpy(x)), (sdtf, tf.constant(x))):
+            with pytest.raises(error, match="gamma must be"):
+                mod.dropblock(xx, rate, 3, "channels_first", gamma=gamma, training=training)
+
+
+@pytest.mark.parametrize("fill, error", [("a", TypeError), (None, TypeError), (True, TypeError),
+                                         (float("nan"), ValueError), (float("inf"), ValueError)])
+def test_a_bad_cutout_fill_is_the_same_error_everywhere(fill, error):
+    x = np.ones((2, 3, 6, 6), np.float32)
+    for mod, xx in ((sdn, x), (sdt, torch.from_numpy(x)), (sdtf, tf.constant(x))):
+        for training in (True, False):
+            with pytest.raises(error, match="fill must be a finite real number"):
+                mod.cutout(xx, 3, "channels_first", fill=fill, training=training)
+    for layer in (lambda: sdt.Cutout(3, fill=fill), lambda: sdtf.Cutout(3, fill=fill)):
+        with pytest.raises(error, match="fill must be a finite real number"):
+            layer()
 
 
 def test_numpy_int_seeds_are_ints_everywhere():

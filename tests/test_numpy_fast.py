@@ -42,6 +42,29 @@ def test_positions_edges():
         assert np.all(np.diff(p) > 0) and (p.size == 0 or (p[0] >= 0 and p[-1] < 1000))
 
 
+class _SaturatingGaps:
+    """NumPy's geometric draws for a tiny probability: the largest int64, once (a second call
+    means the loop did not see the end of the list)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def geometric(self, p, size):
+        self.calls += 1
+        assert self.calls == 1, "bernoulli_positions asked for more gaps after a saturated one"
+        return np.full(size, np.iinfo(np.int64).max, dtype=np.int64)
+
+
+def test_saturated_gaps_end_the_list():
+    """A sum of saturated gaps once overflowed: sdn.dropblock with gamma 1e-30 never returned,
+    and rate 1e-17 raised IndexError."""
+    for chunk in (None, 3):
+        assert ss.bernoulli_positions(_SaturatingGaps(), 10**6, 1e-30, chunk=chunk).size == 0
+    x = np.ones((2, 8, 8, 3), np.float32)
+    for rate, gamma in ((0.1, 1e-30), (1e-17, "exact"), (0.1, 5e-324)):
+        np.testing.assert_array_equal(sdn.dropblock(x, rate, 3, gamma=gamma, seed=0), x)
+
+
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_counts_match_binomial(chunk):
     """Counts per draw: mean and variance of Binomial(n, gamma), within 5 sigma."""

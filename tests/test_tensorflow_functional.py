@@ -1,6 +1,7 @@
 """The TensorFlow functions: NumPy's results from the same noise, the contract's edge cases,
 graphs with unknown sizes, XLA, tensor rates, seeds and the realized drop fraction."""
 import importlib
+import itertools
 
 import numpy as np
 import pytest
@@ -85,6 +86,38 @@ def test_even_blocks_match_numpy(fmt, block):
                 np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_cutout_in_graphs_with_any_size_unknown(fmt, jit):
+    """Every pattern of static and unknown batch and spatial sizes (a static batch with an
+    unknown map once reshaped with two -1s and failed) gives NumPy's cutout."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 9, 8, 2)) if fmt == "channels_last" else rng.normal(size=(3, 2, 9, 8))
+    uc = rng.random((3, 2))
+    want = sdn.cutout(x, (4, 3), fmt, fill=0.5, uniform=uc)
+    axes = (0, 1, 2) if fmt == "channels_last" else (0, 2, 3)
+    for unknown in itertools.product((False, True), repeat=3):
+        dims = list(x.shape)
+        for axis, hide in zip(axes, unknown):
+            dims[axis] = None if hide else dims[axis]
+        f = tf.function(lambda t: sdtf.cutout(t, (4, 3), fmt, fill=0.5, uniform=uc),
+                        input_signature=[tf.TensorSpec(dims, tf.float64)], jit_compile=jit)
+        np.testing.assert_array_equal(f(tf.constant(x)).numpy(), want, err_msg=str(dims))
+
+
+def test_unknown_rank_is_a_clear_error_everywhere():
+    ops = {"dropout": lambda t: sdtf.dropout(t, 0.5, seed=1),
+           "dropout noise_shape": lambda t: sdtf.dropout(t, 0.5, (None, 1), seed=1),
+           "spatial_dropout": lambda t: sdtf.spatial_dropout(t, 0.5, seed=1),
+           "dropblock": lambda t: sdtf.dropblock(t, 0.5, 3, seed=1),
+           "cutout": lambda t: sdtf.cutout(t, 3, seed=1),
+           "drop_path": lambda t: sdtf.drop_path(t, 0.5, seed=1)}
+    for name, op in ops.items():
+        f = tf.function(op, input_signature=[tf.TensorSpec(None)])
+        with pytest.raises(ValueError, match=r"x must have (a known )?rank"):
+            f(tf.ones((2, 4, 4, 3)))
+
+
 def test_keep_mask_and_family_match_numpy_graph():
     rng = np.random.default_rng(2)
     u = rng.random((2, 10, 7, 3))
@@ -160,6 +193,15 @@ def test_rate_zero_one_and_inference(sampler):
         for normalize in ("batch", "rate"):
             y = sdtf.dropblock(x, rate, 3, sampler=sampler, normalize=normalize).numpy()
             assert np.all(y == 0) and not np.isnan(y).any()
+        # whatever gamma: the paper's formula at rate 1 is 0.44 here (no certain drop), and a
+        # tensor rate (what the Keras layers pass) took it once
+        for gamma in ("paper", 0.01):
+            y = sdtf.dropblock(x, rate, 3, sampler=sampler, gamma=gamma).numpy()
+            assert np.all(y == 0), (rate, gamma)
+    for rate in (0.0, tf.Variable(0.0)):
+        for gamma in ("paper", 0.5):
+            y = sdtf.dropblock(x, rate, 3, sampler=sampler, gamma=gamma).numpy()
+            np.testing.assert_array_equal(y, x.numpy())
     np.testing.assert_array_equal(sdtf.dropblock(x, 0.5, 3, training=False, sampler=sampler).numpy(), x.numpy())
     np.testing.assert_array_equal(
         sdtf.dropblock(x, 0.5, 3, training=tf.constant(False), sampler=sampler).numpy(), x.numpy())

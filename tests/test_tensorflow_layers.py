@@ -71,6 +71,20 @@ def test_layer_seed_reproducible_and_rate_variable():
         sdtf.SpatialDropout(0.1, "nchw")
 
 
+@pytest.mark.parametrize("make", [
+    lambda seed: sdtf.SpatialDropout(0.1, seed=seed), lambda seed: sdtf.DropBlock2D(0.1, 3, seed=seed),
+    lambda seed: sdtf.DropPath(0.1, seed=seed), lambda seed: sdtf.Cutout(3, seed=seed),
+    lambda seed: sdtf.DropConnectDense(2, 0.1, seed=seed)])
+def test_layer_seeds_are_checked_like_the_functions_seeds(make):
+    for bad, error in ((-1, ValueError), (2**63, ValueError), (True, TypeError), (3.0, TypeError),
+                       ("a", TypeError)):
+        with pytest.raises(error, match=r"seed must be None or an int in \[0, 2\*\*63\)"):
+            make(bad)
+    layer = make(np.int64(3))  # a NumPy int is an int, saved as one
+    assert layer.get_config()["seed"] == 3 and type(layer.get_config()["seed"]) is int
+    assert make(2**63 - 1).seed == 2**63 - 1 and make(None).seed is None
+
+
 def _model():
     inp = keras.Input((12, 12, 3))
     h = keras.layers.Conv2D(8, 3, padding="same")(inp)
@@ -104,6 +118,24 @@ def test_model_fits_saves_and_loads(tmp_path):
     loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)  # still trains after loading
 
 
+@pytest.mark.parametrize("gamma", ["exact", "paper", 0.05])
+def test_dropblock_layer_rate_zero_and_one_whatever_gamma_and_trains(gamma):
+    """The layer passes its rate as a variable: rate 1 gives zeros and rate 0 the input, for
+    every gamma (the paper's formula at rate 1 once dropped 63 % here), and fit() takes its
+    gradient (a tf.cond around the call broke Keras's training step)."""
+    x = np.random.default_rng(0).random((4, 6, 6, 3)).astype("float32") + 1.0
+    for rate, want in ((1.0, np.zeros_like(x)), (0.0, x)):
+        layer = sdtf.DropBlock2D(rate, 3, gamma=gamma, seed=0)
+        np.testing.assert_array_equal(layer(x, training=True).numpy(), want)
+    inputs = keras.Input((6, 6, 3))
+    hidden = sdtf.DropBlock2D(0.2, 3, gamma=gamma, seed=1)(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(hidden)))
+    model.compile("sgd", "mse")
+    history = model.fit(x, np.ones((4, 1), "float32"), epochs=2, verbose=0,
+                        callbacks=[sdtf.LinearRateSchedule(1)])
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
 def test_schedule_steps_in_fit_only():
     model = _model()
     model.compile("sgd", "mse")
@@ -135,6 +167,10 @@ def test_schedule_steps_in_fit_only():
             sdtf.LinearRateSchedule(bad)
     with pytest.raises(ValueError, match="start_step"):
         sdtf.LinearRateSchedule(4, start_step=-2)
+    # registered as serializable, and it round-trips (the step taken so far included)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert type(again) is sdtf.LinearRateSchedule
+    assert (again.total_steps, again.step) == (5, 6) and again.get_config() == schedule.get_config()
 
 
 @pytest.mark.parametrize("make, shape", LAYERS)

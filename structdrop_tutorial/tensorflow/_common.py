@@ -21,8 +21,12 @@ def _as_float(x, name="x"):
     return x
 
 
-def _dims(x):
-    """x's shape as a list: Python ints where static, scalar int32 tensors where not."""
+def _dims(x, name: str = "x"):
+    """x's shape as a list: Python ints where static, scalar int32 tensors where not. The rank
+    must be known (a ValueError naming ``name`` otherwise: masks are built axis by axis)."""
+    if x.shape.rank is None:
+        raise ValueError(f"{name} must have a known rank; in a tf.function give the input "
+                         f"signature a shape such as [None, None, None, 3], not None")
     static = x.shape.as_list()
     if all(s is not None for s in static):
         return static

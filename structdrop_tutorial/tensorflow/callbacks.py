@@ -68,4 +68,11 @@ class LinearRateSchedule(keras.callbacks.Callback):
         self.step += 1
 
     def get_config(self):
+        """``total_steps`` and the steps taken so far (as ``start_step``). An explicit
+        ``layers`` list is not part of it: a schedule rebuilt from its config drives every
+        scheduled layer of the model it is given to."""
         return {"total_steps": self.total_steps, "start_step": self.step}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -82,6 +82,8 @@ def dropblock_keep_mask(uniform, gamma, block_size, data_format="channels_last",
     check_choice(seeds, "seeds", SEEDS)
     check_data_format(data_format)
     u = tf.convert_to_tensor(uniform)
+    if not u.dtype.is_floating:  # compared as numbers, as NumPy and PyTorch compare them
+        u = tf.cast(u, tf.float64)
     n_spatial = check_n_spatial(u.shape.rank, "uniform")
     block = check_block_size(block_size, n_spatial)
     if seeds == "padded":
@@ -122,7 +124,22 @@ _MAX_COVERAGE_TABLE = 2 ** 18
 
 
 def _resolve_gamma(gamma, rate_s, rate, requested, spatial, block, seeds):
-    """Gamma as a Python float where everything is static (exactly NumPy's), else a tensor."""
+    """Gamma as a Python float where everything is static (exactly NumPy's), else a tensor.
+
+    A tensor rate (a schedule's variable) of 0 or 1 gives gamma 0 or 1 whatever ``gamma``
+    says, so the call is the identity or zeros, as it is for a Python rate: the paper's formula
+    at rate 1 is no certain drop once blocks overlap, and a given number is any rate's. (A
+    scalar choice, not a ``tf.cond`` around the call: Keras's training step could not take the
+    gradient through a cond that captures the mask.)"""
+    g = _gamma_of(gamma, rate_s, rate, requested, spatial, block, seeds)
+    if rate_s is not None:
+        return g
+    r = _rate_tensor(rate)
+    g = tf.cast(g, tf.float64)
+    return tf.where(r >= 1.0, tf.ones_like(g), tf.where(r <= 0.0, tf.zeros_like(g), g))
+
+
+def _gamma_of(gamma, rate_s, rate, requested, spatial, block, seeds):
     if not isinstance(gamma, str):
         if isinstance(gamma, numbers.Real):
             return resolve_gamma(float(gamma), 0.0, (1,), (1,))  # checked, as given
@@ -224,12 +241,6 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
             return _connected_zeros(x)
         if any(_is_static(n) and n == 0 for n in spatial):
             return tf.identity(x)
-        if rate_s is None and not isinstance(gamma, str):
-            # A given gamma draws the seeds whatever the rate, but a rate of 0 or 1 still means
-            # the identity or zeros, as for a Python rate (a schedule's variable can be either).
-            r = _rate_tensor(rate)
-            return tf.cond(r >= 1.0, lambda: _connected_zeros(x),
-                           lambda: tf.cond(r <= 0.0, lambda: tf.identity(x), masked))
         return masked()
 
     def masked():

@@ -39,7 +39,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .._checks import check_block_size, check_data_format, check_int, check_n_spatial
+from .._checks import (check_block_size, check_data_format, check_fill, check_int,
+                       check_n_spatial)
 from ..shapes import drop_path_noise_shape
 from ._common import (_as_dtype, _as_float, _channel_axis, _connected_zeros, _dims,
                       _draw_uniform, _factor_dtype, _given_uniform, _inverse_keep, _is_static,
@@ -121,7 +122,7 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed=None, uniform=None
     """Inverted dropout with a Keras-style noise shape.
 
     Args:
-        x: float tensor of any shape.
+        x: float tensor of any shape whose rank is known (in a graph, sizes may be unknown).
         rate: probability of dropping a unit (or a whole slice), in [0, 1]; a Python number or
             a scalar tensor/variable.
         noise_shape: shape of the mask, broadcast against ``x``; ``None`` entries take x's size
@@ -218,6 +219,7 @@ def cutout(x, size, data_format="channels_last", *, fill=0.0, training=True, see
     x = _as_float(x)
     n_spatial = check_n_spatial(x.shape.rank)
     size = check_block_size(size, n_spatial, "size")
+    fill = check_fill(fill)
 
     def run():
         rank = x.shape.rank
@@ -237,11 +239,12 @@ def cutout(x, size, data_format="channels_last", *, fill=0.0, training=True, see
             start = centre - s // 2
             pos = tf.range(n)
             along = (pos[None, :] >= start[:, None]) & (pos[None, :] < start[:, None] + s)
-            bshape = [-1] + [1] * (rank - 1)
-            bshape[axis] = n if _is_static(n) else -1
-            if not _is_static(n) and not _is_static(dims[0]):
-                bshape = [dims[0] if a == 0 else (n if a == axis else 1) for a in range(rank)]
-                bshape = tf.stack([tf.cast(d, tf.int32) for d in bshape])
+            if _is_static(n):
+                bshape = [-1] + [1] * (rank - 1)
+                bshape[axis] = n
+            else:  # one -1 at most: the batch size, static or not, is given
+                bshape = tf.stack([tf.cast(dims[0] if a == 0 else (n if a == axis else 1),
+                                           tf.int32) for a in range(rank)])
             along = tf.reshape(along, bshape)
             inside = along if inside is None else inside & along
         return tf.where(inside, _as_dtype(fill, x.dtype), x)
@@ -298,7 +301,7 @@ def dropconnect_dense(x, kernel, bias=None, rate=0.5, *, training=True, seed=Non
             return kernel
         if rate_s == 1.0:
             return _connected_zeros(kernel)
-        dims = _dims(kernel)
+        dims = _dims(kernel, "kernel")
         u = _draw_uniform(dims, seed) if uniform is None else _given_uniform(uniform, dims)
         r = rate_s if rate_s is not None else _rate_tensor(rate)
         return _scaled(kernel, u >= _threshold(r, u.dtype), _inverse_keep(r))

@@ -26,9 +26,9 @@ import numbers
 import keras
 import tensorflow as tf
 
-from .._checks import (NORMALIZE, SEEDS, block_rank, check_block_size, check_choice,
-                       check_data_format, check_gamma, check_int, check_rate,
-                       check_share)
+from .._checks import (NORMALIZE, SEED_LIMIT, SEEDS, block_rank, check_block_size,
+                       check_choice, check_data_format, check_fill, check_gamma, check_int,
+                       check_rate, check_share)
 from . import functional as F
 from ._common import _factor_dtype, _times
 
@@ -40,6 +40,18 @@ _register = keras.saving.register_keras_serializable(package="structdrop")
 
 def _is_training(training):
     return False if training is None else training
+
+
+def _layer_seed(seed):
+    """A layer's ``seed``: None or an int in [0, 2**63) (a NumPy int becomes a Python int, which
+    Keras's seed generator and the saved config need); errors name ``seed``."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
+    return int(seed)
 
 
 class _RateLayer(keras.layers.Layer):
@@ -54,8 +66,8 @@ class _RateLayer(keras.layers.Layer):
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
         self._rate = check_rate(rate)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed = _layer_seed(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.rate_variable = self.add_weight(
             shape=(), name="rate", initializer=keras.initializers.Constant(self.rate),
             trainable=False, dtype="float32", autocast=False)
@@ -252,9 +264,9 @@ class Cutout(keras.layers.Layer):
         sizes = check_block_size(size, block_rank(size, "size"), "size")
         self.size = int(size) if isinstance(size, numbers.Integral) else tuple(sizes)
         self.data_format = check_data_format(data_format)
-        self.fill = float(fill)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.fill = check_fill(fill)
+        self.seed = _layer_seed(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def call(self, inputs, training=None):
         return F.cutout(inputs, self.size, self.data_format, fill=self.fill,

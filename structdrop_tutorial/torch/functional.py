@@ -24,7 +24,8 @@ import torch
 
 from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
                        check_dense_shapes, check_dropblock_options, check_float_dtype_name,
-                       check_int, check_n_spatial, check_rate, check_seed_int)
+                       check_fill, check_gamma, check_int, check_n_spatial,
+                       check_rate, check_seed_int)
 from ..gamma import _check_gamma, clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
                       spatial_axes)
@@ -237,6 +238,7 @@ def _dropblock_plan_uncached(shape, rate, block_size, data_format, gamma, seeds,
     n_spatial = check_n_spatial(len(shape))
     spatial = tuple(int(shape[a]) for a in spatial_axes(len(shape), data_format))
     check_block_size(block_size, n_spatial)
+    check_gamma(gamma)  # also where the call returns before using it
     if rate in (0.0, 1.0) or 0 in spatial:
         return rate, share, spatial, None, None
     block = clip_block(block_size, spatial)
@@ -354,6 +356,7 @@ def cutout(x, size, data_format="channels_first", *, fill=0.0, training=True, se
     x = _as_float_tensor(x)
     n_spatial = check_n_spatial(x.ndim)
     size = check_block_size(size, n_spatial, "size")
+    fill = check_fill(fill)
     if not training:
         return x
     axes = spatial_axes(x.ndim, data_format)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._checks import (NORMALIZE, SEEDS, block_rank, check_block_size, check_choice,
-                       check_data_format, check_gamma, check_int, check_rate,
+                       check_data_format, check_fill, check_gamma, check_int, check_rate,
                        check_share)
 from . import functional as F
 
@@ -263,7 +263,7 @@ class Cutout(nn.Module):
         check_block_size(size, block_rank(size, "size"), "size")
         self.size = size
         self.data_format = check_data_format(data_format)
-        self.fill = float(fill)
+        self.fill = check_fill(fill)
         self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
