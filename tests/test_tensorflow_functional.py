@@ -105,6 +105,44 @@ def test_cutout_in_graphs_with_any_size_unknown(fmt, jit):
         np.testing.assert_array_equal(f(tf.constant(x)).numpy(), want, err_msg=str(dims))
 
 
+def test_package_uniform_is_tensorflows_and_the_same_under_xla():
+    """XLA turns the same Philox words into other floats than TensorFlow's kernel (high bits,
+    not low); the package makes its floats from the words itself, as the kernel does."""
+    from structdrop_tutorial.tensorflow._common import stateless_uniform
+    for dtype in (tf.float32, tf.float64):
+        for shape in ([7], [2, 1, 3]):
+            seed = tf.constant([5, -3], tf.int64)
+            want = tf.random.stateless_uniform(shape, seed, dtype=dtype, alg="philox").numpy()
+            np.testing.assert_array_equal(stateless_uniform(shape, seed, dtype).numpy(), want)
+            xla = tf.function(lambda s: stateless_uniform(shape, s, dtype), jit_compile=True)
+            np.testing.assert_array_equal(xla(seed).numpy(), want)
+
+
+def test_same_seed_same_mask_eagerly_in_graphs_and_under_xla():
+    """An int seed (also beyond 2**32) or a seed tensor passed in gives the same output in all
+    three modes, for every random function (XLA's own uniform and fold_in once differed)."""
+    ops = {"dropout": lambda t, s: sdtf.dropout(t, 0.5, seed=s),
+           "dropout noise_shape": lambda t, s: sdtf.dropout(t, 0.5, (None, 1, 1, None), seed=s),
+           "spatial_dropout": lambda t, s: sdtf.spatial_dropout(t, 0.5, seed=s),
+           "drop_path": lambda t, s: sdtf.drop_path(t, 0.5, seed=s),
+           "cutout": lambda t, s: sdtf.cutout(t, 3, seed=s),
+           "dropblock": lambda t, s: sdtf.dropblock(t, 0.3, 3, seed=s),
+           "dropblock dense": lambda t, s: sdtf.dropblock(t, 0.3, 3, seed=s, sampler="dense"),
+           "dropblock sparse rate": lambda t, s: sdtf.dropblock(t, 0.3, 3, seed=s, sampler="sparse",
+                                                                normalize="rate")}
+    x = tf.ones((4, 8, 8, 3))
+    seed_t = tf.constant([2**40 + 7, -1], tf.int64)
+    for name, op in ops.items():
+        want = op(x, 2**40 + 7).numpy()
+        for jit in (False, True):
+            got = tf.function(lambda t: op(t, 2**40 + 7), jit_compile=jit)(x).numpy()
+            np.testing.assert_array_equal(got, want, err_msg=f"{name}, int seed, jit={jit}")
+        want = op(x, seed_t).numpy()
+        for jit in (False, True):
+            got = tf.function(op, jit_compile=jit)(x, seed_t).numpy()
+            np.testing.assert_array_equal(got, want, err_msg=f"{name}, seed tensor, jit={jit}")
+
+
 def test_unknown_rank_is_a_clear_error_everywhere():
     ops = {"dropout": lambda t: sdtf.dropout(t, 0.5, seed=1),
            "dropout noise_shape": lambda t: sdtf.dropout(t, 0.5, (None, 1), seed=1),

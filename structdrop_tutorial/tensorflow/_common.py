@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from .._checks import check_rate, check_seed_int
 
-#: The stateless generator used everywhere (the same numbers eagerly, in graphs and under XLA).
+#: The stateless generator used everywhere. Its 32-bit words agree eagerly, in graphs and under
+#: XLA, but ``tf.random.stateless_uniform``'s floats do not (see :func:`stateless_uniform`).
 RNG_ALG = "philox"
 
 
@@ -112,14 +113,42 @@ def sub_seed(seed_t, k):
     """The ``k``-th independent stateless seed derived from ``seed_t`` (``k = 0``: itself)."""
     if k == 0:
         return seed_t
-    return tf.random.experimental.stateless_fold_in(seed_t, k)
+    # "auto_select" (the default) differs under XLA for seed entries outside [0, 2**32)
+    return tf.random.experimental.stateless_fold_in(seed_t, k, alg=RNG_ALG)
+
+
+def stateless_uniform(shape, seed, dtype=tf.float32):
+    """``tf.random.stateless_uniform(shape, seed, dtype=dtype, alg="philox")`` for float32 or
+    float64, bit for bit as TensorFlow's kernels give it, and the same under XLA.
+
+    XLA draws the same philox words but makes a float32 from a word's high 23 bits where
+    TensorFlow's kernels take its low 23 (float64: the low 20 bits of one word and all of the
+    next), so ``jit_compile=True`` gave other numbers wherever XLA did not constant-fold the
+    draw. The words (full-range uint32) agree, so the floats are made from them here.
+    """
+    def words(extra):
+        if isinstance(shape, list):
+            s = shape + extra
+        else:
+            s = tf.concat([shape, tf.constant(extra, shape.dtype)], 0) if extra else shape
+        return tf.random.stateless_uniform(s, seed=seed, minval=None, maxval=None,
+                                           dtype=tf.uint32, alg=RNG_ALG)
+    if dtype == tf.float64:
+        w = tf.cast(words([2]), tf.uint64)
+        hi = tf.bitwise.bitwise_and(w[..., 0], tf.constant(0xFFFFF, tf.uint64))
+        man = tf.bitwise.bitwise_or(tf.bitwise.left_shift(hi, tf.constant(32, tf.uint64)),
+                                    w[..., 1])
+        return tf.cast(man, tf.float64) * 2.0 ** -52
+    if dtype != tf.float32:
+        raise ValueError(f"stateless_uniform draws float32 or float64, not {dtype.name}")
+    man = tf.bitwise.bitwise_and(words([]), tf.constant(0x7FFFFF, tf.uint32))
+    return tf.cast(man, tf.float32) * 2.0 ** -23
 
 
 def _draw_uniform(dims, seed, dtype=tf.float32):
     # An explicit algorithm: XLA's "auto_select" generator fuses into the consumer and is
     # recomputed for every element of a broadcast (2-3x slower spatial dropout under XLA on a CPU).
-    return tf.random.stateless_uniform(_shape_arg(dims), seed=seed_tensor(seed), dtype=dtype,
-                                       alg=RNG_ALG)
+    return stateless_uniform(_shape_arg(dims), seed_tensor(seed), dtype)
 
 
 def _given_uniform(uniform, dims, name="uniform"):

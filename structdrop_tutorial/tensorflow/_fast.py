@@ -96,8 +96,8 @@ def bernoulli_positions(n, gamma, seed, m):
         int64 vector of ``m`` positions. Those ``< n`` are exactly the seeds among the first
         ``n`` positions provided that the last one is ``>= n`` (else more seeds may follow).
     """
-    u = 1.0 - tf.random.stateless_uniform(tf.reshape(_i64(m), [1]), seed=seed, dtype=tf.float64,
-                                         alg=RNG_ALG)
+    from ._common import stateless_uniform
+    u = 1.0 - stateless_uniform(tf.reshape(_i64(m), [1]), seed, tf.float64)
     log_keep = tf.math.log1p(-tf.minimum(_f64(gamma), 1.0))
     gaps = tf.floor(tf.math.log(u) / log_keep) + 1.0
     gaps = tf.where(tf.math.is_nan(gaps), tf.ones_like(gaps), gaps)
@@ -199,9 +199,9 @@ def keep_mask_from_positions(positions, valid, grid, mask_shape, block, spatial_
 
 
 def _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype):
-    from ._common import _shape_arg, _spatial_axes
+    from ._common import _shape_arg, _spatial_axes, stateless_uniform
     from .dropblock import expand_seeds
-    u = tf.random.stateless_uniform(_shape_arg(grid), seed=seed, dtype=tf.float32, alg=RNG_ALG)
+    u = stateless_uniform(_shape_arg(grid), seed, tf.float32)
     seed_grid = u < tf.cast(gamma, tf.float32)
     requested = [b if _static_int(b) else None for b in block]
     if all(r is not None for r in requested):  # static block: separable window OR
@@ -230,7 +230,7 @@ def sparse_mask(grid, mask_shape, gamma, block, data_format, seeds, seed, reques
         m01 = _dense_mask(grid, gamma, block, data_format, seeds, seed, spatial, dtype)
         return m01 if dense_finish is None else dense_finish(m01)
 
-    gap_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    gap_seed = tf.random.experimental.stateless_fold_in(seed, 1, alg=RNG_ALG)
 
     def tier(m, n):
         def run():
