@@ -5,6 +5,7 @@ the same message: the argument's name, the allowed range and the value that was 
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
 
@@ -33,7 +34,7 @@ def check_fill(fill, name: str = "fill") -> float:
     if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
         raise TypeError(f"{name} must be a finite real number, got {fill!r}")
     value = float(fill)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {fill!r}")
     return value
 

@@ -316,7 +316,8 @@ def cutout(x, size, data_format="channels_last", *, fill=0.0, training=True, see
     The patch's centre is uniform over the whole map (so the patch may hang over the border
     and is clipped there, as in the paper); the patch covers ``c - size // 2`` to
     ``c - size // 2 + size - 1`` per axis. No rescaling: cutout is data augmentation.
-    ``uniform`` has shape (batch, n_spatial); the centre is ``floor(uniform * map)``.
+    ``fill`` is a finite Python or NumPy number. ``uniform`` has shape (batch, n_spatial); the
+    centre is ``floor(uniform * map)``.
     """
     check_data_format(data_format)
     x = _as_float_array(x)

@@ -109,14 +109,6 @@ def seed_tensor(seed):
                     f"integer tensor, got {type(seed).__name__}")
 
 
-def sub_seed(seed_t, k):
-    """The ``k``-th independent stateless seed derived from ``seed_t`` (``k = 0``: itself)."""
-    if k == 0:
-        return seed_t
-    # "auto_select" (the default) differs under XLA for seed entries outside [0, 2**32)
-    return tf.random.experimental.stateless_fold_in(seed_t, k, alg=RNG_ALG)
-
-
 def stateless_uniform(shape, seed, dtype=tf.float32):
     """``tf.random.stateless_uniform(shape, seed, dtype=dtype, alg="philox")`` for float32 or
     float64, bit for bit as TensorFlow's kernels give it, and the same under XLA.

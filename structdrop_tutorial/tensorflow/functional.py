@@ -14,9 +14,10 @@ What TensorFlow adds to the reference:
   ``jit_compile=True`` (XLA).
 * **Tensor rates.** ``rate`` may be a Python number (checked, and 0 / 1 short-cut) or a scalar
   tensor or variable (clipped to [0, 1], a NaN rate counts as 0; rate 0 gives the input, rate 1
-  zeros, never NaN), so a schedule can change it between steps without retracing the graph.
-  Anything else (a string, None, a list, a tensor with more than one entry) raises a TypeError
-  that names ``rate``.
+  zeros, never NaN for a finite input: a tensor rate multiplies by a zero mask, as any dropout
+  does, so an infinite unit gives NaN there), so a schedule can change it between steps without
+  retracing the graph. Anything else (a string, None, a list, a tensor with more than one
+  entry) raises a TypeError that names ``rate``.
 * **Seeds.** ``seed`` is ``None`` (fresh noise every call), an ``int`` (the same mask every
   call: reproducible, like ``tf.random.stateless_uniform``), a ``keras.random.SeedGenerator``
   (reproducible sequence of masks, advances on every call, also inside graphs) or a shape ``(2,)``
@@ -212,8 +213,9 @@ def cutout(x, size, data_format="channels_last", *, fill=0.0, training=True, see
 
     The patch's centre is uniform over the whole map, so the patch may hang over the border and
     is clipped there, as in the paper; it covers ``c - size // 2 .. c - size // 2 + size - 1``
-    per axis, in every channel. No rescaling (cutout is data augmentation). ``uniform`` has
-    shape ``(batch, n_spatial)``; the centre is ``floor(uniform * map)``.
+    per axis, in every channel. No rescaling (cutout is data augmentation). ``fill`` is a
+    finite Python or NumPy number. ``uniform`` has shape ``(batch, n_spatial)``; the centre is
+    ``floor(uniform * map)``.
     """
     check_data_format(data_format)
     x = _as_float(x)
@@ -242,7 +244,7 @@ def cutout(x, size, data_format="channels_last", *, fill=0.0, training=True, see
             if _is_static(n):
                 bshape = [-1] + [1] * (rank - 1)
                 bshape[axis] = n
-            else:  # one -1 at most: the batch size, static or not, is given
+            else:  # every size given (the batch's too, static or not): no -1 to infer
                 bshape = tf.stack([tf.cast(dims[0] if a == 0 else (n if a == axis else 1),
                                            tf.int32) for a in range(rank)])
             along = tf.reshape(along, bshape)

@@ -350,7 +350,8 @@ def cutout(x, size, data_format="channels_first", *, fill=0.0, training=True, se
 
     The centre is uniform over the whole map, so the patch may hang over the border and is
     clipped there; it covers ``c - size // 2 .. c - size // 2 + size - 1`` per axis. No rescaling.
-    ``uniform`` has shape ``(N, n_spatial)``; the centre is ``floor(uniform * map)``.
+    ``fill`` is a finite Python or NumPy number (not a tensor). ``uniform`` has shape
+    ``(N, n_spatial)``; the centre is ``floor(uniform * map)``.
     """
     check_data_format(data_format)
     x = _as_float_tensor(x)
