@@ -3,6 +3,7 @@
     python benchmarks/run_all.py                 # full sizes, writes structdrop_tutorial/data/timings/
     python benchmarks/run_all.py --tiny --quick --out /tmp/t.csv   # smoke run
     python benchmarks/run_all.py --only numpy    # re-measure NumPy, keep the other rows
+    python benchmarks/run_all.py --script-args "--rounds 5" --torch-args "--modes fwd+bwd"
 
 Runs ``bench_numpy.py``, ``bench_torch.py`` and ``bench_tensorflow.py`` (those present; a
 missing framework is reported and skipped) one after the other in fresh processes with the same
@@ -69,6 +70,11 @@ def script_command(path: Path, out: Path, *, quick: bool, tiny: bool, threads: i
     if not progress and "--no-progress" in options:
         cmd.append("--no-progress")
     return cmd
+
+
+def extra_options(args, framework: str) -> list:
+    """``--script-args`` (for every script) followed by ``--<framework>-args`` (for one)."""
+    return shlex.split(args.script_args) + shlex.split(getattr(args, f"{framework}_args"))
 
 
 def child_env(keep_memory: bool = False) -> dict:
@@ -155,6 +161,9 @@ def main(argv=None) -> int:
                         "it wrote (the PyTorch script writes after each shape) and counts as failed")
     p.add_argument("--script-args", default="",
                    help="extra options for every script run, e.g. \"--rounds 3\"")
+    for script, framework in SCRIPTS:
+        p.add_argument(f"--{framework}-args", default="", metavar="OPTIONS",
+                       help=f"extra options for {script} only (after --script-args)")
     args = p.parse_args(argv)
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or common.DEFAULT_THREADS)
     env = child_env(keep_memory=not args.default_malloc)
@@ -175,7 +184,7 @@ def main(argv=None) -> int:
                 continue
             out = Path(tmp) / f"{framework}.csv"
             cmd = script_command(path, out, quick=args.quick, tiny=args.tiny, threads=threads,
-                                 progress=not args.no_progress) + shlex.split(args.script_args)
+                                 progress=not args.no_progress) + extra_options(args, framework)
             print(f"[run] {' '.join(Path(c).name if c == str(path) else c for c in cmd[1:])}",
                   flush=True)
             try:

@@ -116,7 +116,8 @@ def expected_drop_fraction(gamma: float, block_size: BlockSize, spatial_shape: S
 
 def exact_gamma(rate: float, block_size: BlockSize, spatial_shape: Sequence[int],
                 seeds: str = "valid") -> float:
-    """The gamma whose expected drop fraction equals ``rate`` (to 1e-9 or better).
+    """The gamma whose expected drop fraction equals ``rate``, to a relative 1e-15 or better
+    (rates below about 2e-308, subnormal in float64, lose digits).
 
     For ``seeds="padded"`` every unit has coverage ``prod(b)``, so the answer is closed form:
     ``1 - (1 - rate) ** (1 / prod(b))``. For ``seeds="valid"`` the expected fraction is a
@@ -152,9 +153,13 @@ def _bisect_valid(rate: float, block: Tuple[int, ...], spatial_shape: Tuple[int,
 def _bisect_valid_uncached(rate: float, block: Tuple[int, ...],
                            spatial_shape: Tuple[int, ...]) -> float:
     values, weights = _count_histogram(block, spatial_shape, "valid")
-    lo, hi = 0.0, 1.0
-    # Bisect until the bracket cannot shrink any further in float64.
-    for _ in range(200):
+    # Every unit is covered by at least one seed position and by ``mean`` of them on average, so
+    # gamma <= fraction(gamma) <= mean * gamma: the root lies in [rate / mean, rate]. Starting
+    # from that bracket rather than [0, 1] keeps the answer relative to the rate however small
+    # it is (from [0, 1], 200 halvings end at about 3e-61 for any smaller rate).
+    lo, hi = rate / float(np.dot(values, weights)), rate
+    # Bisect until the bracket cannot shrink any further in float64 (about 60 halvings).
+    for _ in range(2000):
         mid = 0.5 * (lo + hi)
         if mid in (lo, hi):
             break

@@ -71,7 +71,19 @@ def test_exact_gamma_hits_the_rate(side_h, side_w, block, rate, seeds):
     shape = (side_h, side_w)
     g = sd.exact_gamma(rate, block, shape, seeds)
     assert 0.0 <= g <= 1.0
-    assert sd.expected_drop_fraction(g, block, shape, seeds) == pytest.approx(rate, abs=1e-9)
+    assert sd.expected_drop_fraction(g, block, shape, seeds) == pytest.approx(rate, rel=1e-12)
+
+
+@pytest.mark.parametrize("seeds", ["valid", "padded"])
+@pytest.mark.parametrize("rate", [1e-6, 1e-30, 1e-59, 1e-60, 1e-100, 1e-300])
+@pytest.mark.parametrize("block, shape", [(7, (14, 14)), (3, (8, 8)), ((2, 3, 4), (5, 6, 7)),
+                                          (4, (1000,))])
+def test_exact_gamma_is_relative_for_tiny_rates(rate, block, shape, seeds):
+    """However small the rate, gamma hits it to a relative 1e-12 (a bisection from [0, 1] with
+    200 halvings returned about 3e-61 for every rate below 1e-60, five times 1e-60's gamma)."""
+    g = sd.exact_gamma(rate, block, shape, seeds)
+    assert 0.0 < g <= rate
+    assert sd.expected_drop_fraction(g, block, shape, seeds) == pytest.approx(rate, rel=1e-12)
 
 
 def test_expected_fraction_is_mean_of_probability_map_and_monotone():

@@ -1,6 +1,7 @@
 """Tests of structdrop_tutorial.timing with fake clocks and fake callables (no wall-clock asserts)."""
 import csv
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -596,6 +597,28 @@ def test_run_all_keeps_the_rows_of_a_script_stopped_at_its_time_limit(tmp_path, 
     with open(out, newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["op"] == "floor" and row["framework"] == "numpy" and float(row["median_s"]) == 0.001
+
+
+def test_run_all_gives_each_script_its_own_extra_options(tmp_path, monkeypatch):
+    """``--script-args`` reach every script; ``--<framework>-args`` only that framework's."""
+    run_all = _run_all_module()
+    for name in ("bench_a.py", "bench_b.py"):
+        (tmp_path / name).write_text(
+            "import json, pathlib, sys\n"
+            "if '--help' in sys.argv: print('--csv'); sys.exit(0)\n"
+            "out = sys.argv[sys.argv.index('--csv') + 1]\n"
+            "pathlib.Path(__file__).with_suffix('.argv').write_text(json.dumps(sys.argv[1:]))\n"
+            "open(out, 'w').write('op,shape,pass,median_s\\nfloor,8x8,fwd,0.001\\n')\n")
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "SCRIPTS", (("bench_a.py", "numpy"), ("bench_b.py", "torch")))
+    monkeypatch.setattr(run_all.importlib.util, "find_spec", lambda name: object())
+    code = run_all.main(["--no-progress", "--out", str(tmp_path / "m.csv"), "--script-args",
+                         "--rounds 3", "--torch-args", "--modes 'fwd bwd'"])
+    assert code == 0
+    a = json.loads((tmp_path / "bench_a.argv").read_text())
+    b = json.loads((tmp_path / "bench_b.argv").read_text())
+    assert a[-2:] == ["--rounds", "3"] and "--modes" not in a
+    assert b[-4:] == ["--rounds", "3", "--modes", "fwd bwd"]
 
 
 def test_run_all_normalizes_other_scripts_columns():
