@@ -270,6 +270,9 @@ def test_committed_timing_details_load():
     times are positive numbers keyed by a shape that some committed CSV row also measured."""
     details = timing.load_timing_details()
     assert details  # the GPU kernel timings ship with the package
+    # chapter 8 prints the CPU sampler and allocator figures (benchmarks/cpu_details.py)
+    cpu = [d for d in details.values() if "sampler" in d]
+    assert cpu and all(s["same_numbers"] for d in cpu for s in d["sampler"].values())
     shapes = {r["case"] for r in timing.load_timings()}
     for name, d in details.items():
         assert d["device"] and d["software"] and d["date"] and d["method"], name
@@ -376,6 +379,25 @@ def test_run_all_merges(tmp_path):
 def test_bench_torch_smoke(tmp_path):
     rows, stdout = _run_bench("bench_torch.py", tmp_path)
     assert {"fwd", "fwd+bwd"} <= {r["pass"] for r in rows}
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_cpu_details_smoke(tmp_path):
+    """benchmarks/cpu_details.py --quick writes what chapter 8 reads: the sampler's timings
+    (with the same numbers as geometric_) and both allocator settings' medians and faults."""
+    out = tmp_path / "details.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_details.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["device"] and d["software"] and d["date"] and d["method"]
+    assert d["sampler"] and all(v["same_numbers"] and v["gaps"] > 0 and v["speedup"] > 0
+                                for v in d["sampler"].values())
+    assert set(d["malloc"]["settings"]) == {"default", "keep freed memory"}
+    for setting in d["malloc"]["settings"].values():
+        assert set(setting) == {"floor x*mask", "structdrop dropblock"}
+        assert all(v["median_ms"] > 0 and v["page_faults_per_call"] >= 0
+                   for v in setting.values())
 
 
 def test_bench_torch_graph_mode_with_cuda_mocked(monkeypatch):

@@ -46,8 +46,9 @@ def geometric_gaps(n: int, p: float, generator: Optional[torch.Generator] = None
     On the CPU they are computed by inversion, ``ceil(log(u) / log1p(-p))`` from one float64
     uniform ``u`` per variable: that is how PyTorch's CPU ``geometric_`` computes each of them,
     from the same draws of the generator, but one element at a time, while ``rand``, ``log``
-    and ``div`` here run over the whole tensor: 0.87 ms against 1.99 for 125,000 gaps (the 1-D
-    case of the benchmarks) on the 2-core Intel Xeon of the book's timings, 2 threads. The tests
+    and ``div`` here run over the whole tensor: 1.04 ms against 2.13 for the 127,458 gaps of the
+    1-D benchmark case on the 2-core Intel Xeon of the book's timings, 2 threads
+    (``benchmarks/cpu_details.py``, committed in ``data/timings``). The tests
     check that the numbers, and the generator's state after them, are ``geometric_``'s with the
     pinned PyTorch; so the masks drawn from a seed did not change with this sampler. ``u`` may
     be 0, which gives an infinite gap: :func:`bernoulli_positions` then has all it needs. On
@@ -59,6 +60,13 @@ def geometric_gaps(n: int, p: float, generator: Optional[torch.Generator] = None
         return out.geometric_(p) if generator is None else out.geometric_(p, generator=generator)
     u = rand(n, generator, dtype=torch.float64)
     return u.log_().div_(math.log1p(-p)).ceil_()
+
+
+def gaps_to_draw(total: int, p: float) -> int:
+    """Gaps :func:`bernoulli_positions` draws at first for ``total`` trials: the mean number of
+    successes plus six standard deviations and 16, so that a second draw is rarely needed."""
+    mean = total * p
+    return int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)
 
 
 def bernoulli_positions(total: int, p: float, generator: Optional[torch.Generator] = None,
@@ -78,8 +86,7 @@ def bernoulli_positions(total: int, p: float, generator: Optional[torch.Generato
     if p >= DENSE_THRESHOLD:
         u = rand(total, generator, device=device)
         return torch.nonzero(u < p).reshape(-1)
-    mean = total * p
-    n_draw = batch or int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)
+    n_draw = batch or gaps_to_draw(total, p)
     gaps = geometric_gaps(n_draw, p, generator, device)
     pos = torch.cumsum(gaps, 0)
     chunks = [pos]
