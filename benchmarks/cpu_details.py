@@ -1,4 +1,4 @@
-"""Two CPU measurements chapter 8 quotes besides the benchmark CSVs, written as data.
+"""Three CPU measurements chapter 8 quotes besides the benchmark CSVs, written as data.
 
     python benchmarks/cpu_details.py            # writes data/timings/cpu_<model>_details.json
     python benchmarks/cpu_details.py --quick --out /tmp/d.json   # smoke run
@@ -9,7 +9,11 @@
    over the whole tensor. Both are timed, interleaved, for the number of gaps the package draws
    at each benchmark case (rate 0.1, block 7, exact gamma), and the numbers are checked to be
    the same.
-2. **The C allocator.** ``bench_torch.py`` is run twice at one shape through ``run_all.py``: with
+2. **Drawing a seed grid.** At the 28x28 stage, ``rand < gamma``, ``torch.bernoulli`` and
+   ``bernoulli_`` over the whole seed grid against drawing only the seeds, each as a ratio to
+   ``x * mask`` over a tensor of the grid's size (chapter 8 times the same on the reader's
+   device).
+3. **The C allocator.** ``bench_torch.py`` is run twice at one shape through ``run_all.py``: with
    glibc's default ``malloc`` and with :data:`common.MALLOC_KEEP` (what every committed CPU run
    uses). The medians and page faults per call of the floor and of DropBlock, forward+backward,
    show what the defaults cost.
@@ -21,6 +25,7 @@ import csv
 import datetime
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -62,9 +67,10 @@ def same_numbers(n: int, gamma: float) -> bool:
 
 
 def sampler(cases, threads: int, rounds: int, min_run_time: float) -> dict:
+    """``{case name: gaps, both medians in ms, speedup, same numbers}`` for every case."""
     torch.set_num_threads(threads)
-    out = {}
-    for case in timing.sweep(cases, lambda c: c, desc="sampler"):
+
+    def measure(case):
         gamma, n = gaps_drawn(case)
         buf = torch.empty(n, dtype=torch.float64)
         gen = torch.Generator().manual_seed(0)
@@ -73,13 +79,34 @@ def sampler(cases, threads: int, rounds: int, min_run_time: float) -> dict:
         res = timing.time_interleaved(fns, warmup=3, rounds=rounds, number=5,
                                       min_run_time=min_run_time)
         ref, mine = res["geometric_"].median, res["package"].median
-        out[case.name] = {"gamma": gamma, "gaps": n, "geometric_ms": ref * 1e3,
-                          "package_ms": mine * 1e3, "speedup": ref / mine,
-                          "same_numbers": same_numbers(n, gamma)}
-    return out
+        return case.name, {"gamma": gamma, "gaps": n, "geometric_ms": ref * 1e3,
+                           "package_ms": mine * 1e3, "speedup": ref / mine,
+                           "same_numbers": same_numbers(n, gamma)}
+    return dict(timing.sweep(cases, measure, desc="sampler"))
 
 
-def malloc(shape: str, threads: int, rounds: int, min_run_time: float) -> dict:
+def seed_grid(case: common.Case, rounds: int, min_run_time: float) -> dict:
+    """Ways of drawing the seeds of ``case``'s valid seed grid (chapter 8's Bernoulli question),
+    each timed against ``x * mask`` over a tensor of the grid's size."""
+    block = G.clip_block(case.block, case.shape[2:])
+    gamma = G.exact_gamma(case.rate, block, case.shape[2:])
+    grid = seed_grid_shape(case.shape, block, "channels_first")
+    x, mask = torch.randn(grid), (torch.rand(grid) >= case.rate).float()
+    fns = {
+        "floor x * mask": lambda: x * mask,
+        "rand(grid) < gamma": lambda: torch.rand(grid) < gamma,
+        "bernoulli(full(grid, gamma))": lambda: torch.bernoulli(torch.full(grid, gamma)),
+        "empty(grid).bernoulli_(gamma)": lambda: torch.empty(grid).bernoulli_(gamma),
+        "only the seeds: geometric gaps": lambda: _fast.bernoulli_positions(x.numel(), gamma),
+    }
+    res = timing.time_interleaved(fns, warmup=3, rounds=rounds, min_run_time=min_run_time)
+    floor = res["floor x * mask"].median
+    return {"input": case.name, "grid": "x".join(map(str, grid)), "gamma": gamma,
+            "ms": {k: m.median * 1e3 for k, m in res.items()},
+            "ratio": {k: m.median / floor for k, m in res.items()}}
+
+
+def malloc(shape: str, threads: int, rounds: int, quick: bool) -> dict:
     """Floor and DropBlock forward+backward at ``shape`` (such as ``"32x512x28x28"``) under
     both allocator settings, each in its own ``run_all.py --only torch`` run."""
     out = {}
@@ -88,11 +115,14 @@ def malloc(shape: str, threads: int, rounds: int, min_run_time: float) -> dict:
             path = Path(tmp) / "torch.csv"
             cmd = [sys.executable, str(HERE / "run_all.py"), "--only", "torch", "--no-progress",
                    "--threads", str(threads), "--out", str(path), *flags, "--torch-args",
-                   f"--shapes {shape} --modes fwd+bwd --no-memory --rounds {rounds} "
-                   f"--min-run-time {min_run_time}"]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                   f"--shapes {shape} --modes fwd+bwd --no-memory --rounds {rounds}"
+                   + (" --min-run-time 0.02" if quick else "")]
+            # run_all.py sets the allocator itself: nothing of this process's settings is passed
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
             with open(path, newline="", encoding="utf-8") as f:
                 rows = {r["op"]: r for r in csv.DictReader(f) if r["pass"] == "fwd+bwd"}
+            assert {r["malloc"] for r in rows.values()} == {name}, (name, path)
             out[name] = {op: {"median_ms": float(rows[op]["median_s"]) * 1e3,
                               "page_faults_per_call": float(rows[op]["page_faults_per_call"])}
                          for op in ("floor x*mask", "structdrop dropblock")}
@@ -104,28 +134,39 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file (default: data/timings/cpu_<model>_details.json)")
     p.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
-    p.add_argument("--rounds", type=int, default=None, help="default 15; 1 with --quick")
-    p.add_argument("--min-run-time", type=float, default=0.3)
+    p.add_argument("--rounds", type=int, default=None, help="default 31; 1 with --quick")
+    p.add_argument("--min-run-time", type=float, default=1.0,
+                   help="seconds of calls recorded per op, at least (sampler, seed grid)")
     p.add_argument("--quick", action="store_true", help="one round, small cases (smoke test)")
     p.add_argument("--malloc-shape", default=None,
                    help=f"shape of the allocator comparison (default {MALLOC_SHAPE}; "
                         f"{MALLOC_SHAPE_QUICK} with --quick)")
     args = p.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 15)
+    if common.malloc_setting() != "keep freed memory":
+        # time the sampler and the seed grid with the C allocator set as for every committed
+        # CPU run (a fresh process: glibc reads the settings at start)
+        env = run_all.child_env(keep_memory=True)
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        return subprocess.run([sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)],
+                              env=env).returncode
+    rounds = args.rounds or (1 if args.quick else 31)
     min_run_time = 0.02 if args.quick else args.min_run_time
     cases = common.TINY_CASES if args.quick else common.FULL_CASES
     target = args.out or TIMINGS / f"cpu_{run_all.slug(timing.cpu_name())}_details.json"
     details = {
         "device": timing.cpu_name(), "threads": args.threads,
+        "allocator": common.malloc_setting(),
         "software": f"torch {torch.__version__}, Python {platform.python_version()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "method": f"benchmarks/cpu_details.py, {args.threads} threads, rate {common.RATE}, "
-                  f"block {common.BLOCK}: sampler, medians of at least {rounds} interleaved "
-                  "rounds of 5 calls (timing.time_interleaved); malloc, bench_torch.py "
+                  f"block {common.BLOCK}: sampler and seed grid, medians of at least {rounds} "
+                  f"interleaved rounds (sampler: of 5 calls) and {min_run_time:g} s per op "
+                  "(timing.time_interleaved); malloc, bench_torch.py "
                   f"(torch.utils.benchmark) run by run_all.py once with each setting",
         "sampler": sampler(cases, args.threads, rounds, min_run_time),
+        "seed_grid": seed_grid(cases[1], rounds, min_run_time),
         "malloc": malloc(args.malloc_shape or (MALLOC_SHAPE_QUICK if args.quick else MALLOC_SHAPE),
-                         args.threads, 1 if args.quick else 3, min_run_time),
+                         args.threads, 1 if args.quick else 3, args.quick),
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(details, indent=1) + "\n", encoding="utf-8")

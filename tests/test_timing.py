@@ -391,8 +391,13 @@ def test_cpu_details_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads(out.read_text())
     assert d["device"] and d["software"] and d["date"] and d["method"]
+    assert d["allocator"] == "keep freed memory"  # as in every committed CPU run
     assert d["sampler"] and all(v["same_numbers"] and v["gaps"] > 0 and v["speedup"] > 0
                                 for v in d["sampler"].values())
+    grid = d["seed_grid"]
+    assert grid["input"] == "2x32x28x28" and grid["grid"] == "2x32x22x22"
+    assert grid["ratio"]["floor x * mask"] == 1.0 and len(grid["ms"]) == 5
+    assert all(ms > 0 for ms in grid["ms"].values())
     assert set(d["malloc"]["settings"]) == {"default", "keep freed memory"}
     for setting in d["malloc"]["settings"].values():
         assert set(setting) == {"floor x*mask", "structdrop dropblock"}

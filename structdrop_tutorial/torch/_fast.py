@@ -46,7 +46,7 @@ def geometric_gaps(n: int, p: float, generator: Optional[torch.Generator] = None
     On the CPU they are computed by inversion, ``ceil(log(u) / log1p(-p))`` from one float64
     uniform ``u`` per variable: that is how PyTorch's CPU ``geometric_`` computes each of them,
     from the same draws of the generator, but one element at a time, while ``rand``, ``log``
-    and ``div`` here run over the whole tensor: 1.04 ms against 2.13 for the 127,458 gaps of the
+    and ``div`` here run over the whole tensor: 0.96 ms against 1.87 for the 127,458 gaps of the
     1-D benchmark case on the 2-core Intel Xeon of the book's timings, 2 threads
     (``benchmarks/cpu_details.py``, committed in ``data/timings``). The tests
     check that the numbers, and the generator's state after them, are ``geometric_``'s with the
