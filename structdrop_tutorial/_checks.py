@@ -9,6 +9,8 @@ import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 DATA_FORMATS = ("channels_last", "channels_first")
 SEEDS = ("valid", "padded")
 NORMALIZE = ("batch", "rate")
@@ -80,15 +82,27 @@ def check_seed_int(seed, allowed: str) -> int:
 
 
 def block_rank(block_size, name: str = "block_size") -> int:
-    """How many axes a block size names: 1 for an int (any rank), else its length; a TypeError
-    naming ``name`` for anything that is neither."""
+    """How many axes a block size names: 1 for an int (any rank), else its length (1, 2 or 3);
+    a TypeError or ValueError naming ``name`` for anything else."""
     if isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool):
         return 1
     try:
-        return len(tuple(block_size))
+        rank = len(tuple(block_size))
     except TypeError:
         raise TypeError(f"{name} must be an int or a sequence of ints, got {block_size!r}") \
             from None
+    if not 1 <= rank <= 3:  # maps have 1, 2 or 3 spatial axes
+        raise ValueError(f"{name} must have one entry per spatial axis (1, 2 or 3 entries), "
+                         f"got {block_size!r}")
+    return rank
+
+
+def check_bool(value, name: str) -> bool:
+    """``value`` as a bool: True, False or a NumPy bool (a TypeError naming ``name`` for anything
+    else, such as the string "False", which ``bool()`` would turn into True)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def check_dense_shapes(x_shape, kernel_shape, bias_shape=None) -> None:

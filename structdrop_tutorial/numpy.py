@@ -23,7 +23,7 @@ import numpy as np
 
 from ._checks import (SEEDS, check_block_size, check_choice, check_data_format,
                       check_dense_shapes, check_dropblock_options, check_float_dtype_name,
-                      check_fill, check_gamma, check_int, check_n_spatial,
+                      check_bool, check_fill, check_gamma, check_int, check_n_spatial,
                       check_rate, check_seed_int)
 from . import _sparse_seeds
 from .gamma import _check_gamma, clip_block, resolve_gamma
@@ -350,6 +350,7 @@ def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed=None,
     ``scale=True`` divides survivors by ``1 - rate`` (inverted); with ``scale=False`` the
     caller must multiply by ``1 - rate`` at inference, never both.
     """
+    scale = check_bool(scale, "scale")
     rate = check_rate(rate)
     x = _as_float_array(x)
     shape = drop_path_noise_shape(x.shape, mode, batch_axis)

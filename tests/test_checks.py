@@ -263,6 +263,38 @@ def test_bad_block_sizes_are_named_everywhere(block, error):
             call()
 
 
+def test_module_and_layer_sizes_with_more_than_three_axes_fail_at_construction():
+    """A block or patch size of 0 or more than 3 entries can fit no input (maps have 1 to 3
+    spatial axes): the module or layer refuses it when built, not at its first call."""
+    for size in ((3, 3, 3, 3), ()):
+        for make in (lambda: sdt.DropBlock(0.1, size), lambda: sdt.Cutout(size),
+                     lambda: sdtf.Cutout(size)):
+            with pytest.raises(ValueError, match="size must have one entry per spatial axis"):
+                make()
+
+
+def test_switches_must_be_true_or_false_everywhere():
+    """inplace, scale, bias and use_bias take True or False (or a NumPy bool): a string such as
+    "False" (truthy) or a number is refused by name, and DropConnectLinear(3, 4, 0.2), which
+    reads 0.2 as the bias and keeps the default rate, no longer builds."""
+    makers = {"inplace": [lambda v: sdt.SpatialDropout(0.1, inplace=v),
+                          lambda v: sdt.DropBlock2d(0.1, 3, inplace=v)],
+              "scale": [lambda v: sdt.DropPath(0.1, scale=v), lambda v: sdtf.DropPath(0.1, scale=v),
+                        lambda v: sdn.drop_path(X_NP, 0.1, scale=v, seed=0),
+                        lambda v: sdt.drop_path(torch.ones(2, 3), 0.1, scale=v, seed=0),
+                        lambda v: sdtf.drop_path(tf.ones((2, 3)), 0.1, scale=v, seed=0)],
+              "bias": [lambda v: sdt.DropConnectLinear(3, 4, v)],
+              "use_bias": [lambda v: sdtf.DropConnectDense(2, use_bias=v)]}
+    for name, makes in makers.items():
+        for make in makes:
+            for bad in ("False", 0.2, None, 1):
+                with pytest.raises(TypeError, match=f"^{name} must be True or False"):
+                    make(bad)
+            make(np.bool_(False))
+            make(True)
+    assert sdt.DropConnectLinear(3, 4, np.bool_(False)).bias is None
+
+
 def test_bad_data_format_is_named_everywhere():
     for call in (lambda: sdn.cutout(X_NP, 3, "NHWC"), lambda: sdn.spatial_dropout(X_NP, 0.1, "NHWC"),
                  lambda: sdt.cutout(torch.ones(2, 3, 8, 8), 3, "NHWC"),

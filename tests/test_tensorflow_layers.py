@@ -173,6 +173,27 @@ def test_schedule_steps_in_fit_only():
     assert (again.total_steps, again.step) == (5, 6) and again.get_config() == schedule.get_config()
 
 
+def test_schedule_counts_every_batch_of_an_execution():
+    """With steps_per_execution=3 Keras calls back once per 3 batches (the last execution of an
+    epoch of 7 runs one): the step counts batches, not executions, and each execution trains
+    with the rate of its first batch."""
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(sdtf.DropConnectDense(3, 0.4, seed=0)(inputs)))
+    model.compile("sgd", "mse", steps_per_execution=3)
+    schedule = sdtf.LinearRateSchedule(total_steps=8)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(schedule.scheduled_layers()[0].rate_variable.numpy()))
+
+    model.fit(np.ones((14, 4), "float32"), np.ones((14, 1), "float32"), batch_size=2, epochs=2,
+              verbose=0, callbacks=[schedule, Record()])
+    assert schedule.step == 14 == int(model.optimizer.iterations.numpy())
+    starts = [0, 3, 6, 7, 10, 13]  # the first batch of each execution, over both epochs
+    np.testing.assert_allclose(seen, [sd.linear_rate(s, 8, 0.4) for s in starts], atol=1e-6)
+
+
 @pytest.mark.parametrize("make, shape", LAYERS)
 def test_layers_in_a_graph_with_unknown_batch_and_edge_rates(make, shape):
     """Each layer traced once in a tf.function whose batch size is unknown runs on a batch of

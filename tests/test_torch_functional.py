@@ -638,6 +638,32 @@ def test_rate_one_inplace_keeps_graph():
     assert sdt.dropout(x, 1.0, inplace=True) is x and torch.equal(x, torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_inplace_into_a_leaf_raises_before_writing(path):
+    """inplace=True on a leaf that requires grad (or a view of one) raises PyTorch's own error
+    before the input is touched, as F.dropout does (the masks used to be written first)."""
+    leaf = (torch.rand(2, 3, 8, 8) + 1).requires_grad_()
+    before = leaf.detach().clone()
+    module = sdt.DropBlock2d(0.3, 3, inplace=True)
+    calls = {"dropblock": lambda t: run_dropblock(path, t, 0.3, 3, inplace=True),
+             "dropblock rate 1": lambda t: run_dropblock(path, t, 1.0, 3, inplace=True),
+             "dropout": lambda t: sdt.dropout(t, 0.3, seed=0, inplace=True),
+             "dropout rate 1": lambda t: sdt.dropout(t, 1.0, inplace=True),
+             "spatial_dropout": lambda t: sdt.spatial_dropout(t, 0.3, seed=0, inplace=True),
+             "DropBlock2d": module}
+    for name, call in calls.items():
+        for target, message in ((leaf, "^a leaf Variable"), (leaf[1:], "^a view of a leaf")):
+            with painter(path), pytest.raises(RuntimeError, match=message):
+                call(target)
+            assert torch.equal(leaf.detach(), before), name
+    # nothing is written in evaluation or at rate 0, so nothing is refused (as in PyTorch)
+    assert run_dropblock(path, leaf, 0.0, 3, inplace=True) is leaf
+    assert sdt.dropout(leaf, 0.3, training=False, inplace=True) is leaf
+    with torch.no_grad():  # where autograd is off, writing into the leaf is the caller's choice
+        run_dropblock(path, leaf, 0.3, 3, inplace=True)
+    assert not torch.equal(leaf.detach(), before)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_chunked_masked_product_matches_plain(dtype, monkeypatch):
     """Large CPU inputs take the chunked product; forward and backward equal x * keep * s."""

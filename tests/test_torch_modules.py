@@ -276,6 +276,15 @@ def test_cutout_and_dropconnect_module_edges():
     assert layer(xs[:0]).shape == (0, 4)
     half = sdt.DropConnectLinear(5, 4, rate=0.5, generator=gen(), dtype=torch.float16).train()
     assert half(xs.half()).dtype == torch.float16
+    # in evaluation (or at rate 0) it is nn.Linear to the bit, in 16-bit too (x @ W.T + b
+    # rounded once, where the training path's matmul and bias add round twice)
+    x16 = torch.randn(64, 5)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for layer in (sdt.DropConnectLinear(5, 4, rate=0.5, dtype=dtype).eval(),
+                      sdt.DropConnectLinear(5, 4, rate=0.0, dtype=dtype).train()):
+            with torch.no_grad():
+                assert torch.equal(layer(x16.to(dtype)),
+                                   nn.functional.linear(x16.to(dtype), layer.weight, layer.bias))
 
 
 @pytest.mark.parametrize("n_spatial", [True, 2.0, 4])

@@ -262,10 +262,45 @@ def test_public_dropblock_takes_triton_path(monkeypatch, mask_kind, shape, block
 def test_other_calls_do_not_take_triton_path(monkeypatch):
     calls = counting_dropblock(monkeypatch)
     x = torch.ones(2, 3, 8, 8, device=DEVICE)
-    sdt.dropblock(torch.ones(2, 8, 8, 3, device=DEVICE), 0.3, 3, "channels_last", seed=1)
     sdt.dropblock(x, 0.3, 3, share="channels", seed=1)
     sdt.dropblock(x, 0.3, 3, uniform=torch.rand(2, 3, 6, 6, device=DEVICE))
     assert calls == []
+
+
+@pytest.mark.parametrize("spatial", [(9, 10), (7, 6, 5), (40,)])
+def test_every_layout_takes_the_kernels_with_the_same_masks(monkeypatch, spatial):
+    """channels_last data or memory format and strided views run the kernels on x seen as a
+    contiguous channels_first tensor (copied where it is not one): the same seed gives the same
+    output and gradient in every layout (on CUDA they took the tensor-operation path, other
+    masks, at ten floors), the output has x's strides, and inplace writes into x."""
+    calls = counting_dropblock(monkeypatch)
+    shape = (2, 3) + spatial
+    x = torch.randn(shape, device=DEVICE)
+    g = torch.randn(shape, device=DEVICE)
+
+    def run(t, fmt="channels_first"):
+        t = t.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        y = sdt.dropblock(t, 0.3, 3, fmt, seed=torch.Generator(DEVICE).manual_seed(5))
+        (gt,) = torch.autograd.grad(y, t, g if fmt == "channels_first" else g.movedim(1, -1))
+        assert y.stride() == t.stride()
+        return (y, gt) if fmt == "channels_first" else (y.movedim(-1, 1), gt.movedim(-1, 1))
+
+    ref, ref_grad = run(x)
+    last = x.movedim(1, -1)
+    memory = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.ndim)
+    layouts = {"channels_last data": (last.contiguous(), "channels_last"),
+               "channels_last data, a view of NCHW memory": (last, "channels_last"),
+               "strided view": (x.transpose(1, -1).contiguous().transpose(1, -1), "channels_first")}
+    if memory is not None:
+        layouts["channels_last memory"] = (x.contiguous(memory_format=memory), "channels_first")
+    for name, (t, fmt) in layouts.items():
+        y, grad = run(t, fmt)
+        assert torch.equal(y, ref) and torch.equal(grad, ref_grad), name
+        z = t.clone(memory_format=torch.preserve_format)
+        out = sdt.dropblock(z, 0.3, 3, fmt, seed=torch.Generator(DEVICE).manual_seed(5),
+                            inplace=True)
+        assert out is z and torch.equal(z if fmt == "channels_first" else z.movedim(-1, 1), ref)
+    assert len(calls) == 1 + 2 * len(layouts)
 
 
 def test_usable():
@@ -275,10 +310,16 @@ def test_usable():
     assert not _triton.usable(x, "channels_first", ("channels",))
     assert not _triton.usable(x.transpose(2, 3), "channels_first", ())
     assert not _triton.usable(torch.ones(0, 3, 8, 8, device=DEVICE), "channels_first", ())
+    assert _triton.usable_in_nchw(x.transpose(2, 3), "channels_first", ())
+    assert _triton.usable_in_nchw(x, "channels_last", ())
+    assert not _triton.usable_in_nchw(x, "channels_first", ("batch",))
+    assert not _triton.usable_in_nchw(torch.ones(0, 3, 8, 8, device=DEVICE), "channels_last", ())
     _triton.ENABLED = False  # restored by the fixture
     assert not _triton.usable(x, "channels_first", ())
+    assert not _triton.usable_in_nchw(x, "channels_last", ())
     _triton.ENABLED, _triton.FORCE = True, False  # a CPU tensor needs FORCE
     assert not _triton.usable(x.cpu(), "channels_first", ())
+    assert not _triton.usable_in_nchw(x.cpu(), "channels_last", ())
 
 
 @pytest.mark.parametrize("shape, rows", [((2, 3, 9, 64), True), ((2, 3, 9, 65), False),

@@ -36,6 +36,11 @@ class LinearRateSchedule(keras.callbacks.Callback):
     The rate is set in ``on_train_batch_begin`` (so the batch trains with the rate of its step)
     and the step counter advances in ``on_train_batch_end``. The counter survives several
     ``fit`` calls. Attribute ``step`` holds the number of training batches seen.
+
+    With ``steps_per_execution > 1`` in ``compile``, Keras calls back once per execution of
+    that many batches: they all train with the rate of the execution's first step, and
+    ``step`` advances by the number of batches the execution ran (read from the optimizer's
+    step counter where the model has one, since an epoch's last execution may run fewer).
     """
 
     def __init__(self, total_steps, layers=None, start_step=0):
@@ -62,10 +67,29 @@ class LinearRateSchedule(keras.callbacks.Callback):
         self._apply()
 
     def on_train_batch_begin(self, batch, logs=None):
+        self._begin = batch
+        many = (getattr(self.model, "steps_per_execution", 1) or 1) > 1
+        self._iterations = self._optimizer_steps() if many else None
         self._apply()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        # Keras passes the first and the last batch index of an execution (the same index
+        # without steps_per_execution; the last may lie past an epoch's end)
+        ran = batch - getattr(self, "_begin", batch) + 1
+        if ran > 1 and getattr(self, "_iterations", None) is not None:
+            now = self._optimizer_steps()
+            if now is not None:
+                ran = now - self._iterations
+        self.step += max(int(ran), 0)
+
+    def _optimizer_steps(self):
+        """The model optimizer's step counter (None where there is none)."""
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        if iterations is None:
+            return None
+        if hasattr(iterations, "numpy"):  # a Keras or TensorFlow variable
+            return int(iterations.numpy())
+        return int(keras.ops.convert_to_numpy(iterations))
 
     def get_config(self):
         """``total_steps`` and the steps taken so far (as ``start_step``). An explicit

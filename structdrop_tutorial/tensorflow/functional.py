@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .._checks import (check_block_size, check_data_format, check_fill, check_int,
+from .._checks import (check_block_size, check_bool, check_data_format, check_fill, check_int,
                        check_n_spatial)
 from ..shapes import drop_path_noise_shape
 from ._common import (_as_dtype, _as_float, _channel_axis, _connected_zeros, _dims,
@@ -263,6 +263,7 @@ def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed=None,
     ``scale=True`` divides survivors by ``1 - rate`` (inverted); with ``scale=False`` the caller
     multiplies by ``1 - rate`` at inference instead, never both.
     """
+    scale = check_bool(scale, "scale")
     rate_s = _static_rate(rate)
     x = _as_float(x)
     if x.shape.rank is None:

@@ -27,8 +27,8 @@ import keras
 import tensorflow as tf
 
 from .._checks import (NORMALIZE, SEED_LIMIT, SEEDS, block_rank, check_block_size,
-                       check_choice, check_data_format, check_fill, check_gamma, check_int,
-                       check_rate, check_share)
+                       check_bool, check_choice, check_data_format, check_fill, check_gamma,
+                       check_int, check_rate, check_share)
 from . import functional as F
 from ._common import _factor_dtype, _times
 
@@ -214,7 +214,7 @@ class DropPath(_RateLayer):
         super().__init__(rate, seed, **kwargs)
         self.mode = check_choice(mode, "mode", ("sample", "batch"))
         self.batch_axis = check_int(batch_axis, "batch_axis")
-        self.scale = bool(scale)
+        self.scale = check_bool(scale, "scale")
 
     def call(self, inputs, training=None):
         training = _is_training(training)
@@ -304,7 +304,7 @@ class DropConnectDense(_RateLayer):
         super().__init__(rate, seed, **kwargs)
         self.units = check_int(units, "units", 1)
         self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool(use_bias, "use_bias")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.supports_masking = False

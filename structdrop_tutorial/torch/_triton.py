@@ -31,9 +31,11 @@ Seeds are i.i.d. Bernoulli(``p``) per seed position with ``p = round(gamma * 2**
 :func:`structdrop_tutorial.torch.dropblock_keep_mask` builds: :func:`seed_grid` returns the seeds
 a key produces, and the tests compare the masks of both kernels with it.
 
-Used for ``"channels_first"`` contiguous inputs with per-channel masks (``share=()``), the
-paper's setting and PyTorch's layout; anything else takes the tensor-operation path, and so does
-a device where the kernels fail on their first use (with a warning, see :func:`dropblock`). The
+Used for per-channel masks (``share=()``), the paper's setting, on ``"channels_first"``
+contiguous tensors, PyTorch's layout; inputs in other layouts are run as their contiguous
+channels_first copies (``functional._triton_in_nchw``). Shared masks take the tensor-operation
+path, and so does a device where the kernels fail on their first use (with a warning, see
+:func:`dropblock`). The
 first use of each row-word geometry on a device is compared with the byte-mask kernel on a fixed
 key; a device where they disagree uses byte masks (with a warning).
 
@@ -124,6 +126,14 @@ def usable(x: torch.Tensor, data_format: str, share) -> bool:
         return False
     return (data_format == "channels_first" and not share and x.is_contiguous()
             and x.numel() > 0 and has_triton())
+
+
+def usable_in_nchw(x: torch.Tensor, data_format: str, share) -> bool:
+    """Whether :func:`dropblock` serves this call once x is seen (and, where needed, copied)
+    as a contiguous channels_first tensor: CUDA, per-channel masks, any layout."""
+    if not ENABLED or not (x.is_cuda or FORCE):
+        return False
+    return not share and x.numel() > 0 and has_triton()
 
 
 _NULL = contextlib.nullcontext()

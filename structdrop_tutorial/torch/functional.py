@@ -10,9 +10,14 @@ Masks never require gradients; the gradient of every function with respect to ``
 mask times the scale. DropBlock without ``uniform`` uses a fast sampler (see
 :mod:`structdrop_tutorial.torch._fast`) that draws only the seeds instead of one uniform per
 seed position; with ``uniform`` it follows the reference step by step. On CUDA, where Triton is
-importable, DropBlock of a contiguous channels_first input with per-channel masks runs as two
-Triton kernels instead (:mod:`structdrop_tutorial.torch._triton`): the seeds come from a
-counter-based generator inside the mask kernel, same distribution, same expansion.
+importable, DropBlock with per-channel masks runs as two Triton kernels instead
+(:mod:`structdrop_tutorial.torch._triton`): the seeds come from a counter-based generator inside
+the mask kernel, same distribution, same expansion. The kernels take a contiguous
+channels_first tensor; an input in another layout (channels_last data, channels_last memory
+format, a strided view) is run as its contiguous channels_first copy and the result returned in
+its own layout, so on CUDA a seed gives the same mask in every layout. (On the CPU a seed gives
+the same mask for every memory layout of one data_format; channels_last data draws its seeds in
+its own order, so other masks than channels_first data from the same seed.)
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import torch
 
 from .._checks import (SEEDS, check_block_size, check_choice, check_data_format,
                        check_dense_shapes, check_dropblock_options, check_float_dtype_name,
-                       check_fill, check_gamma, check_int, check_n_spatial,
+                       check_bool, check_fill, check_gamma, check_int, check_n_spatial,
                        check_rate, check_seed_int)
 from ..gamma import _check_gamma, clip_block, resolve_gamma
 from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_grid_shape,
@@ -87,6 +92,21 @@ def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, scale: float, inplace: boo
     return x.mul_(factor) if inplace else x * factor
 
 
+def _check_inplace(x: torch.Tensor) -> None:
+    """PyTorch's own errors for an in-place write into a leaf that requires grad (or a view of
+    one), raised before anything is written: the masks are applied under ``no_grad`` inside an
+    autograd function, where autograd would only object after the input had been changed."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return
+    if x.is_leaf:
+        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
+                           "operation.")
+    base = x._base
+    if base is not None and base.is_leaf and base.requires_grad:
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an "
+                           "in-place operation.")
+
+
 def _zeros(x: torch.Tensor, inplace: bool) -> torch.Tensor:
     """Zeros shaped like x that stay connected to the graph (gradient zero, never NaN, also
     where x is infinite)."""
@@ -147,6 +167,8 @@ def _dropout(x, rate: float, shape: tuple, training, seed, uniform, inplace) -> 
     """:func:`dropout` after its checks (``rate`` a float in [0, 1], ``shape`` the noise shape)."""
     if not training or rate == 0.0:
         return x
+    if inplace:
+        _check_inplace(x)
     if rate == 1.0:
         return _zeros(x, inplace)
     u = _uniform(shape, seed, uniform, x.device)
@@ -303,6 +325,8 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
             and _prepared._PLANS):
         plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize)
         if plan is not None:  # a signature served before: see _prepared
+            if inplace:
+                _check_inplace(x)
             return _prepared.dropblock(plan, x, _generator(seed, plan.device), inplace)
     call = (rate, block_size, data_format, gamma, seeds, normalize)
     x = _as_float_tensor(x)
@@ -310,6 +334,8 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
         tuple(x.shape), rate, block_size, data_format, gamma, seeds, share, normalize)
     if not training or rate == 0.0:
         return x
+    if inplace:
+        _check_inplace(x)
     if rate == 1.0:
         return _zeros(x, inplace)
     if 0 in spatial:
@@ -319,6 +345,11 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
                                 inplace)
         if out is not None:
             _prepared.remember(x, *call, g, block)
+            return out
+    elif uniform is None and _triton.usable_in_nchw(x, data_format, share):
+        out = _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate,
+                              _generator(seed, x.device), inplace)
+        if out is not None:
             return out
     axes = spatial_axes(x.ndim, data_format)
     grid = seed_grid_shape(tuple(x.shape), block, data_format, seeds, share)
@@ -344,6 +375,29 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
 
 
 # --------------------------------------------------------------------------- the family
+def _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate, generator, inplace):
+    """The Triton kernels for an input they do not take as it is (channels_last data or memory
+    format, a strided view): run on its contiguous channels_first copy (or view, where that is
+    already contiguous), so that a seed gives the same mask in every layout, and return the
+    result in x's layout and strides. Each copy moves two thirds of the bytes of the floor's
+    multiply (not yet timed on a GPU), where the tensor-operation path costs about ten floors
+    (chapter 8). None where the kernels do not serve the shape."""
+    v = x.movedim(-1, 1) if data_format == "channels_last" else x
+    copied = not v.is_contiguous()
+    if copied:
+        v = v.contiguous()
+    out = _triton.dropblock(v, g, block, seeds, normalize, rate, generator, inplace or copied)
+    if out is None:
+        return None
+    if data_format == "channels_last":
+        out = out.movedim(1, -1)
+    if inplace:
+        return x if not copied else x.copy_(out)
+    if out.stride() != x.stride():  # x's strides where they describe dense memory (empty_like)
+        out = torch.empty_like(x).copy_(out)
+    return out
+
+
 def cutout(x, size, data_format="channels_first", *, fill=0.0, training=True, seed: Seed = None,
            uniform=None):
     """Cutout (DeVries & Taylor 2017): one patch per sample set to ``fill`` in every channel.
@@ -384,6 +438,7 @@ def drop_path(x, rate, *, mode="sample", batch_axis=0, training=True, seed: Seed
     but ``batch_axis``); ``mode="batch"`` drops it for the whole batch. ``scale=True`` divides
     survivors by ``1 - rate``; with ``scale=False`` multiply by ``1 - rate`` at inference instead.
     """
+    scale = check_bool(scale, "scale")
     rate = check_rate(rate)
     x = _as_float_tensor(x)
     shape = drop_path_noise_shape(tuple(x.shape), mode, batch_axis)

@@ -13,9 +13,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._checks import (NORMALIZE, SEEDS, block_rank, check_block_size, check_choice,
-                       check_data_format, check_fill, check_gamma, check_int, check_rate,
-                       check_share)
+from .._checks import (NORMALIZE, SEEDS, block_rank, check_block_size, check_bool,
+                       check_choice, check_data_format, check_fill, check_gamma, check_int,
+                       check_rate, check_share)
 from . import functional as F
 
 __all__ = ["SpatialDropout", "DropBlock", "DropBlock1d", "DropBlock2d", "DropBlock3d", "DropPath",
@@ -79,7 +79,7 @@ class SpatialDropout(_RateMixin, nn.Module):
         super().__init__()
         self.rate = rate
         self.data_format = check_data_format(data_format)
-        self.inplace = bool(inplace)
+        self.inplace = check_bool(inplace, "inplace")
         self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +144,7 @@ class DropBlock(_RateMixin, nn.Module):
         self.seeds = check_choice(seeds, "seeds", SEEDS)
         self.share = check_share(share)
         self.normalize = check_choice(normalize, "normalize", NORMALIZE)
-        self.inplace = bool(inplace)
+        self.inplace = check_bool(inplace, "inplace")
         self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,7 +226,7 @@ class DropPath(_RateMixin, nn.Module):
         self.rate = rate
         self.mode = check_choice(mode, "mode", ("sample", "batch"))
         self.batch_axis = check_int(batch_axis, "batch_axis")
-        self.scale = bool(scale)
+        self.scale = check_bool(scale, "scale")
         self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -294,6 +294,8 @@ class DropConnectLinear(_RateMixin, nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rate: float = 0.5,
                  generator: Optional[torch.Generator] = None, device=None, dtype=None):
+        # checked: in DropConnectLinear(3, 4, 0.2) the 0.2 is the bias, not the rate
+        bias = check_bool(bias, "bias")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.rate = rate
         self.generator = _check_generator(generator)
@@ -305,6 +307,8 @@ class DropConnectLinear(_RateMixin, nn.Linear):
         if (isinstance(x, torch.Tensor) and x.dtype != self.weight.dtype
                 and not torch.is_autocast_enabled(x.device.type)):
             raise ValueError(f"x must have the layer's dtype {self.weight.dtype}, got {x.dtype}")
+        if not self.training or self.rate == 0.0:  # nn.Linear's own call: the same bits in 16-bit
+            return super().forward(x)              # too (one rounding of x @ W.T + b)
         return F.dropconnect_dense(x, self.weight.t(), self.bias, self.rate, training=self.training,
                                    seed=self.generator)
 
