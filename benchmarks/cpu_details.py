@@ -144,8 +144,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if common.malloc_setting() != "keep freed memory":
         # time the sampler and the seed grid with the C allocator set as for every committed
-        # CPU run (a fresh process: glibc reads the settings at start)
-        env = run_all.child_env(keep_memory=True)
+        # CPU run (a fresh process: glibc reads the settings at start), overriding any other
+        # values the caller's environment gives them, so the new process does not start again
+        env = run_all.child_env()
+        env.update(common.MALLOC_KEEP)
         env["OMP_NUM_THREADS"] = str(args.threads)
         return subprocess.run([sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)],
                               env=env).returncode

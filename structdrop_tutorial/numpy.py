@@ -164,6 +164,7 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed=None, uniform=None
         if len(shape) != x.ndim or any(s not in (1, n) for s, n in zip(shape, x.shape)):
             raise ValueError(f"noise_shape must have x's rank {x.ndim} with each entry 1 or the "
                              f"size of x on that axis {x.shape}, got {tuple(noise_shape)}")
+    inplace = check_bool(inplace, "inplace")
     if not training or rate == 0.0:
         return x
     if rate == 1.0:
@@ -287,6 +288,7 @@ def dropblock(x, rate, block_size, data_format="channels_last", *, gamma="exact"
     spatial = tuple(x.shape[a] for a in axes)
     check_block_size(block_size, n_spatial)
     check_gamma(gamma)  # before the shortcuts below, as in the other two frameworks
+    inplace = check_bool(inplace, "inplace")
     if not training or rate == 0.0:
         return x
     if rate == 1.0:

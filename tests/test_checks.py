@@ -274,11 +274,19 @@ def test_module_and_layer_sizes_with_more_than_three_axes_fail_at_construction()
 
 
 def test_switches_must_be_true_or_false_everywhere():
-    """inplace, scale, bias and use_bias take True or False (or a NumPy bool): a string such as
-    "False" (truthy) or a number is refused by name, and DropConnectLinear(3, 4, 0.2), which
-    reads 0.2 as the bias and keeps the default rate, no longer builds."""
+    """inplace, scale, bias and use_bias take True or False (or a NumPy bool), in the functions
+    and the modules and layers: a string such as "False" (truthy) or a number is refused by
+    name, and DropConnectLinear(3, 4, 0.2), which read 0.2 as the bias and kept the default
+    rate, no longer builds."""
+    x_t = torch.ones(2, 3, 8, 8)
     makers = {"inplace": [lambda v: sdt.SpatialDropout(0.1, inplace=v),
-                          lambda v: sdt.DropBlock2d(0.1, 3, inplace=v)],
+                          lambda v: sdt.DropBlock2d(0.1, 3, inplace=v),
+                          lambda v: sdt.dropout(x_t.clone(), 0.1, seed=0, inplace=v),
+                          lambda v: sdt.spatial_dropout(x_t.clone(), 0.1, seed=0, inplace=v),
+                          lambda v: sdt.dropblock(x_t.clone(), 0.1, 3, seed=0, inplace=v),
+                          lambda v: sdn.dropout(X_NP.copy(), 0.1, seed=0, inplace=v),
+                          lambda v: sdn.spatial_dropout(X_NP.copy(), 0.1, seed=0, inplace=v),
+                          lambda v: sdn.dropblock(X_NP.copy(), 0.1, 3, seed=0, inplace=v)],
               "scale": [lambda v: sdt.DropPath(0.1, scale=v), lambda v: sdtf.DropPath(0.1, scale=v),
                         lambda v: sdn.drop_path(X_NP, 0.1, scale=v, seed=0),
                         lambda v: sdt.drop_path(torch.ones(2, 3), 0.1, scale=v, seed=0),

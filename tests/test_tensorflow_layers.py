@@ -192,6 +192,17 @@ def test_schedule_counts_every_batch_of_an_execution():
     assert schedule.step == 14 == int(model.optimizer.iterations.numpy())
     starts = [0, 3, 6, 7, 10, 13]  # the first batch of each execution, over both epochs
     np.testing.assert_allclose(seen, [sd.linear_rate(s, 8, 0.4) for s in starts], atol=1e-6)
+    # batches, not optimizer steps: a loss-scale optimizer that skips every step (its scale
+    # overflows float16) takes none, and the schedule still counts the 14 batches
+    inputs = keras.Input((4,))
+    hidden = sdtf.DropConnectDense(3, 0.4, seed=0, dtype="mixed_float16")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, dtype="mixed_float16")(hidden))
+    model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(), initial_scale=2.0 ** 40),
+                  "mse", steps_per_execution=3)
+    schedule = sdtf.LinearRateSchedule(total_steps=8)
+    model.fit(np.ones((14, 4), "float32"), np.ones((14, 1), "float32"), batch_size=2, epochs=1,
+              verbose=0, callbacks=[schedule])
+    assert schedule.step == 7 and int(model.optimizer.iterations.numpy()) == 0
 
 
 @pytest.mark.parametrize("make, shape", LAYERS)

@@ -285,6 +285,11 @@ def test_cutout_and_dropconnect_module_edges():
             with torch.no_grad():
                 assert torch.equal(layer(x16.to(dtype)),
                                    nn.functional.linear(x16.to(dtype), layer.weight, layer.bias))
+    # a NumPy array is taken in both modes, as the functions take it
+    layer = sdt.DropConnectLinear(5, 4, rate=0.5, generator=gen())
+    for mode in (layer.eval, layer.train):
+        mode()
+        assert layer(np.ones((2, 5), "float32")).shape == (2, 4)
 
 
 @pytest.mark.parametrize("n_spatial", [True, 2.0, 4])

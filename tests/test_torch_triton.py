@@ -272,7 +272,8 @@ def test_every_layout_takes_the_kernels_with_the_same_masks(monkeypatch, spatial
     """channels_last data or memory format and strided views run the kernels on x seen as a
     contiguous channels_first tensor (copied where it is not one): the same seed gives the same
     output and gradient in every layout (on CUDA they took the tensor-operation path, other
-    masks, at ten floors), the output has x's strides, and inplace writes into x."""
+    masks, at ten floors), the output has x's strides (a slice that is not dense gets a
+    contiguous one), and inplace writes into x, also where x requires grad."""
     calls = counting_dropblock(monkeypatch)
     shape = (2, 3) + spatial
     x = torch.randn(shape, device=DEVICE)
@@ -283,6 +284,13 @@ def test_every_layout_takes_the_kernels_with_the_same_masks(monkeypatch, spatial
         y = sdt.dropblock(t, 0.3, 3, fmt, seed=torch.Generator(DEVICE).manual_seed(5))
         (gt,) = torch.autograd.grad(y, t, g if fmt == "channels_first" else g.movedim(1, -1))
         assert y.stride() == t.stride()
+        # inplace into a tensor that requires grad (not a leaf): same values and gradient
+        leaf = t.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        w = leaf * 1
+        out = sdt.dropblock(w, 0.3, 3, fmt, seed=torch.Generator(DEVICE).manual_seed(5),
+                            inplace=True)
+        (gw,) = torch.autograd.grad(out, leaf, g if fmt == "channels_first" else g.movedim(1, -1))
+        assert out is w and torch.equal(w, y) and torch.equal(gw, gt)
         return (y, gt) if fmt == "channels_first" else (y.movedim(-1, 1), gt.movedim(-1, 1))
 
     ref, ref_grad = run(x)
@@ -300,7 +308,13 @@ def test_every_layout_takes_the_kernels_with_the_same_masks(monkeypatch, spatial
         out = sdt.dropblock(z, 0.3, 3, fmt, seed=torch.Generator(DEVICE).manual_seed(5),
                             inplace=True)
         assert out is z and torch.equal(z if fmt == "channels_first" else z.movedim(-1, 1), ref)
-    assert len(calls) == 1 + 2 * len(layouts)
+    assert len(calls) == 2 + 3 * len(layouts)
+    # a slice that is not dense (every other unit of the last axis) gets a contiguous result
+    wide = torch.randn(shape[:-1] + (2 * shape[-1],), device=DEVICE)
+    sliced = sdt.dropblock(wide[..., ::2], 0.3, 3, seed=torch.Generator(DEVICE).manual_seed(5))
+    dense = sdt.dropblock(wide[..., ::2].contiguous(), 0.3, 3,
+                          seed=torch.Generator(DEVICE).manual_seed(5))
+    assert sliced.is_contiguous() and torch.equal(sliced, dense)
 
 
 def test_usable():

@@ -103,7 +103,9 @@ def exact_gamma(rate, block: Sequence[int], spatial: Sequence, seeds: str = "val
             area = area * _f64(b)
         return -tf.math.expm1(tf.math.log1p(-rate) / area)
     values, weights = coverage_histogram(block, spatial, seeds)
-    lo, hi = tf.zeros((), tf.float64), tf.ones((), tf.float64)
+    # the root lies in [rate / mean coverage, rate] (every unit is covered at least once), as
+    # in structdrop_tutorial.gamma: relative to the rate however small it is
+    lo, hi = rate / tf.reduce_sum(values * weights), rate
     steps = tf.range(1, _BRACKETS, dtype=tf.float64) / _BRACKETS
     for _ in range(_ROUNDS):
         width = hi - lo

@@ -39,8 +39,8 @@ class LinearRateSchedule(keras.callbacks.Callback):
 
     With ``steps_per_execution > 1`` in ``compile``, Keras calls back once per execution of
     that many batches: they all train with the rate of the execution's first step, and
-    ``step`` advances by the number of batches the execution ran (read from the optimizer's
-    step counter where the model has one, since an epoch's last execution may run fewer).
+    ``step`` advances by the number of batches the execution ran (an epoch's last execution
+    may run fewer; where ``fit`` does not know the epoch's length, it counts as a full one).
     """
 
     def __init__(self, total_steps, layers=None, start_step=0):
@@ -68,28 +68,17 @@ class LinearRateSchedule(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._begin = batch
-        many = (getattr(self.model, "steps_per_execution", 1) or 1) > 1
-        self._iterations = self._optimizer_steps() if many else None
         self._apply()
 
     def on_train_batch_end(self, batch, logs=None):
         # Keras passes the first and the last batch index of an execution (the same index
-        # without steps_per_execution; the last may lie past an epoch's end)
-        ran = batch - getattr(self, "_begin", batch) + 1
-        if ran > 1 and getattr(self, "_iterations", None) is not None:
-            now = self._optimizer_steps()
-            if now is not None:
-                ran = now - self._iterations
-        self.step += max(int(ran), 0)
-
-    def _optimizer_steps(self):
-        """The model optimizer's step counter (None where there is none)."""
-        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
-        if iterations is None:
-            return None
-        if hasattr(iterations, "numpy"):  # a Keras or TensorFlow variable
-            return int(iterations.numpy())
-        return int(keras.ops.convert_to_numpy(iterations))
+        # without steps_per_execution); the last one may lie past the epoch's end, where the
+        # execution ran fewer batches: clipped to the epoch's length where fit knows it
+        last = batch
+        steps = (self.params or {}).get("steps")
+        if steps:
+            last = min(last, int(steps) - 1)
+        self.step += max(last - getattr(self, "_begin", batch) + 1, 1)
 
     def get_config(self):
         """``total_steps`` and the steps taken so far (as ``start_step``). An explicit

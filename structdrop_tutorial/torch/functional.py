@@ -165,6 +165,8 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed: Seed = None, unif
 
 def _dropout(x, rate: float, shape: tuple, training, seed, uniform, inplace) -> torch.Tensor:
     """:func:`dropout` after its checks (``rate`` a float in [0, 1], ``shape`` the noise shape)."""
+    if inplace is not False and inplace is not True:
+        inplace = check_bool(inplace, "inplace")
     if not training or rate == 0.0:
         return x
     if inplace:
@@ -321,6 +323,8 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     Returns:
         Tensor of x's shape, dtype and device.
     """
+    if inplace is not False and inplace is not True:
+        inplace = check_bool(inplace, "inplace")
     if (training and uniform is None and type(share) is tuple and not share and not _compiling()
             and _prepared._PLANS):
         plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize)
@@ -379,7 +383,8 @@ def _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate, generator,
     """The Triton kernels for an input they do not take as it is (channels_last data or memory
     format, a strided view): run on its contiguous channels_first copy (or view, where that is
     already contiguous), so that a seed gives the same mask in every layout, and return the
-    result in x's layout and strides. Each copy moves two thirds of the bytes of the floor's
+    result in x's layout (and strides, where x is dense; a strided slice gets a contiguous
+    result, as from PyTorch's own elementwise operations). Each copy moves two thirds of the bytes of the floor's
     multiply (not yet timed on a GPU), where the tensor-operation path costs about ten floors
     (chapter 8). None where the kernels do not serve the shape."""
     v = x.movedim(-1, 1) if data_format == "channels_last" else x

@@ -301,11 +301,11 @@ class DropConnectLinear(_RateMixin, nn.Linear):
         self.generator = _check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(x, torch.Tensor) and x.ndim and x.shape[-1] != self.in_features:
+        x = F._as_float_tensor(x)  # NumPy arrays and lists too, in both modes
+        if x.ndim and x.shape[-1] != self.in_features:
             raise ValueError(f"x must have in_features = {self.in_features} units on its last "
                              f"axis, got shape {tuple(x.shape)}")
-        if (isinstance(x, torch.Tensor) and x.dtype != self.weight.dtype
-                and not torch.is_autocast_enabled(x.device.type)):
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"x must have the layer's dtype {self.weight.dtype}, got {x.dtype}")
         if not self.training or self.rate == 0.0:  # nn.Linear's own call: the same bits in 16-bit
             return super().forward(x)              # too (one rounding of x @ W.T + b)
