@@ -167,8 +167,8 @@ def test_sparse_path_falls_back_to_dense_when_the_drawn_seeds_run_out(mode, norm
 @pytest.mark.parametrize("seeds", ["valid", "padded"])
 def test_graph_gamma_is_relative_for_tiny_rates(seeds):
     """The in-graph gamma (a tensor rate, as under a schedule) hits tiny rates as closely as
-    the Python one: from a [0, 1] bracket 64**8 apart it was 2 % off at 1e-12 and 537 times
-    the right value at 1e-16."""
+    the Python one: bisected from [0, 1] to a width of 64**-8 it was 0.5 % off at 1e-12 and 284
+    times the right value at 1e-16 (14x14 map, block 7)."""
     for spatial, block in (((14, 14), (7, 7)), ((6, 7, 8), (3, 2, 4)), ((40,), (5,))):
         for rate in (1e-3, 1e-12, 1e-16, 1e-100):
             got = float(_graph_gamma.exact_gamma(tf.constant(rate, tf.float64), block,
