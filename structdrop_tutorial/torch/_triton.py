@@ -120,20 +120,19 @@ def _kernels():
     return _triton_kernels
 
 
-def usable(x: torch.Tensor, data_format: str, share) -> bool:
-    """Whether :func:`dropblock` serves this call (CUDA, channels_first, contiguous, per-channel)."""
-    if not ENABLED or not (x.is_cuda or FORCE):
-        return False
-    return (data_format == "channels_first" and not share and x.is_contiguous()
-            and x.numel() > 0 and has_triton())
-
-
 def usable_in_nchw(x: torch.Tensor, data_format: str, share) -> bool:
     """Whether :func:`dropblock` serves this call once x is seen (and, where needed, copied)
     as a contiguous channels_first tensor: CUDA, per-channel masks, any layout."""
     if not ENABLED or not (x.is_cuda or FORCE):
         return False
     return not share and x.numel() > 0 and has_triton()
+
+
+def usable(x: torch.Tensor, data_format: str, share) -> bool:
+    """Whether :func:`dropblock` serves this call as it is: :func:`usable_in_nchw`, and x a
+    contiguous channels_first tensor."""
+    return (usable_in_nchw(x, data_format, share) and data_format == "channels_first"
+            and x.is_contiguous())
 
 
 _NULL = contextlib.nullcontext()

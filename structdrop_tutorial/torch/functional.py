@@ -165,8 +165,7 @@ def dropout(x, rate, noise_shape=None, *, training=True, seed: Seed = None, unif
 
 def _dropout(x, rate: float, shape: tuple, training, seed, uniform, inplace) -> torch.Tensor:
     """:func:`dropout` after its checks (``rate`` a float in [0, 1], ``shape`` the noise shape)."""
-    if inplace is not False and inplace is not True:
-        inplace = check_bool(inplace, "inplace")
+    inplace = check_bool(inplace, "inplace")
     if not training or rate == 0.0:
         return x
     if inplace:
@@ -323,8 +322,7 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     Returns:
         Tensor of x's shape, dtype and device.
     """
-    if inplace is not False and inplace is not True:
-        inplace = check_bool(inplace, "inplace")
+    inplace = check_bool(inplace, "inplace")
     if (training and uniform is None and type(share) is tuple and not share and not _compiling()
             and _prepared._PLANS):
         plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize)
