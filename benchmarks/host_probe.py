@@ -20,11 +20,12 @@ the floor measured in the same run:
   known on the host) and ``(x * keep) * scale`` with the scale a device scalar;
 * calls through the ordinary path against prepared calls (``_prepared``: a plan kept per
   signature launches the kernels without the per-call checks and lookups);
-* at full size, where an eager step of a planned call loses the overlap of host and device
-  work that the floor keeps: with autograd's worker threads off, with each output (and its
-  autograd graph) kept alive to the next step, and the planned product alone on given row
-  words; and whether any piece of a call waits for the device: each timed on the host while
-  the device still has a millisecond of queued work (``host_us_device_busy``).
+* at full size: with autograd's worker threads off, with each output (and its autograd graph)
+  kept alive to the next step, the planned product alone on given row words, the forward
+  alone, and inputs in channels_last memory format; and whether any piece of a call waits for
+  the device: each timed on the host while the device still has queued work
+  (``host_us_device_busy``; none did in the committed probe). ``eager_parts.py`` builds the
+  full-size step up part by part.
 
 ``--stub`` measures the ordinary and the prepared calls without a GPU: on the CPU, with the
 compiled launchers replaced by no-ops (and the key made on the host as on CUDA), only the host's
@@ -290,6 +291,16 @@ def steps(dev, n, shapes):
             "dropblock, prepared, output kept to the next step": _kept(
                 lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), x, g),
         }
+        # the forward alone (no autograd): the host's and the device's share of a step
+        xd = x.detach()
+        cases["floor x*mask fwd only"] = lambda: xd * mask
+        cases["dropblock fwd only, prepared"] = lambda: sdt.dropblock(xd, RATE, BLOCK, seed=gen)
+        # channels_last memory format: the Triton kernels on a channels_first copy
+        xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        mc = mask.contiguous(memory_format=torch.channels_last)
+        cases["floor x*mask, channels_last"] = _fwd_bwd(lambda t: t * mc, xc, g)
+        cases["dropblock, channels_last"] = _fwd_bwd(
+            lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen), xc, g)
         if plan is not None:  # PlannedProduct on given row words: its two launches only
             cases["PlannedProduct only (mask given)"] = _fwd_bwd(
                 lambda t: _prepared._APPLY(t, words, plan, False), x, g)
@@ -303,13 +314,13 @@ def steps(dev, n, shapes):
     return res
 
 
-BUSY_CYCLES = 2_000_000  # torch.cuda._sleep's spin: about a millisecond of GPU clock
+BUSY_CYCLES = 2_000_000  # torch.cuda._sleep's spin: 8.6 ms on the committed probe's H100
 
 
 def busy_us(fn, repeats=21):
-    """Host microseconds of one call of ``fn`` issued while the device still has about a
-    millisecond of queued work (median over ``repeats``): a call that waits for the device takes
-    about that long, one that does not takes what it takes on an idle device."""
+    """Host microseconds of one call of ``fn`` issued while the device still has a few
+    milliseconds of queued work (median over ``repeats``): a call that waits for the device
+    takes about that long, one that does not takes what it takes on an idle device."""
     fn()
     torch.cuda.synchronize()
     times = []

@@ -6,7 +6,12 @@ and the torch and Triton versions). This script copies the CSV over the committe
 same name in ``structdrop_tutorial/data/timings/`` and writes the probe and the network timings
 into that GPU's ``gpu_<name>_kernels.json`` (under ``host_probe`` and ``network``; the kernel
 sweep's entries are left as they are), with the software, the date and how they were measured.
-It then prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
+A probe already in the JSON moves to the front of ``host_probe_earlier`` (earlier rounds stay
+as data). The eager steps built up part by part (``eager_parts*.json``, from
+``benchmarks/eager_parts.py``, one file per process) go under ``eager_parts.runs``, and the
+steps under ``torch.compile`` (``compile*.json`` from ``benchmarks/compile_torch.py``, each with
+an optional ``label`` saying which code it measured) under ``compile.runs``. It then
+prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
 and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes. Probes
 that failed on the GPU (the probe records the error instead of a time) are kept apart, under
 ``host_probe.failed``.
@@ -33,6 +38,16 @@ PROBE_METHOD = ("benchmarks/host_probe.py --n {n}: host_us is the median of 3 lo
                 "'direct' run the ordinary path with _launch.DIRECT off and on, 'prepared' the "
                 "planned calls of _prepared; eager_fwd_bwd_us is the same loop (n // 3 calls) at "
                 "full size, where the device's work counts as well")
+PARTS_METHOD = ("benchmarks/eager_parts.py --rounds {rounds} --n {n}: full-size eager "
+                "forward+backward steps (torch.autograd.grad), the planned call built up part "
+                "by part; each figure the median over rounds of a loop of n steps, the stages "
+                "interleaved, device synchronized at both ends of each loop; one run per process")
+COMPILE_METHOD = ("benchmarks/compile_torch.py: eager forward+backward steps (torch.autograd.grad) "
+                  "of the floor x * mask and of dropblock, eager and under torch.compile "
+                  "(inductor, modes default and reduce-overhead, dynamic=False), each the median "
+                  "over rounds of a loop of n steps, the ops interleaved; first_calls_s: the "
+                  "first 12 calls, compilation included; dropped_fraction: the compiled "
+                  "DropBlock's output, checked unit by unit against x and its gradient")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
                   "forward+backward (autograd.grad to the stage's parameters), eager; ops timed "
                   "round-robin, median per step; added_s = step_s - step_s of the stage "
@@ -85,6 +100,9 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     probe_path, network_path = out / "host_probe.json", out / "network.json"
     if probe_path.exists():
         probe, failed = json.loads(probe_path.read_text()), {}
+        if "host_probe" in kernels:  # an earlier round's probe stays, newest first
+            kernels["host_probe_earlier"] = [kernels["host_probe"]] + kernels.get(
+                "host_probe_earlier", [])
         kernels["host_probe"] = {"software": sw, "date": today,
                                  "method": PROBE_METHOD.format(n=probe_n),
                                  "host_us": _split_failures(probe["host_us"], failed),
@@ -101,9 +119,23 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
         kernels["network"] = {"software": sw, "date": today, "method": NETWORK_METHOD,
                               **{k: network[k] for k in ("stage", "block", "rate", "steps")}}
         wrote["network"] = kernels["network"]
+    parts = [json.loads(f.read_text()) for f in sorted(out.glob("eager_parts*.json"))]
+    if parts:
+        kernels["eager_parts"] = {"software": sw, "date": today,
+                                  "method": PARTS_METHOD.format(rounds=parts[0]["rounds"],
+                                                                n=parts[0]["n"]),
+                                  "runs": [run["steps_us"] for run in parts]}
+        wrote["eager_parts"] = kernels["eager_parts"]
+    compiled = [json.loads(f.read_text()) for f in sorted(out.glob("compile*.json"))]
+    if compiled:
+        kernels["compile"] = {"software": sw, "date": today, "method": COMPILE_METHOD,
+                              "runs": [{"label": run.get("label", ""), "rounds": run["rounds"],
+                                        "n": run["n"], "shapes": run["shapes"]}
+                                       for run in compiled]}
+        wrote["compile"] = kernels["compile"]
     if not dry_run:
         shutil.copyfile(csvs[0], timings / csvs[0].name)
-        if "host_probe" in wrote or "network" in wrote:
+        if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile")):
             kernels_path.write_text(json.dumps(kernels, indent=1) + "\n")
     return wrote
 
@@ -117,6 +149,11 @@ def report(wrote: dict) -> None:
     for key in ("dropblock fwd+bwd, direct", "dropblock fwd+bwd, prepared", "native x*m fwd+bwd"):
         if key in host:
             print(f"host, tiny input: {key:32s} {host[key]} us")
+    for i, run in enumerate(wrote.get("eager_parts", {}).get("runs", [])):
+        for label, row in run.items():
+            floor = row["floor x*mask"]
+            print(f"eager parts, run {i + 1}, {label}: " + ", ".join(
+                f"{k} {v / floor:.2f}" for k, v in row.items() if k != "floor x*mask"))
     for label, row in wrote.get("host_probe", {}).get("eager_fwd_bwd_us", {}).items():
         floor = row.get("floor x*mask")
         cells = {k: v for k, v in row.items() if k in ("dropblock, direct", "dropblock, prepared")}

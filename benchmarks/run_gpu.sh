@@ -4,6 +4,11 @@
 #   tests.log             the Triton path's tests on the GPU (masks identical to the reference,
 #                         every direct launch checked against Triton's own kernel lookup)
 #   host_probe.json/.txt  host_probe.py: the host's cost of each piece of a call, eager steps
+#   eager_parts_1.json, eager_parts_2.json, eager_parts.txt
+#                         eager_parts.py, in two processes: full-size eager steps of the planned
+#                         call built up part by part (which part costs what against the floor)
+#   compile.json/.log     compile_torch.py: the floor and DropBlock under torch.compile (inductor,
+#                         default and reduce-overhead) against eager steps
 #   network.json/.txt     bench_network.py: what each op adds to a conv -> BN -> ReLU stage's step
 #   profile.txt           profile_torch.py: where one forward+backward's host and device time go
 #                         (floor, DropBlock, DropBlock on tensor ops)
@@ -15,21 +20,23 @@
 #                         of both mask kernels, to read against the kernel times
 #
 # Afterwards `python benchmarks/ingest_gpu.py $OUT` copies the CSV over the committed one and
-# writes the probe and network timings into the GPU's _kernels.json (the tune step's figures
+# writes the probe, eager-parts and network timings into the GPU's _kernels.json (the tune step's figures
 # and the chapter's prose are still updated by hand).
 #
 # STEPS picks the parts (default: all, in this order; each has its own timeout). Measured on an
-# H100 (16 CPU cores, Triton compiling cold): tests 34 s over 14 processes (TEST_WORKERS=14);
-# tune about 2 minutes; bench with ROUNDS=2 MIN_RUN_TIME=0.1 about 3 minutes for the five
+# H100 (16 CPU cores, Triton compiling cold): tests 34 s over 14 processes (TEST_WORKERS=14),
+# 53 s in another round; tests, probe (PROBE_N=150) and profile together 113 s; parts about 15 s
+# per process; compile about 60 s for the three shapes; tune about 2 minutes; bench with ROUNDS=2 MIN_RUN_TIME=0.1 about 3 minutes for the five
 # shapes (with ROUNDS=3 MIN_RUN_TIME=0.2 the three 2-D shapes did not finish in 200 s). For example
 #   STEPS="tests bench" TEST_WORKERS=14 ROUNDS=2 MIN_RUN_TIME=0.1 bash benchmarks/run_gpu.sh
 #   STEPS="profile tune sass" bash benchmarks/run_gpu.sh
+# The device tool of the book's sessions brings back at most 8 files: pick STEPS accordingly.
 # TEST_K selects tests (pytest -k) and BENCH_ARGS passes more arguments to bench_torch.py, e.g.
 #   TEST_K="public or equals_reference" BENCH_ARGS="--shapes 32x1024x14x14,16x256x56x56"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-STEPS=" ${STEPS:-tests probe profile tune bench network sass} "
+STEPS=" ${STEPS:-tests probe parts profile tune bench network compile sass} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 want() { [[ "$STEPS" == *" $1 "* ]]; }
@@ -46,6 +53,12 @@ fi
 if want probe; then  # host costs of the pieces and eager steps against the floor
     timeout "${PROBE_TIMEOUT:-150}" python3 benchmarks/host_probe.py --n "${PROBE_N:-300}" \
         --out "$OUT/host_probe.json" > "$OUT/host_probe.txt" 2>&1; echo "probe exit $?" | tee -a "$OUT/host_probe.txt"
+fi
+if want parts; then  # two processes: the spread between them is part of the answer
+    for i in 1 2; do
+        timeout "${PARTS_TIMEOUT:-150}" python3 benchmarks/eager_parts.py --rounds 7 --n 50 \
+            --out "$OUT/eager_parts_$i.json" >> "$OUT/eager_parts.txt" 2>&1; echo "parts exit $?" | tee -a "$OUT/eager_parts.txt"
+    done
 fi
 if want profile; then
     timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_torch.py --out "$OUT/profile" \
@@ -68,6 +81,10 @@ fi
 if want network; then  # the ops inside a conv -> BN -> ReLU stage, eager steps
     timeout "${NETWORK_TIMEOUT:-150}" python3 benchmarks/bench_network.py --rounds "${NETWORK_ROUNDS:-30}" \
         --out "$OUT/network.json" > "$OUT/network.txt" 2>&1; echo "network exit $?" | tee -a "$OUT/network.txt"
+fi
+if want compile; then  # dynamo's warnings go to the log
+    timeout "${COMPILE_TIMEOUT:-200}" python3 benchmarks/compile_torch.py --time-limit 120 \
+        --out "$OUT/compile.json" > "$OUT/compile.log" 2>&1; echo "compile exit $?" | tee -a "$OUT/compile.log"
 fi
 if [ -d "$OUT/profile" ]; then  # the device tool returns at most 8 files: one archive
     tar -czf "$OUT/profile.tgz" -C "$OUT" profile && rm -rf "$OUT/profile"

@@ -740,7 +740,15 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
     (out / "gpu_fake.csv").write_text(header + "torch,structdrop dropblock,fwd+bwd,32x512x28x28,1.4\n"
                                       "torch,floor x*mask,fwd+bwd,32x512x28x28,1.0\n")
     (timings / "gpu_fake.csv").write_text(header)
-    (timings / "gpu_fake_kernels.json").write_text(json.dumps({"device_us": {"a": 1}}))
+    (timings / "gpu_fake_kernels.json").write_text(json.dumps(
+        {"device_us": {"a": 1}, "host_probe": {"date": "then"}}))
+    (out / "compile_1.json").write_text(json.dumps(
+        {"label": "this code", "rounds": 5, "n": 50, "backend": "inductor",
+         "shapes": {"32x512x28x28": {"step_us": {"floor x*mask, eager": 100.0}}}}))
+    for i in (1, 2):
+        (out / f"eager_parts_{i}.json").write_text(json.dumps(
+            {"rounds": 7, "n": 50, "steps_us": {"32x512x28x28": {"floor x*mask": 100.0,
+                                                                 "dropblock": 150.0 + i}}}))
     (out / "gpu.txt").write_text("name\nFake GPU\ntorch 9.0 triton 9.1\n")
     (out / "host_probe.json").write_text(json.dumps(
         {"device": "Fake GPU", "torch": "9.0",
@@ -768,6 +776,39 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
         "op": "RuntimeError: no derivative", "32x512x28x28: op": "RuntimeError: no derivative",
         "device busy: op": "RuntimeError: no derivative"}
     assert kernels["network"]["steps"]["32x512x28x28"]["none"]["step_s"] == 1e-3
+    assert kernels["host_probe_earlier"] == [{"date": "then"}]  # the earlier probe is kept
+    assert [run["32x512x28x28"]["dropblock"] for run in kernels["eager_parts"]["runs"]] == \
+        [151.0, 152.0]
+    assert "--rounds 7 --n 50" in kernels["eager_parts"]["method"]
+    assert kernels["compile"]["runs"] == [{"label": "this code", "rounds": 5, "n": 50, "shapes": {
+        "32x512x28x28": {"step_us": {"floor x*mask, eager": 100.0}}}}]
     (out / "gpu.txt").write_text("name\nFake GPU\n")
     with pytest.raises(ValueError, match="torch X triton Y"):
         ingest.ingest(out, timings)
+
+
+def test_compile_torch_smoke(tmp_path):
+    """compile_torch.py on the CPU with dynamo's eager backend: every op is timed or its failure
+    recorded, a compiled DropBlock's output passes the script's check, and a check that cannot
+    hold (a tolerance below zero) is reported as a failure, not timed."""
+    pytest.importorskip("torch")
+    import json
+    out = tmp_path / "compile.json"
+    args = [sys.executable, str(ROOT / "benchmarks" / "compile_torch.py"), "--device", "cpu",
+            "--backend", "eager", "--modes", "default", "--shapes", "4x8x32x32", "--rounds", "1",
+            "--n", "1", "--tolerance", "0.1", "--out", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text())["shapes"]["4x8x32x32"]
+    assert row["failed"] == {}
+    assert set(row["step_us"]) == {"floor x*mask, eager", "dropblock, eager",
+                                   "floor x*mask, compiled default", "dropblock, compiled default",
+                                   "dropblock not traced, compiled default"}
+    assert all(us > 0 for us in row["step_us"].values())
+    assert abs(row["dropped_fraction"]["dropblock, compiled default"] - 0.1) <= 0.1
+    proc = subprocess.run(args[:-4] + ["--tolerance", "-1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    row = json.loads(out.read_text())["shapes"]["4x8x32x32"]
+    assert set(row["failed"]) == {"dropblock, compiled default",
+                                  "dropblock not traced, compiled default"}
+    assert "dropblock, compiled default" not in row["step_us"]

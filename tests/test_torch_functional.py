@@ -612,6 +612,28 @@ def test_torch_compile_batch_size_changes(make):
         torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
 
 
+def test_torch_compile_runs_dropblock_untraced():
+    """Under torch.compile, dropblock's sampler runs eagerly in a graph break (traced, the CPU
+    sampler recompiled for every new seed count, up to dynamo's limit): each compiled region is
+    compiled once, and the compiled function gives the eager masks for the same seed."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    x = torch.randn(4, 3, 12, 12)
+
+    def f(t):
+        return sdt.dropblock(t * 2, 0.2, 3) + 1
+
+    compiled = torch.compile(f, backend=counter)
+    for step in range(6):
+        torch.manual_seed(step)
+        y = compiled(x)
+        torch.manual_seed(step)
+        torch.testing.assert_close(y, f(x), rtol=0, atol=0)
+    assert counter.frame_count == 2  # the multiply before the break, the addition after it
+    torch._dynamo.reset()
+
+
 @pytest.mark.skipif(not __import__("os").environ.get("STRUCTDROP_SLOW_TESTS"),
                     reason="slow (>60 s on 2 cores): set STRUCTDROP_SLOW_TESTS=1")
 def test_torch_compile_inductor():

@@ -417,3 +417,50 @@ def test_planned_launch_arguments_are_those_of_direct_launches(monkeypatch):
     assert backward[lead] == g.data_ptr() and backward[lead + 2] == gx.data_ptr()
     assert backward[lead + 1] == prod_calls[-2][lead + 1]  # the forward's words
     assert backward[lead + 3:] == ordinary_prod[lead + 3:]
+
+
+def test_eager_parts_script_builds_the_planned_call(monkeypatch):
+    """benchmarks/eager_parts.py launches the plan's mask kernel itself (the words must be the
+    ordinary path's for the same key, which it checks) and times every stage; without a plan it
+    says so rather than timing something else."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eager_parts.py"
+    spec = importlib.util.spec_from_file_location("eager_parts", path)
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    row = parts.measure(DEVICE, (2, 3, 9, 9), rounds=1, n=1, warmup=1)
+    assert set(row) == {"floor x*mask", "product (given words)", "+ words allocated per call",
+                        "+ key from the generator", "+ mask kernel (the planned call)",
+                        "dropblock, seed=generator", "dropblock, default generator",
+                        "floor x*mask, single-threaded autograd",
+                        "product (given words), single-threaded autograd",
+                        "dropblock, seed=generator, single-threaded autograd"}
+    assert all(us > 0 for us in row.values())
+    real = parts._mask_into  # a mask launched with another key is caught
+    monkeypatch.setattr(parts, "_mask_into", lambda plan, words, key: real(plan, words, key + 1))
+    with pytest.raises(RuntimeError, match="differs"):
+        parts.measure(DEVICE, (2, 3, 9, 9), rounds=1, n=1, warmup=1)
+    monkeypatch.setattr(_prepared, "ENABLED", False)  # no plan is made (nor kept from above)
+    monkeypatch.setattr(_prepared, "_PLANS", {})
+    with pytest.raises(RuntimeError, match="no plan"):
+        parts.measure(DEVICE, (2, 3, 9, 9), rounds=1, n=1, warmup=1)
+
+
+def test_torch_compile_runs_the_triton_path_untraced():
+    """Under torch.compile the Triton path runs eagerly in a graph break, plans included: the
+    same masks and gradients as an eager call from the same generator seed (traced, dynamo
+    recompiled the launch frames up to its limit on a GPU, and stepped into Triton's
+    interpreter on a CPU, which failed)."""
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 9, 9, device=DEVICE, requires_grad=True)
+    g = torch.randn_like(x)
+    compiled = torch.compile(lambda t, gen: sdt.dropblock(t * 1, 0.3, 3, seed=gen) * 2,
+                             backend="eager")
+    for seed in range(3):
+        y = compiled(x, generator(seed))
+        (gx,) = torch.autograd.grad(y, x, g)
+        y0 = sdt.dropblock(x * 1, 0.3, 3, seed=generator(seed)) * 2
+        (gx0,) = torch.autograd.grad(y0, x, g)
+        assert torch.equal(y, y0) and torch.equal(gx, gx0)
+    torch._dynamo.reset()

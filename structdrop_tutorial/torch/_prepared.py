@@ -31,12 +31,14 @@ only Python, autograd and allocations are timed; ``benchmarks/host_probe.py --st
 minimum of 15 interleaved rounds, three runs): a forward+backward on a tiny input costs the
 host 31 us for the floor ``x * mask``, 74-75 us through the ordinary path and 47-49 us through a
 plan; a forward alone 5.5, 31 and 14 (on the 2-core Intel Xeon of the second CPU timings: 31, 77
-and 48; 5.6, 32 and 15). On an H100 (``benchmarks/host_probe.py``, PyTorch 2.11, Triton 3.6;
-the committed run, then three machines of an earlier session, before :class:`PlannedProduct`) a
-tiny forward+backward cost the host 163, then 156 / 227 / 329 us through a plan and 235, then
-204 / 304 / 540 us through the ordinary path with direct launches, against 130, then
-86 / 114 / 162 us for the floor: a plan costs 1.25 to 2.0 floors of host time, an ordinary call
-1.8 to 3.3.
+and 48; 5.6, 32 and 15). On H100s (``benchmarks/host_probe.py``, PyTorch 2.11, Triton 3.6;
+the committed probes, newest first, then three machines of an earlier session, before
+:class:`PlannedProduct`) a tiny forward+backward cost the host 341, 163, then 156 / 227 / 329 us
+through a plan and 474, 235, then 204 / 304 / 540 us through the ordinary path with direct
+launches, against 141, 130, then 86 / 114 / 162 us for the floor: a plan costs 1.25 to 2.4
+floors of host time, an ordinary call 1.8 to 3.4. Full-size eager steps built up part by part
+(``benchmarks/eager_parts.py``) put 1.21 to 1.35 floors on :class:`PlannedProduct` alone, 1.39 to
+1.78 on the planned call and 1.60 to 2.11 on the public call (book chapter 8).
 """
 from __future__ import annotations
 

@@ -44,15 +44,16 @@ tests of this path passed there, compiled): at 32x1024x14x14 / 32x512x28x28 / 16
 row-word mask kernel takes 13 / 23 / 24 us and its product kernel 25 / 44 / 44 us, against
 32 / 57 / 57 us for the floor ``x * mask`` (the byte-mask kernel: 41 / 88 / 103 us). Replayed
 from a CUDA graph, where the host's costs are gone, forward+backward is 1.08 / 1.00 / 0.99 times
-the floor's. Eagerly it is 1.4 to 2.0 times (1.86 / 1.78 / 1.44 in the committed file; 1.5 to
-2.0 on three other H100 machines): the host's work per call (two launches and an autograd
-function forward, a backward in Python on the autograd engine's thread) costs 1.25 to 2.0 times
-the floor's on a tiny input, although the kernels are launched through their compiled
-launchers (:mod:`._launch`), the key is made on the host, the count goes to a shared
-accumulator (no fill kernel per call) and, after the first calls of a signature,
-:mod:`._prepared` launches both kernels from a plan without the per-call checks and lookups.
-At full size the eager steps cost more floors than that host time on a tiny input; where the
-rest goes is not yet measured (book chapter 8). An earlier H200 run of the byte-mask kernels is
+the floor's. Eagerly it is 1.4 to 2.1 times (1.82 / 2.03 / 1.80 in the committed file,
+1.86 / 1.78 / 1.44 in the round before; 1.1 to 2.2 in other loops and machines): the host's
+work per call (two launches and an autograd function forward, a backward in Python on the
+autograd engine's thread) costs 1.25 to 2.4 times the floor's on a tiny input, although the
+kernels are launched through their compiled launchers (:mod:`._launch`), the key is made on the
+host, the count goes to a shared accumulator (no fill kernel per call) and, after the first
+calls of a signature, :mod:`._prepared` launches both kernels from a plan without the per-call
+checks and lookups. No part of a call waits for the device; the eager step asks the host for
+more than the device needs, spread over the autograd function (a quarter to a third of a floor),
+the key, the buffer, the mask launch and the argument handling (book chapter 8). An earlier H200 run of the byte-mask kernels is
 in ``data/timings/gpu_nvidia_h200*``.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and

@@ -1,0 +1,179 @@
+"""Which part of a planned DropBlock call makes its eager step cost more than the floor's (GPU).
+
+``host_probe.py`` times the pieces of a call on a tiny input and whole steps at full size; the
+two do not add up (a step can cost more than its pieces' host time plus its device time). This
+script builds the planned call up one part at a time and times each stage as a full-size eager
+forward+backward step, the stages interleaved over ``--rounds`` rounds (median per stage):
+
+* ``product``: the planned product alone (:class:`_prepared.PlannedProduct`) on given row words;
+* ``+ words``: the same with the row-word buffer allocated per call, as a call does;
+* ``+ key``: and the key made on the host from the generator (:func:`_triton.host_key`);
+* ``+ mask``: and the mask kernel launched into the buffer (everything ``_prepared.dropblock``
+  does), which is the planned call without ``dropblock``'s argument handling;
+* ``dropblock``: the public call (``seed=`` a generator, then the default generator);
+
+next to the floor ``x * mask``, each also with autograd's worker threads off.
+
+Usage::
+
+    python benchmarks/eager_parts.py --out eager_parts.json    # on a CUDA machine
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from structdrop_tutorial import torch as sdt  # noqa: E402
+from structdrop_tutorial.torch import _prepared, _triton  # noqa: E402
+
+SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
+BLOCK, RATE = 7, 0.1
+
+
+def _sync(dev):
+    if torch.device(dev).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def loop_us(fn, dev, n):
+    """Wall microseconds per call of ``n`` calls, the device synchronized at both ends."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _sync(dev)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def _mask_into(plan, words, key):
+    """The mask kernel of ``plan`` launched into ``words`` with ``key`` (an int), as
+    ``_prepared.dropblock`` launches it."""
+    device = plan.device
+    if plan.index is None:
+        stream, where = 0, (device.type, 0)
+    else:
+        stream = torch._C._cuda_getCurrentRawStream(plan.index)
+        where = (plan.index, stream)
+    acc, scratch = _triton._STATE[where]
+    g = plan.mask_grid
+    if plan.ints:
+        plan.mask_run(g[0], g[1], g[2], stream, *plan.mask_lead, words.data_ptr(),
+                      scratch.data_ptr(), acc.data_ptr(), None, key, *plan.mask_tail, False)
+    else:
+        plan.mask_run(g[0], g[1], g[2], stream, words, scratch, acc, None, key,
+                      *plan.mask_tail, False)
+
+
+def _host_key(gen):
+    """:func:`_triton.host_key`, or a fixed key for a generator without an offset (a CPU one,
+    in Triton's interpreter)."""
+    key = _triton.host_key(gen)
+    return _triton._mix(0, 0) if key is None else key
+
+
+def stages(x, g, mask, plan, words, gen):
+    """Stage name -> a forward+backward step of ``x``."""
+    def step(fn):
+        return lambda: torch.autograd.grad(fn(x), x, g)
+
+    def fresh_words():
+        return torch.empty(plan.rows + 1, dtype=torch.int64, device=x.device)
+
+    def with_words(t):
+        fresh = fresh_words()  # allocated and kept to the step's end, the given words used
+        out = _prepared._APPLY(t, words, plan, False)
+        out.fresh = fresh
+        return out
+
+    def with_key(t):
+        _host_key(gen)
+        return with_words(t)
+
+    def with_mask(t):
+        key = _host_key(gen)
+        fresh = fresh_words()
+        _mask_into(plan, fresh, key)
+        return _prepared._APPLY(t, fresh, plan, False)
+
+    return {
+        "floor x*mask": step(lambda t: t * mask),
+        "product (given words)": step(lambda t: _prepared._APPLY(t, words, plan, False)),
+        "+ words allocated per call": step(with_words),
+        "+ key from the generator": step(with_key),
+        "+ mask kernel (the planned call)": step(with_mask),
+        "dropblock, seed=generator": step(lambda t: sdt.dropblock(t, RATE, BLOCK, seed=gen)),
+        "dropblock, default generator": step(lambda t: sdt.dropblock(t, RATE, BLOCK)),
+    }
+
+
+def single_threaded(fn):
+    def call():
+        with torch.autograd.set_multithreading_enabled(False):
+            return fn()
+    return call
+
+
+def measure(dev, shape, rounds, n, warmup=10):
+    x = torch.randn(shape, device=dev, requires_grad=True)
+    g = torch.randn_like(x)
+    mask = (torch.rand_like(x) > RATE).to(x.dtype)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    for _ in range(3):  # the second ordinary call makes the plan
+        torch.autograd.grad(sdt.dropblock(x, RATE, BLOCK, seed=gen), x, g)
+        torch.autograd.grad(sdt.dropblock(x, RATE, BLOCK), x, g)
+    plan = _prepared._PLANS.get(_prepared._key(x, RATE, BLOCK, "channels_first", "exact",
+                                               "valid", "batch"))
+    if plan is None:
+        raise RuntimeError(f"{shape}: no plan was made (byte masks, or the Triton path is off)")
+    words = torch.empty(plan.rows + 1, dtype=torch.int64, device=dev)
+    key = _host_key(gen)
+    _mask_into(plan, words, key)
+    if not torch.equal(words, _triton._row_buffer(plan.geo, x.device, plan.gamma, key)):
+        raise RuntimeError(f"{shape}: the mask launched here differs from the package's")
+    cases = stages(x, g, mask, plan, words, gen)
+    for name in ("floor x*mask", "product (given words)", "dropblock, seed=generator"):
+        cases[name + ", single-threaded autograd"] = single_threaded(cases[name])
+    for fn in cases.values():  # warm-up
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(rounds):  # interleaved, so that a busy spell hits every stage
+        for name, fn in cases.items():
+            times[name].append(loop_us(fn, dev, n))
+    return {name: round(statistics.median(ts), 2) for name, ts in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--n", type=int, default=50, help="steps per timing")
+    p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))
+    p.add_argument("--out", help="write the results as JSON")
+    args = p.parse_args(argv)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
+    res = {"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+           "torch": torch.__version__, "rounds": args.rounds, "n": args.n, "steps_us": {}}
+    for shape in shapes:
+        label = "x".join(map(str, shape))
+        row = measure(args.device, shape, args.rounds, args.n)
+        res["steps_us"][label] = row
+        floor = row["floor x*mask"]
+        for name, us in row.items():
+            print(f"{label:16s} {name:52s} {us:9.2f} {us / floor:6.2f}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
