@@ -1,10 +1,13 @@
 """DropBlock under ``torch.compile`` against the floor, eager steps (GPU).
 
 An eager DropBlock step on a GPU costs more host time than a multiply (book chapter 8); a CUDA
-graph removes the host's share. ``torch.compile`` is the other way a user has to cut it: dynamo
-traces the call (the package's Triton kernels are traced as user-defined kernels, with the key
-drawn on the device), inductor compiles the forward and the backward, and with
-``mode="reduce-overhead"`` replays them from CUDA graphs. For each shape this script times
+graph removes the host's share. ``torch.compile`` is the other way a user has to cut it:
+inductor compiles the forward and the backward, and with ``mode="reduce-overhead"`` replays
+them from CUDA graphs. The package's ``dropblock`` samplers are not traced (a graph break; see
+``_dropblock_untraced`` in ``structdrop_tutorial/torch/functional.py``), so its rows time the
+eager call inside a compiled function; ``dropblock not traced`` wraps the call in
+``torch.compiler.disable`` here as well (the same, since the package does it; before it did,
+dynamo traced the samplers and this row was the comparison). For each shape this script times
 forward+backward steps (``torch.autograd.grad``) of the floor ``x * mask`` and of
 ``dropblock``, eager and compiled in each mode, interleaved over ``--rounds`` rounds (median per
 op), and checks each compiled DropBlock's output: every unit is dropped or ``x`` times one

@@ -12,7 +12,8 @@ forward+backward step, the stages interleaved over ``--rounds`` rounds (median p
   does), which is the planned call without ``dropblock``'s argument handling;
 * ``dropblock``: the public call (``seed=`` a generator, then the default generator);
 
-next to the floor ``x * mask``, each also with autograd's worker threads off.
+next to the floor ``x * mask``; the floor, the product and the public call also with autograd's
+worker threads off.
 
 Usage::
 

@@ -100,14 +100,15 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     probe_path, network_path = out / "host_probe.json", out / "network.json"
     if probe_path.exists():
         probe, failed = json.loads(probe_path.read_text()), {}
-        if "host_probe" in kernels:  # an earlier round's probe stays, newest first
-            kernels["host_probe_earlier"] = [kernels["host_probe"]] + kernels.get(
-                "host_probe_earlier", [])
-        kernels["host_probe"] = {"software": sw, "date": today,
-                                 "method": PROBE_METHOD.format(n=probe_n),
-                                 "host_us": _split_failures(probe["host_us"], failed),
-                                 "eager_fwd_bwd_us": _split_failures(probe["eager_fwd_bwd_us"],
-                                                                     failed)}
+        new = {"software": sw, "date": today, "method": PROBE_METHOD.format(n=probe_n),
+               "host_us": _split_failures(probe["host_us"], failed),
+               "eager_fwd_bwd_us": _split_failures(probe["eager_fwd_bwd_us"], failed)}
+        old = kernels.get("host_probe")
+        if old is not None and (old.get("host_us"), old.get("eager_fwd_bwd_us")) != (
+                new["host_us"], new["eager_fwd_bwd_us"]):  # an earlier round's probe stays,
+            kernels["host_probe_earlier"] = [old] + kernels.get(  # newest first (not the same
+                "host_probe_earlier", [])                         # round ingested again)
+        kernels["host_probe"] = new
         if "host_us_device_busy" in probe:
             kernels["host_probe"]["host_us_device_busy"] = _split_failures(
                 probe["host_us_device_busy"], failed, "device busy: ")

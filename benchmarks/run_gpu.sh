@@ -20,7 +20,7 @@
 #                         of both mask kernels, to read against the kernel times
 #
 # Afterwards `python benchmarks/ingest_gpu.py $OUT` copies the CSV over the committed one and
-# writes the probe, eager-parts and network timings into the GPU's _kernels.json (the tune step's figures
+# writes the probe, eager-parts, network and compile timings into the GPU's _kernels.json (the tune step's figures
 # and the chapter's prose are still updated by hand).
 #
 # STEPS picks the parts (default: all, in this order; each has its own timeout). Measured on an

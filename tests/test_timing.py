@@ -777,6 +777,9 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
         "device busy: op": "RuntimeError: no derivative"}
     assert kernels["network"]["steps"]["32x512x28x28"]["none"]["step_s"] == 1e-3
     assert kernels["host_probe_earlier"] == [{"date": "then"}]  # the earlier probe is kept
+    ingest.ingest(out, timings)  # the same round again: not kept twice
+    assert json.loads((timings / "gpu_fake_kernels.json").read_text())["host_probe_earlier"] == \
+        [{"date": "then"}]
     assert [run["32x512x28x28"]["dropblock"] for run in kernels["eager_parts"]["runs"]] == \
         [151.0, 152.0]
     assert "--rounds 7 --n 50" in kernels["eager_parts"]["method"]

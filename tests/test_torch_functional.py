@@ -612,6 +612,20 @@ def test_torch_compile_batch_size_changes(make):
         torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
 
 
+def test_import_leaves_dynamo_unloaded():
+    """The untraced DropBlock wrapper loads torch._dynamo on its first use, not at import (that
+    costs about a second)."""
+    import subprocess
+    import sys
+    code = ("import sys, structdrop_tutorial.torch as t; "
+            "assert 'torch._dynamo' not in sys.modules, 'dynamo loaded at import'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+
+
+@pytest.mark.skipif(not hasattr(getattr(torch, "compiler", None), "is_compiling"),
+                    reason="torch < 2.3: the package cannot tell that dynamo is tracing")
 def test_torch_compile_runs_dropblock_untraced():
     """Under torch.compile, dropblock's sampler runs eagerly in a graph break (traced, the CPU
     sampler recompiled for every new seed count, up to dynamo's limit): each compiled region is

@@ -28,7 +28,7 @@ Measured on an H100 (``benchmarks/host_probe.py``, three runs): the product kern
 costs the host 16-32 us through ``kernel[grid]`` and 10-15 us directly; a whole DropBlock
 forward+backward on a tiny input 458 us with ordinary launches and 209 us with direct ones
 (the floor ``x * mask``: 69 us). In the two probes committed with the H100 timings (other
-machines, later code): 35 and 13 us, 29 and 20 us for the product kernel's launch.
+machines, later code): 35 and 13 us, 29 and 19 us for the product kernel's launch.
 """
 from __future__ import annotations
 

@@ -44,8 +44,8 @@ tests of this path passed there, compiled): at 32x1024x14x14 / 32x512x28x28 / 16
 row-word mask kernel takes 13 / 23 / 24 us and its product kernel 25 / 44 / 44 us, against
 32 / 57 / 57 us for the floor ``x * mask`` (the byte-mask kernel: 41 / 88 / 103 us). Replayed
 from a CUDA graph, where the host's costs are gone, forward+backward is 1.08 / 1.00 / 0.99 times
-the floor's. Eagerly it is 1.4 to 2.1 times (1.82 / 2.03 / 1.80 in the committed file,
-1.86 / 1.78 / 1.44 in the round before; 1.1 to 2.2 in other loops and machines): the host's
+the floor's. Eagerly it is 1.4 to 2.0 times in the benchmark (1.82 / 2.03 / 1.80 in the
+committed file, 1.86 / 1.78 / 1.44 in the round before; 1.1 to 2.2 in other loops and machines): the host's
 work per call (two launches and an autograd function forward, a backward in Python on the
 autograd engine's thread) costs 1.25 to 2.4 times the floor's on a tiny input, although the
 kernels are launched through their compiled launchers (:mod:`._launch`), the key is made on the

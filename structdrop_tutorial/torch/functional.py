@@ -326,8 +326,15 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     """
     inplace = check_bool(inplace, "inplace")
     if training and uniform is None and _compiling():  # see _dropblock_untraced
-        return _dropblock_untraced(x, rate, block_size, data_format, gamma=gamma, seeds=seeds,
-                                   share=share, normalize=normalize, seed=seed, inplace=inplace)
+        return _dropblock_untraced(x, rate, block_size, data_format, gamma, seeds, share,
+                                   normalize, training, seed, uniform, inplace)
+    return _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize, training,
+                      seed, uniform, inplace)
+
+
+def _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize, training, seed,
+               uniform, inplace):
+    """:func:`dropblock` after its ``inplace`` check."""
     if (training and uniform is None and type(share) is tuple and not share and not _compiling()
             and _prepared._PLANS):
         plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize)
@@ -382,14 +389,18 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
 
 
 # Under torch.compile, dropblock's samplers (no ``uniform``) are not traced: dynamo breaks the
-# graph there and calls :func:`dropblock` eagerly, which then gives the masks an eager call gives
-# for the same seed. Traced, the CPU sampler reads the number of seeds on the host (a graph break
+# graph there and calls _dropblock eagerly, which then gives the masks an eager call gives for
+# the same seed. Traced, the CPU sampler reads the number of seeds on the host (a graph break
 # and a recompilation per count, up to dynamo's limit) and the CUDA path's Triton launches
-# recompiled dynamo's frames up to that limit as well; measured on an H100 (book chapter 8,
-# ``benchmarks/compile_torch.py``), a compiled DropBlock step cost 2.1 to 2.7 times a compiled
-# ``x * mask`` traced, and 0.48 to 0.65 times one untraced. (_compiling() is never true on a
-# torch without torch.compiler, which is also where disable would be missing.)
-_dropblock_untraced = torch.compiler.disable(dropblock) if hasattr(torch, "compiler") else None
+# recompiled dynamo's frames up to that limit as well. Measured on an H100 (book chapter 8,
+# ``benchmarks/compile_torch.py``): a compiled forward+backward of DropBlock alone cost 2.1 to
+# 2.7 times a compiled ``x * mask`` traced, 0.49 to 0.76 times it untraced (that compiled
+# multiply itself cost 3.3 to 5.9 times its eager step). torch._disable_dynamo imports dynamo on
+# first use, not with this module (a second at import); non-strict torch.export, for which
+# _compiling() is true but dynamo does not run, traces _dropblock as before.
+_disable = getattr(torch, "_disable_dynamo", None) or getattr(
+    getattr(torch, "compiler", None), "disable", None)
+_dropblock_untraced = _disable(_dropblock) if _disable is not None else _dropblock
 
 
 # --------------------------------------------------------------------------- the family
