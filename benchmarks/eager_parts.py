@@ -25,35 +25,18 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from host_probe import BLOCK, RATE, SHAPES, loop_us  # noqa: E402  (also puts the repo on the path)
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _prepared, _triton  # noqa: E402
-
-SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
-BLOCK, RATE = 7, 0.1
-
-
-def _sync(dev):
-    if torch.device(dev).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def loop_us(fn, dev, n):
-    """Wall microseconds per call of ``n`` calls, the device synchronized at both ends."""
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    _sync(dev)
-    return (time.perf_counter() - t0) / n * 1e6
 
 
 def _mask_into(plan, words, key):

@@ -63,20 +63,23 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
+def loop_us(fn, dev, n):
+    """Wall microseconds per call of ``n`` calls, the device synchronized at both ends."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _sync(dev)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def wall_us(fn, dev, n=300, repeats=3):
-    """Median over ``repeats`` of the wall time per call of ``n`` calls, the device synchronized
-    at both ends (the host's cost when the work is small)."""
+    """Median over ``repeats`` of :func:`loop_us` after 20 calls of warm-up (the host's cost
+    when the work is small)."""
     for _ in range(20):
         fn()
-    times = []
-    for _ in range(repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        _sync(dev)
-        times.append((time.perf_counter() - t0) / n * 1e6)
-    return sorted(times)[len(times) // 2]
+    times = sorted(loop_us(fn, dev, n) for _ in range(repeats))
+    return times[len(times) // 2]
 
 
 def _setting(module, name, value):
