@@ -39,23 +39,9 @@ from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _prepared, _triton  # noqa: E402
 
 
-def _mask_into(plan, words, key):
-    """The mask kernel of ``plan`` launched into ``words`` with ``key`` (an int), as
-    ``_prepared.dropblock`` launches it."""
-    device = plan.device
-    if plan.index is None:
-        stream, where = 0, (device.type, 0)
-    else:
-        stream = torch._C._cuda_getCurrentRawStream(plan.index)
-        where = (plan.index, stream)
-    acc, scratch = _triton._STATE[where]
-    g = plan.mask_grid
-    if plan.ints:
-        plan.mask_run(g[0], g[1], g[2], stream, *plan.mask_lead, words.data_ptr(),
-                      scratch.data_ptr(), acc.data_ptr(), None, key, *plan.mask_tail, False)
-    else:
-        plan.mask_run(g[0], g[1], g[2], stream, words, scratch, acc, None, key,
-                      *plan.mask_tail, False)
+def _mask(plan, key):
+    """The planned call's row words for ``key`` (:func:`_prepared.mask_words`)."""
+    return _prepared.mask_words(plan, key)
 
 
 def _host_key(gen):
@@ -84,10 +70,7 @@ def stages(x, g, mask, plan, words, gen):
         return with_words(t)
 
     def with_mask(t):
-        key = _host_key(gen)
-        fresh = fresh_words()
-        _mask_into(plan, fresh, key)
-        return _prepared._APPLY(t, fresh, plan, False)
+        return _prepared._APPLY(t, _mask(plan, _host_key(gen)), plan, False)
 
     return {
         "floor x*mask": step(lambda t: t * mask),
@@ -119,9 +102,8 @@ def measure(dev, shape, rounds, n, warmup=10):
                                                "valid", "batch"))
     if plan is None:
         raise RuntimeError(f"{shape}: no plan was made (byte masks, or the Triton path is off)")
-    words = torch.empty(plan.rows + 1, dtype=torch.int64, device=dev)
     key = _host_key(gen)
-    _mask_into(plan, words, key)
+    words = _mask(plan, key)
     if not torch.equal(words, _triton._row_buffer(plan.geo, x.device, plan.gamma, key)):
         raise RuntimeError(f"{shape}: the mask launched here differs from the package's")
     cases = stages(x, g, mask, plan, words, gen)

@@ -420,7 +420,7 @@ def test_planned_launch_arguments_are_those_of_direct_launches(monkeypatch):
 
 
 def test_eager_parts_script_builds_the_planned_call(monkeypatch):
-    """benchmarks/eager_parts.py launches the plan's mask kernel itself (the words must be the
+    """benchmarks/eager_parts.py launches the plan's mask kernel on its own (the words must be the
     ordinary path's for the same key, which it checks) and times every stage; without a plan it
     says so rather than timing something else."""
     import importlib.util
@@ -437,8 +437,8 @@ def test_eager_parts_script_builds_the_planned_call(monkeypatch):
                         "product (given words), single-threaded autograd",
                         "dropblock, seed=generator, single-threaded autograd"}
     assert all(us > 0 for us in row.values())
-    real = parts._mask_into  # a mask launched with another key is caught
-    monkeypatch.setattr(parts, "_mask_into", lambda plan, words, key: real(plan, words, key + 1))
+    real = parts._mask  # a mask launched with another key is caught
+    monkeypatch.setattr(parts, "_mask", lambda plan, key: real(plan, key + 1))
     with pytest.raises(RuntimeError, match="differs"):
         parts.measure(DEVICE, (2, 3, 9, 9), rounds=1, n=1, warmup=1)
     monkeypatch.setattr(_prepared, "ENABLED", False)  # no plan is made (nor kept from above)

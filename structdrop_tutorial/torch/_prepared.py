@@ -195,6 +195,13 @@ def dropblock(plan: Plan, x: torch.Tensor, generator, inplace: bool) -> torch.Te
         key = _triton.host_key(plan.generator if generator is None else generator)
     if key is None:
         key = _triton.new_key(device, generator, True)
+    return _APPLY(x, mask_words(plan, key), plan, inplace)
+
+
+def mask_words(plan: Plan, key) -> torch.Tensor:
+    """The row words (then the count of kept units) of ``plan``'s mask for ``key`` (an int made
+    on the host, or an int64 tensor drawn on the device), from the plan's mask kernel."""
+    device = plan.device
     words = torch.empty(plan.rows + 1, dtype=torch.int64, device=device)
     if plan.index is None:
         stream, where = 0, (device.type, 0)
@@ -218,7 +225,7 @@ def dropblock(plan: Plan, x: torch.Tensor, generator, inplace: bool) -> torch.Te
     else:
         plan.mask_run(g[0], g[1], g[2], stream, words, scratch, acc, None, key,
                       *plan.mask_tail, False)
-    return _APPLY(x, words, plan, inplace)
+    return words
 
 
 def product(plan: Plan, x: torch.Tensor, words: torch.Tensor, out: torch.Tensor) -> None:
