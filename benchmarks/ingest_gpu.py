@@ -10,7 +10,13 @@ A probe already in the JSON moves to the front of ``host_probe_earlier`` (earlie
 as data). The eager steps built up part by part (``eager_parts*.json``, from
 ``benchmarks/eager_parts.py``, one file per process) go under ``eager_parts.runs``, and the
 steps under ``torch.compile`` (``compile*.json`` from ``benchmarks/compile_torch.py``, each with
-an optional ``label`` saying which code it measured) under ``compile.runs``. It then
+an optional ``label`` saying which code it measured) under ``compile.runs``. The tune step's
+``triton_config.json`` (``benchmarks/gpu_tune.py``) gives ``device_us`` (each kernel at the
+package's launch parameters, against the floor), ``sweeps_us`` (every configuration swept) and
+``tune`` (its software, date, best configuration and host costs); the ``device_us`` there was
+before the first tune round folded in (written by hand, for earlier code) moves to
+``device_us_earlier``. A folder holding only the tune step's files (no CSV)
+folds into the JSON of the GPU that ``triton_config.json`` names. It then
 prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
 and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes. Probes
 that failed on the GPU (the probe records the error instead of a time) are kept apart, under
@@ -27,10 +33,14 @@ import argparse
 import csv
 import datetime
 import json
+import re
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the package's launch parameters (package_params)
+    sys.path.insert(0, str(ROOT))
 TIMINGS = ROOT / "structdrop_tutorial" / "data" / "timings"
 RESNET = ("32x1024x14x14", "32x512x28x28", "16x256x56x56")
 PROBE_METHOD = ("benchmarks/host_probe.py --n {n}: host_us is the median of 3 loops of n calls, "
@@ -48,6 +58,12 @@ COMPILE_METHOD = ("benchmarks/compile_torch.py: eager forward+backward steps (to
                   "over rounds of a loop of n steps, the ops interleaved; first_calls_s: the "
                   "first 12 calls, compilation included; dropped_fraction: the compiled "
                   "DropBlock's output, checked unit by unit against x and its gradient")
+TUNE_METHOD = ("benchmarks/gpu_tune.py: device_us and sweeps_us from triton.testing.do_bench "
+               "(median, L2 flushed between runs) of each kernel alone at the three ResNet-50 "
+               "shapes, rate 0.1, block 7, against the floor x * mask timed the same way; "
+               "sweeps_us: grid rows (or units) per program / warps -> per shape; device_us: "
+               "the package's launch parameters ({params}); host_us: wall time per call of a "
+               "loop of 300 calls on a tiny 1x1x16x16 input, device synchronized at both ends")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
                   "forward+backward (autograd.grad to the stage's parameters), eager; ops timed "
                   "round-robin, median per step; added_s = step_s - step_s of the stage "
@@ -86,17 +102,73 @@ def _split_failures(table: dict, failed: dict, where: str = "") -> dict:
     return kept
 
 
+def slug(text: str) -> str:
+    """The file-name form of a device name (``run_all.slug``)."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
+
+
+def package_params() -> dict:
+    """The package's launch parameters, as the sweep's configuration names per kernel: the byte
+    mask kernel's warps depend on the shape (``_triton.mask_warps``)."""
+    from structdrop_tutorial.torch import _triton
+    apply = f"{_triton.APPLY_BLOCK}/{_triton.APPLY_WARPS}"
+    masks = {}
+    for shape in RESNET:
+        geo = _triton.geometry(tuple(int(v) for v in shape.split("x")), (7, 7), "valid",
+                               _triton.TILE_UNITS)
+        masks[shape] = f"{_triton.TILE_UNITS}/{_triton.mask_warps(geo)}"
+    return {"rows": f"{_triton.ROW_ITEMS}/{_triton.ROW_WARPS}", "apply_rows": apply,
+            "mask": masks, "apply": apply}
+
+
+KERNEL_NAMES = {"rows": "row-word mask kernel", "apply_rows": "row-word product kernel",
+                "mask": "byte mask kernel", "apply": "byte product kernel"}
+
+
+def tuned(tune: dict, sw: str, today: str) -> dict:
+    """``device_us``, ``sweeps_us`` and ``tune`` entries from ``gpu_tune.py``'s JSON."""
+    sweeps, params = tune["device_us"], package_params()
+    device = {}
+    for shape in RESNET:
+        row = {"floor x*mask": round(sweeps["floor"][shape], 1)}
+        for part, label in KERNEL_NAMES.items():
+            cfg = params[part][shape] if isinstance(params[part], dict) else params[part]
+            row[label] = round(sweeps[part][cfg][shape], 1)
+        device[shape] = row
+    described = ", ".join(f"{KERNEL_NAMES[k]} {v if isinstance(v, str) else ' / '.join(v.values())}"
+                          for k, v in params.items())
+    return {"device_us": device,
+            "sweeps_us": {"note": "grid rows (or units) per program / warps -> per shape; one "
+                                  "do_bench each",
+                          **{k: {cfg: {s: round(t, 1) for s, t in per.items()}
+                                 for cfg, per in sweeps[k].items()} for k in KERNEL_NAMES}},
+            "tune": {"software": sw, "date": today, "method": TUNE_METHOD.format(params=described),
+                     "best": tune["config"], "host_us": tune["host_us"]}}
+
+
 def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: int = 300) -> dict:
     """Fold ``out``'s files into ``timings``; returns what it wrote (or would write)."""
     csvs = sorted(out.glob("gpu_*.csv"))
-    if len(csvs) != 1:
+    tune_path = out / "triton_config.json"
+    tune = json.loads(tune_path.read_text()) if tune_path.exists() else None
+    if len(csvs) == 1:
+        name = csvs[0].stem
+    elif not csvs and tune is not None:  # a tune round alone
+        name = f"gpu_{slug(tune['device'])}"
+    else:
         raise FileNotFoundError(f"{out}: expected one gpu_<name>.csv, found {len(csvs)}")
-    name = csvs[0].stem
     sw = software(out)
     kernels_path = timings / f"{name}_kernels.json"
     kernels = json.loads(kernels_path.read_text()) if kernels_path.exists() else {}
     today = datetime.date.today().isoformat()
-    wrote = {"csv": str(timings / csvs[0].name), "ratios": ratios(csvs[0])}
+    wrote = {"csv": str(timings / csvs[0].name), "ratios": ratios(csvs[0])} if csvs else {}
+    if tune is not None:
+        entries = tuned(tune, sw, today)
+        old = kernels.get("device_us")
+        if old is not None and "tune" not in kernels and "device_us_earlier" not in kernels:
+            kernels["device_us_earlier"] = old  # written by hand in an earlier round
+        kernels.update(entries)
+        wrote.update(entries)
     probe_path, network_path = out / "host_probe.json", out / "network.json"
     if probe_path.exists():
         probe, failed = json.loads(probe_path.read_text()), {}
@@ -135,15 +207,18 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
                                        for run in compiled]}
         wrote["compile"] = kernels["compile"]
     if not dry_run:
-        shutil.copyfile(csvs[0], timings / csvs[0].name)
-        if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile")):
+        if csvs:
+            shutil.copyfile(csvs[0], timings / csvs[0].name)
+        if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile", "tune")):
             kernels_path.write_text(json.dumps(kernels, indent=1) + "\n")
     return wrote
 
 
 def report(wrote: dict) -> None:
-    r = wrote["ratios"]
-    for mode in ("fwd+bwd", "graph"):
+    r = wrote.get("ratios", {})
+    for shape, row in wrote.get("device_us", {}).items():
+        print(f"device us {shape}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    for mode in ("fwd+bwd", "graph") if r else ():
         cells = [f"{r[(mode, c)]:.2f}" if (mode, c) in r else "-" for c in RESNET]
         print(f"dropblock {mode:8s} ratio to the floor at {', '.join(RESNET)}: {' / '.join(cells)}")
     host = wrote.get("host_probe", {}).get("host_us", {})

@@ -20,8 +20,8 @@
 #                         of both mask kernels, to read against the kernel times
 #
 # Afterwards `python benchmarks/ingest_gpu.py $OUT` copies the CSV over the committed one and
-# writes the probe, eager-parts, network and compile timings into the GPU's _kernels.json (the tune step's figures
-# and the chapter's prose are still updated by hand).
+# writes the probe, eager-parts, network, compile and tune figures into the GPU's _kernels.json
+# (a folder from the tune step alone folds in as well; the chapter's prose is updated by hand).
 #
 # STEPS picks the parts (default: all, in this order; each has its own timeout). Measured on an
 # H100 (16 CPU cores, Triton compiling cold): tests 34 s over 14 processes (TEST_WORKERS=14),

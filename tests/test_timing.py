@@ -790,6 +790,47 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
         ingest.ingest(out, timings)
 
 
+def test_ingest_gpu_folds_a_tune_round(tmp_path):
+    """A folder with only gpu_tune.py's triton_config.json (and gpu.txt) folds into the JSON of
+    the GPU it names: each kernel's time at the package's launch parameters, every swept
+    configuration, the best one; the device_us written by hand before moves aside once."""
+    import json
+    pytest.importorskip("torch")
+    ingest = _bench_module("ingest_gpu")
+    out, timings = tmp_path / "out", tmp_path / "timings"
+    out.mkdir()
+    timings.mkdir()
+    (out / "gpu.txt").write_text("name\nFake GPU 2\ntorch 9.0 triton 9.1\n")
+    shapes = ingest.RESNET
+    configs = {"rows": ["128/1", "256/4"], "apply_rows": ["2048/4", "4096/8"],
+               "mask": ["1024/1", "1024/4"], "apply": ["2048/4"]}
+    sweeps = {part: {cfg: {s: 10.0 * (i + 1) + j + 0.04 for j, s in enumerate(shapes)}
+                     for i, cfg in enumerate(cfgs)} for part, cfgs in configs.items()}
+    sweeps["floor"] = {s: 40.0 + j for j, s in enumerate(shapes)}
+    (out / "triton_config.json").write_text(json.dumps(
+        {"device": "Fake GPU 2", "torch": "9.0", "config": {"APPLY_BLOCK": 4096},
+         "host_us": {"x * mask (tiny)": 9.0}, "device_us": sweeps}))
+    (timings / "gpu_fake_gpu_2_kernels.json").write_text(json.dumps({"device_us": {"a": 1}}))
+    params = ingest.package_params()
+    wrote = ingest.ingest(out, timings)
+    kernels = json.loads((timings / "gpu_fake_gpu_2_kernels.json").read_text())
+    assert "csv" not in wrote and not list(timings.glob("*.csv"))
+    assert kernels["device_us_earlier"] == {"a": 1}
+    for j, s in enumerate(shapes):
+        row = kernels["device_us"][s]
+        assert row["floor x*mask"] == 40.0 + j
+        assert row["row-word mask kernel"] == round(sweeps["rows"][params["rows"]][s], 1)
+        assert row["byte mask kernel"] == round(sweeps["mask"][params["mask"][s]][s], 1)
+        assert row["row-word product kernel"] == round(
+            sweeps["apply_rows"][params["apply_rows"]][s], 1)
+    assert kernels["sweeps_us"]["apply_rows"]["4096/8"][shapes[0]] == 20.0
+    assert kernels["tune"]["best"] == {"APPLY_BLOCK": 4096}
+    assert kernels["tune"]["software"] == "torch 9.0, triton 9.1"
+    ingest.ingest(out, timings)  # again: the hand-written entry is not replaced by the sweep's
+    assert json.loads((timings / "gpu_fake_gpu_2_kernels.json").read_text())[
+        "device_us_earlier"] == {"a": 1}
+
+
 def test_compile_torch_smoke(tmp_path):
     """compile_torch.py on the CPU with dynamo's eager backend: every op is timed or its failure
     recorded, a compiled DropBlock's output passes the script's check, and a check that cannot

@@ -190,6 +190,30 @@ def test_ready_and_interpreted_launchers(fake_gpu, monkeypatch):
     assert k.calls == [("triton", (3, 2, 1), ("x", 5), 2)]
 
 
+def test_the_product_block_is_part_of_the_launch_key(fake_gpu, monkeypatch):
+    """Changing ``_triton.APPLY_BLOCK`` (``gpu_tune.py`` sweeps it) makes both product kernels
+    compile again. With the block left out of the key, the kernel compiled for the old block
+    was launched over the new block's grid, which leaves part of the output unwritten (seen in
+    a sweep on an H200)."""
+    from types import SimpleNamespace
+
+    from structdrop_tutorial.torch import _triton
+    kernels = SimpleNamespace(masked_rows_kernel=Kernel(), masked_scale_kernel=Kernel())
+    monkeypatch.setattr(_triton, "_kernels", lambda: kernels)
+    x = torch.randn(2, 3, 8, 8)
+    out = torch.empty_like(x)
+    words = torch.zeros(2 * 3 * 8 + 1, dtype=torch.int64)  # the row words, then the count
+    keep, count = torch.ones(x.shape, dtype=torch.bool), torch.ones(1, dtype=torch.int64)
+    for block in (2048, 2048, 4096, 4096):
+        monkeypatch.setattr(_triton, "APPLY_BLOCK", block)
+        _triton._apply(x, words, None, True, out)
+        _triton._apply(x, keep, count, True, out)
+    for k in (kernels.masked_rows_kernel, kernels.masked_scale_kernel):
+        assert [c[0] for c in k.calls] == ["triton", "direct", "triton", "direct"]
+        assert [c[1] for c in k.calls[::2]] == [(-(-x.numel() // 2048),),
+                                                (-(-x.numel() // 4096),)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="direct launches need a GPU")
 def test_dropblock_with_direct_launches_equals_triton_launches(monkeypatch):
     """On a GPU: forward and gradient with direct launches (checked against Triton's own
@@ -215,3 +239,31 @@ def test_dropblock_with_direct_launches_equals_triton_launches(monkeypatch):
     direct = {full[0] for full, entry in _launch._COMPILED.items() if entry[3]}
     assert {k.dropblock_rows_kernel, k.masked_rows_kernel, k.dropblock_mask_kernel,
             k.masked_scale_kernel} <= direct
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="direct launches need a GPU")
+def test_product_after_the_block_changed_writes_every_unit(monkeypatch):
+    """On a GPU: after ``APPLY_BLOCK`` grows, both product kernels still write every unit of
+    the output (a buffer of NaNs beforehand), the same values as with the default block."""
+    pytest.importorskip("triton")
+    from structdrop_tutorial.torch import _triton
+    monkeypatch.setattr(_launch, "DIRECT", True)
+    monkeypatch.setattr(_launch, "VERIFY", False)  # the output itself is the check here
+    shape, block = (4, 64, 14, 14), (3, 3)
+    x = torch.randn(shape, device="cuda")
+    words, count = _triton.row_words(shape, "cuda", 0.05, block, "valid", 11)
+    buffer = torch.cat([words, count])
+    keep, kept = _triton.keep_mask(shape, "cuda", 0.05, block, "valid", 11)
+    default = _triton.APPLY_BLOCK
+    try:
+        for mask, param in ((buffer, None), (keep, kept)):
+            results = []
+            for size in (default, default, 2 * default, 2 * default, 4 * default):
+                _triton.APPLY_BLOCK = size  # a first launch compiles, the next is direct
+                out = torch.full_like(x, float("nan"))
+                results.append(_triton._apply(x, mask, param, True, out))
+            assert not results[0].isnan().any()
+            for out in results[1:]:
+                assert torch.equal(out, results[0])
+    finally:
+        _triton.APPLY_BLOCK = default

@@ -163,7 +163,7 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
     mask = _launch.prepared(kernels.dropblock_rows_kernel, _triton.ROW_WARPS, index,
                             (geo, thresh, "i64"))
     prod = _launch.prepared(kernels.masked_rows_kernel, _triton.APPLY_WARPS, index,
-                            (x.dtype, True, True, n, from_count, w))
+                            _triton.product_key(x.dtype, True, True, n, from_count) + (w,))
     if mask is None or prod is None or mask[2] != prod[2]:
         return
     plan = Plan()
