@@ -13,9 +13,9 @@ steps under ``torch.compile`` (``compile*.json`` from ``benchmarks/compile_torch
 an optional ``label`` saying which code it measured) under ``compile.runs``. The tune step's
 ``triton_config.json`` (``benchmarks/gpu_tune.py``) gives ``device_us`` (each kernel at the
 package's launch parameters, against the floor), ``sweeps_us`` (every configuration swept) and
-``tune`` (its software, date, best configuration and host costs); the ``device_us`` there was
-before the first tune round folded in (written by hand, for earlier code) moves to
-``device_us_earlier``. A folder holding only the tune step's files (no CSV)
+``tune`` (its software, date, best configuration and host costs; a later tune round replaces
+them); the ``device_us`` there was before the first tune round folded in (written by hand, for
+earlier code) moves to ``device_us_earlier``, and the file's ``method`` says so. A folder holding only the tune step's files (no CSV)
 folds into the JSON of the GPU that ``triton_config.json`` names. It then
 prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
 and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes. Probes
@@ -61,7 +61,8 @@ COMPILE_METHOD = ("benchmarks/compile_torch.py: eager forward+backward steps (to
 TUNE_METHOD = ("benchmarks/gpu_tune.py: device_us and sweeps_us from triton.testing.do_bench "
                "(median, L2 flushed between runs) of each kernel alone at the three ResNet-50 "
                "shapes, rate 0.1, block 7, against the floor x * mask timed the same way; "
-               "sweeps_us: grid rows (or units) per program / warps -> per shape; device_us: "
+               "sweeps_us: per program grid rows (row-word mask kernel), units (byte mask "
+               "kernel) or elements (product kernels) / warps -> per shape; device_us: "
                "the package's launch parameters ({params}); host_us: wall time per call of a "
                "loop of 300 calls on a tiny 1x1x16x16 input, device synchronized at both ends")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
@@ -126,24 +127,33 @@ KERNEL_NAMES = {"rows": "row-word mask kernel", "apply_rows": "row-word product 
 
 
 def tuned(tune: dict, sw: str, today: str) -> dict:
-    """``device_us``, ``sweeps_us`` and ``tune`` entries from ``gpu_tune.py``'s JSON."""
-    sweeps, params = tune["device_us"], package_params()
+    """``device_us``, ``sweeps_us`` and ``tune`` entries from ``gpu_tune.py``'s JSON (only
+    ``tune``, with the host costs, from a ``--host-only`` run). A kernel whose configuration at
+    the package's parameters was not swept is left out of ``device_us``."""
+    params = package_params()
+    described = ", ".join(f"{KERNEL_NAMES[k]} {v if isinstance(v, str) else ' / '.join(v.values())}"
+                          for k, v in params.items())
+    entries = {"tune": {"software": sw, "date": today,
+                        "method": TUNE_METHOD.format(params=described),
+                        "best": tune.get("config"), "host_us": tune["host_us"]}}
+    sweeps = tune.get("device_us")
+    if sweeps is None:  # gpu_tune.py --host-only
+        return entries
     device = {}
     for shape in RESNET:
         row = {"floor x*mask": round(sweeps["floor"][shape], 1)}
         for part, label in KERNEL_NAMES.items():
             cfg = params[part][shape] if isinstance(params[part], dict) else params[part]
-            row[label] = round(sweeps[part][cfg][shape], 1)
+            if shape in sweeps.get(part, {}).get(cfg, {}):
+                row[label] = round(sweeps[part][cfg][shape], 1)
         device[shape] = row
-    described = ", ".join(f"{KERNEL_NAMES[k]} {v if isinstance(v, str) else ' / '.join(v.values())}"
-                          for k, v in params.items())
-    return {"device_us": device,
-            "sweeps_us": {"note": "grid rows (or units) per program / warps -> per shape; one "
-                                  "do_bench each",
-                          **{k: {cfg: {s: round(t, 1) for s, t in per.items()}
-                                 for cfg, per in sweeps[k].items()} for k in KERNEL_NAMES}},
-            "tune": {"software": sw, "date": today, "method": TUNE_METHOD.format(params=described),
-                     "best": tune["config"], "host_us": tune["host_us"]}}
+    entries["device_us"] = device
+    entries["sweeps_us"] = {"note": "per program grid rows, units or elements / warps -> per "
+                                    "shape; one do_bench each",
+                            **{k: {cfg: {s: round(t, 1) for s, t in per.items()}
+                                   for cfg, per in sweeps[k].items()}
+                               for k in KERNEL_NAMES if k in sweeps}}
+    return entries
 
 
 def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: int = 300) -> dict:
@@ -165,8 +175,13 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     if tune is not None:
         entries = tuned(tune, sw, today)
         old = kernels.get("device_us")
-        if old is not None and "tune" not in kernels and "device_us_earlier" not in kernels:
-            kernels["device_us_earlier"] = old  # written by hand in an earlier round
+        if ("device_us" in entries and old is not None and "tune" not in kernels
+                and "device_us_earlier" not in kernels):  # written by hand in an earlier round
+            kernels["device_us_earlier"] = old
+            kernels["method"] = ("device_us and sweeps_us: see tune.method (a later round); "
+                                 "entries with a method of their own: see it. The rest, "
+                                 "device_us_earlier included, is from the earlier round: "
+                                 + kernels.get("method", ""))
         kernels.update(entries)
         wrote.update(entries)
     probe_path, network_path = out / "host_probe.json", out / "network.json"

@@ -810,7 +810,8 @@ def test_ingest_gpu_folds_a_tune_round(tmp_path):
     (out / "triton_config.json").write_text(json.dumps(
         {"device": "Fake GPU 2", "torch": "9.0", "config": {"APPLY_BLOCK": 4096},
          "host_us": {"x * mask (tiny)": 9.0}, "device_us": sweeps}))
-    (timings / "gpu_fake_gpu_2_kernels.json").write_text(json.dumps({"device_us": {"a": 1}}))
+    (timings / "gpu_fake_gpu_2_kernels.json").write_text(json.dumps(
+        {"device_us": {"a": 1}, "method": "by hand"}))
     params = ingest.package_params()
     wrote = ingest.ingest(out, timings)
     kernels = json.loads((timings / "gpu_fake_gpu_2_kernels.json").read_text())
@@ -826,9 +827,19 @@ def test_ingest_gpu_folds_a_tune_round(tmp_path):
     assert kernels["sweeps_us"]["apply_rows"]["4096/8"][shapes[0]] == 20.0
     assert kernels["tune"]["best"] == {"APPLY_BLOCK": 4096}
     assert kernels["tune"]["software"] == "torch 9.0, triton 9.1"
+    assert kernels["method"].startswith("device_us and sweeps_us: see tune.method")
     ingest.ingest(out, timings)  # again: the hand-written entry is not replaced by the sweep's
     assert json.loads((timings / "gpu_fake_gpu_2_kernels.json").read_text())[
         "device_us_earlier"] == {"a": 1}
+    del sweeps["apply"]  # a kernel not swept at the package's parameters is left out
+    (out / "triton_config.json").write_text(json.dumps(
+        {"device": "Fake GPU 2", "config": {}, "host_us": {}, "device_us": sweeps}))
+    kernels = ingest.ingest(out, timings)
+    assert "byte product kernel" not in kernels["device_us"][shapes[0]]
+    (out / "triton_config.json").write_text(json.dumps(  # gpu_tune.py --host-only
+        {"device": "Fake GPU 2", "host_us": {"x * mask (tiny)": 8.0}}))
+    kernels = ingest.ingest(out, timings)
+    assert "device_us" not in kernels and kernels["tune"]["host_us"] == {"x * mask (tiny)": 8.0}
 
 
 def test_compile_torch_smoke(tmp_path):

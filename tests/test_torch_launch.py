@@ -200,9 +200,9 @@ def test_the_product_block_is_part_of_the_launch_key(fake_gpu, monkeypatch):
     from structdrop_tutorial.torch import _triton
     kernels = SimpleNamespace(masked_rows_kernel=Kernel(), masked_scale_kernel=Kernel())
     monkeypatch.setattr(_triton, "_kernels", lambda: kernels)
-    x = torch.randn(2, 3, 8, 8)
+    x = torch.randn(2, 3, 64, 64)  # 24,576 units: 12 programs of 2048, 6 of 4096
     out = torch.empty_like(x)
-    words = torch.zeros(2 * 3 * 8 + 1, dtype=torch.int64)  # the row words, then the count
+    words = torch.zeros(2 * 3 * 64 + 1, dtype=torch.int64)  # the row words, then the count
     keep, count = torch.ones(x.shape, dtype=torch.bool), torch.ones(1, dtype=torch.int64)
     for block in (2048, 2048, 4096, 4096):
         monkeypatch.setattr(_triton, "APPLY_BLOCK", block)
@@ -210,8 +210,7 @@ def test_the_product_block_is_part_of_the_launch_key(fake_gpu, monkeypatch):
         _triton._apply(x, keep, count, True, out)
     for k in (kernels.masked_rows_kernel, kernels.masked_scale_kernel):
         assert [c[0] for c in k.calls] == ["triton", "direct", "triton", "direct"]
-        assert [c[1] for c in k.calls[::2]] == [(-(-x.numel() // 2048),),
-                                                (-(-x.numel() // 4096),)]
+        assert [c[1] for c in k.calls] == [(12,), 12, (6,), 6]  # grids of 2048 and 4096
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="direct launches need a GPU")

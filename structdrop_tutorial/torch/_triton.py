@@ -8,7 +8,7 @@ the memory traffic. Here one call is:
    it advances as a random op does, so ``torch.manual_seed`` and ``seed=`` behave as for any
    random op, and nothing is queued on the device); under CUDA-graph capture, an 8-byte key
    drawn on the device (``Tensor.random_``), so that each replay draws a fresh key from the
-   default generator, which a GPU-only test checks (it passed on an H100);
+   default generator, which a GPU-only test checks (it passed on an H100 and an H200);
 2. a mask kernel: every program draws its seeds from a counter-based generator (Philox-4x32-10,
    four grid positions per call), expands them into blocks, and counts its kept units. Where
    rows are at most 64 units wide (every ResNet stage DropBlock is used in) the mask is one
@@ -56,8 +56,9 @@ more than the device needs, spread over the autograd function (a quarter to a th
 the key, the buffer, the mask launch and the argument handling (book chapter 8). On an NVIDIA
 H200 (``data/timings/gpu_nvidia_h200*``; its memory is about 1.4 times faster) the row-word
 mask kernel takes 11 / 21 / 22 us and its product kernel 20 / 33 / 32 us against 24 / 42 / 42 us
-for the floor; replayed, forward+backward is 1.21 / 1.14 / 1.12 times the floor's (the mask
-kernel gains less from the faster memory than the multiply), eagerly 1.66 / 1.78 / 1.37.
+for the floor; replayed, forward+backward is 1.21 / 1.14 / 1.12 times the floor's (the kernels
+alone add up to 1.02 to 1.06 floors there, 0.96 to 0.98 on the H100), eagerly 1.66 / 1.78 /
+1.37.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
@@ -90,10 +91,11 @@ TILE_UNITS = 1024
 APPLY_BLOCK = 2048
 APPLY_WARPS = 4
 #: Warps per program of the mask kernel; None: one warp for tiles of up to 1024 units, else 4.
-#: Measured on an H200 (mask kernel alone, rate 0.1, block 7; 1 / 2 / 4 / 8 warps, microseconds):
-#: 32x1024x14x14 (4 maps of 16x16 per program) 36 / 61 / 41 / 58; 32x512x28x28 (one 32x32 tile)
-#: 89 / 99 / 134 / 250; 16x256x56x56 (one 64x64 tile) 206 / 240 / 204 / 299. On an H100
-#: (1 / 2 / 4 warps): 40.5 / 37.4 / 41.9; 87.6 / 74.4 / 94.2; 298 / 120 / 103.
+#: Measured on an H200 (mask kernel alone, rate 0.1, block 7; 1 / 2 / 4 warps, microseconds):
+#: 32x1024x14x14 (4 maps of 16x16 per program) 35.8 / 36.5 / 42.0; 32x512x28x28 (one 32x32
+#: tile) 82.6 / 74.6 / 97.6; 16x256x56x56 (one 64x64 tile) 217.9 / 114.2 / 103.5 (the default
+#: choice sums to 222 us, one fixed count at best to 225). On an H100: 40.5 / 37.4 / 41.9;
+#: 87.6 / 74.4 / 94.2; 298 / 120 / 103.
 MASK_WARPS = None
 #: Keep the mask as one 64-bit word per row (bit ``w`` set: unit ``w`` dropped) where rows and
 #: rows of seeds are at most 64 wide; one byte per unit otherwise (tests switch it off to run
