@@ -16,7 +16,10 @@ package's launch parameters, against the floor), ``sweeps_us`` (every configurat
 ``tune`` (its software, date, best configuration and host costs; a later tune round replaces
 them); the ``device_us`` there was before the first tune round folded in (written by hand, for
 earlier code) moves to ``device_us_earlier``, and the file's ``method`` says so. A folder holding only the tune step's files (no CSV)
-folds into the JSON of the GPU that ``triton_config.json`` names. It then
+folds into the JSON of the GPU that ``triton_config.json`` names. The steps of
+``benchmarks/channels_last_torch.py`` (``channels_last*.json``: eager and CUDA-graph steps of
+channels_last inputs) go under ``channels_last``; a folder with only those folds in the same
+way. It then
 prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
 and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes. Probes
 that failed on the GPU (the probe records the error instead of a time) are kept apart, under
@@ -65,6 +68,13 @@ TUNE_METHOD = ("benchmarks/gpu_tune.py: device_us and sweeps_us from triton.test
                "kernel) or elements (product kernels) / warps -> per shape; device_us: "
                "the package's launch parameters ({params}); host_us: wall time per call of a "
                "loop of 300 calls on a tiny 1x1x16x16 input, device synchronized at both ends")
+CHANNELS_LAST_METHOD = ("benchmarks/channels_last_torch.py --rounds {rounds} --n {n}: "
+                        "forward+backward steps (torch.autograd.grad, the upstream gradient in "
+                        "the input's layout) of the floor x * mask and of dropblock on "
+                        "contiguous and channels_last inputs (its own product kernel, and the "
+                        "general route through a channels_first copy), eager and replayed from "
+                        "a CUDA graph; each figure the median over rounds of a loop of n steps, "
+                        "the ops interleaved")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
                   "forward+backward (autograd.grad to the stage's parameters), eager; ops timed "
                   "round-robin, median per step; added_s = step_s - step_s of the stage "
@@ -161,10 +171,12 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     csvs = sorted(out.glob("gpu_*.csv"))
     tune_path = out / "triton_config.json"
     tune = json.loads(tune_path.read_text()) if tune_path.exists() else None
+    layouts = [json.loads(f.read_text()) for f in sorted(out.glob("channels_last*.json"))]
+    named = tune or (layouts[0] if layouts else None)  # a folder without the benchmark's CSV
     if len(csvs) == 1:
         name = csvs[0].stem
-    elif not csvs and tune is not None:  # a tune round alone
-        name = f"gpu_{slug(tune['device'])}"
+    elif not csvs and named is not None:
+        name = f"gpu_{slug(named['device'])}"
     else:
         raise FileNotFoundError(f"{out}: expected one gpu_<name>.csv, found {len(csvs)}")
     sw = software(out)
@@ -221,10 +233,18 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
                                         "n": run["n"], "shapes": run["shapes"]}
                                        for run in compiled]}
         wrote["compile"] = kernels["compile"]
+    if layouts:
+        run = layouts[-1]
+        kernels["channels_last"] = {"software": sw, "date": today,
+                                    "method": CHANNELS_LAST_METHOD.format(rounds=run["rounds"],
+                                                                          n=run["n"]),
+                                    "steps_us": run["steps_us"]}
+        wrote["channels_last"] = kernels["channels_last"]
     if not dry_run:
         if csvs:
             shutil.copyfile(csvs[0], timings / csvs[0].name)
-        if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile", "tune")):
+        if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile", "tune",
+                                    "channels_last")):
             kernels_path.write_text(json.dumps(kernels, indent=1) + "\n")
     return wrote
 

@@ -10,6 +10,9 @@
 #   compile.json/.log     compile_torch.py: the floor and DropBlock under torch.compile (inductor,
 #                         default and reduce-overhead) against eager steps
 #   network.json/.txt     bench_network.py: what each op adds to a conv -> BN -> ReLU stage's step
+#   channels_last.json/.txt
+#                         channels_last_torch.py: channels_last inputs (their own product kernel
+#                         and the copy route) against contiguous ones, eager and CUDA graph
 #   profile.txt           profile_torch.py: where one forward+backward's host and device time go
 #                         (floor, DropBlock, DropBlock on tensor ops)
 #   profile.tgz           its Chrome traces and JSON, and gpu_tune.py's cProfile of tiny steps
@@ -20,8 +23,9 @@
 #                         of both mask kernels, to read against the kernel times
 #
 # Afterwards `python benchmarks/ingest_gpu.py $OUT` copies the CSV over the committed one and
-# writes the probe, eager-parts, network, compile and tune figures into the GPU's _kernels.json
-# (a folder from the tune step alone folds in as well; the chapter's prose is updated by hand).
+# writes the probe, eager-parts, network, channels_last, compile and tune figures into the GPU's
+# _kernels.json (a folder from the tune or layouts step alone folds in as well; the chapter's
+# prose is updated by hand).
 #
 # STEPS picks the parts (default: all, in this order; each has its own timeout). Measured on an
 # H100 (16 CPU cores, Triton compiling cold): tests 34 s over 14 processes (TEST_WORKERS=14),
@@ -36,7 +40,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-STEPS=" ${STEPS:-tests probe parts profile tune bench network compile sass} "
+STEPS=" ${STEPS:-tests probe parts profile tune bench network layouts compile sass} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 want() { [[ "$STEPS" == *" $1 "* ]]; }
@@ -81,6 +85,10 @@ fi
 if want network; then  # the ops inside a conv -> BN -> ReLU stage, eager steps
     timeout "${NETWORK_TIMEOUT:-150}" python3 benchmarks/bench_network.py --rounds "${NETWORK_ROUNDS:-30}" \
         --out "$OUT/network.json" > "$OUT/network.txt" 2>&1; echo "network exit $?" | tee -a "$OUT/network.txt"
+fi
+if want layouts; then  # channels_last inputs, eager and replayed
+    timeout "${LAYOUTS_TIMEOUT:-120}" python3 benchmarks/channels_last_torch.py \
+        --out "$OUT/channels_last.json" > "$OUT/channels_last.txt" 2>&1; echo "layouts exit $?" | tee -a "$OUT/channels_last.txt"
 fi
 if want compile; then  # dynamo's warnings go to the log
     timeout "${COMPILE_TIMEOUT:-200}" python3 benchmarks/compile_torch.py --time-limit 120 \

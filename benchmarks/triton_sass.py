@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from structdrop_tutorial import clip_block  # noqa: E402
-from structdrop_tutorial.torch import _triton  # noqa: E402
+from structdrop_tutorial.torch import _triton, _triton_channels_last  # noqa: E402
 from structdrop_tutorial.torch import _triton_kernels as kernels  # noqa: E402
 
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
@@ -78,7 +78,7 @@ def recorded_launches(run):
     fake = SimpleNamespace(**{name: _Recorder(getattr(kernels, name), calls)
                               for name in ("dropblock_mask_kernel", "seed_grid_kernel",
                                            "masked_scale_kernel", "dropblock_rows_kernel",
-                                           "masked_rows_kernel")})
+                                           "masked_rows_kernel", "masked_rows_cl_kernel")})
     real = _triton._kernels
     _triton._kernels = lambda: fake
     try:
@@ -149,9 +149,21 @@ def _product_run(dtype, from_count, width=None):
     return run
 
 
+def _product_cl_run(dtype, from_count, shape):
+    """The row-word product for channels innermost in memory, ``shape`` in memory order."""
+    def run():
+        p = torch.zeros(shape, dtype=dtype)
+        words = torch.zeros(p.numel() // shape[-2] + 1, dtype=torch.int64)
+        _triton_channels_last.product(p, words, None if from_count else 1.25, from_count,
+                                      torch.empty_like(p))
+    return run
+
+
 def check(archs) -> int:
     runs = [_mask_run(*c) for c in CHECKS]
     runs += [_product_run(d, f, w) for d in DTYPES for f in (True, False) for w in (None, 56)]
+    runs += [_product_cl_run(d, f, s) for d in DTYPES for f in (True, False)
+             for s in ((2, 14, 14, 64), (2, 5, 7, 9, 3), (4, 40, 3))]
     launches, seen = [], set()
     for run in runs:
         for fn, args, kwargs in recorded_launches(run):

@@ -840,6 +840,15 @@ def test_ingest_gpu_folds_a_tune_round(tmp_path):
         {"device": "Fake GPU 2", "host_us": {"x * mask (tiny)": 8.0}}))
     kernels = ingest.ingest(out, timings)
     assert "device_us" not in kernels and kernels["tune"]["host_us"] == {"x * mask (tiny)": 8.0}
+    (out / "triton_config.json").unlink()  # a folder with only the channels_last steps
+    steps = {"32x512x28x28": {"floor x*mask, graph": 70.0, "dropblock, channels_last, graph": 140.0}}
+    (out / "channels_last.json").write_text(json.dumps(
+        {"device": "Fake GPU 2", "torch": "9.0", "rounds": 5, "n": 40, "steps_us": steps}))
+    ingest.ingest(out, timings)
+    kernels = json.loads((timings / "gpu_fake_gpu_2_kernels.json").read_text())
+    assert kernels["channels_last"]["steps_us"] == steps
+    assert "--rounds 5 --n 40" in kernels["channels_last"]["method"]
+    assert kernels["tune"]["host_us"] == {"x * mask (tiny)": 8.0}  # the rest stays
 
 
 def test_compile_torch_smoke(tmp_path):

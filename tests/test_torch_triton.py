@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _launch, _prepared, _triton  # noqa: E402
+from structdrop_tutorial.torch import (_launch, _prepared, _triton,  # noqa: E402
+                                       _triton_channels_last)
 
 from helpers import five_sigma_fraction_bound, interpreted_bfloat16, triton_test_device  # noqa: E402
 
@@ -55,10 +56,13 @@ def key(value):
     return torch.tensor([value], dtype=torch.int64, device=DEVICE)
 
 
-def counting_dropblock(monkeypatch):
-    """Replace _triton.dropblock by a wrapper that records its calls; returns the list."""
-    calls, real = [], _triton.dropblock
-    monkeypatch.setattr(_triton, "dropblock", lambda *a, **k: calls.append(a) or real(*a, **k))
+def counting_dropblock(monkeypatch, channels_last=True):
+    """Replace _triton.dropblock (and, with ``channels_last``, the channels-last route's
+    dropblock) by wrappers that record their calls; returns the list."""
+    calls = []
+    for module in (_triton, _triton_channels_last) if channels_last else (_triton,):
+        monkeypatch.setattr(module, "dropblock", lambda *a, real=module.dropblock, **k:
+                            calls.append(a) or real(*a, **k))
     return calls
 
 
@@ -315,6 +319,70 @@ def test_every_layout_takes_the_kernels_with_the_same_masks(monkeypatch, spatial
     dense = sdt.dropblock(wide[..., ::2].contiguous(), 0.3, 3,
                           seed=torch.Generator(DEVICE).manual_seed(5))
     assert sliced.is_contiguous() and torch.equal(sliced, dense)
+
+
+@pytest.mark.parametrize("spatial", [(9, 10), (7, 6, 5), (40,)])
+def test_channels_innermost_in_memory_skip_the_copies(monkeypatch, spatial):
+    """Channels innermost in memory (channels_last data or memory format) take their own product
+    kernel once the row-word geometry is checked: nothing is copied to channels_first, and the
+    output (in x's layout), the gradient and the double-backward gradient equal a contiguous
+    channels_first input's for the same seed, in both normalizations."""
+    used, real = [], _triton_channels_last.product
+    monkeypatch.setattr(_triton_channels_last, "product",
+                        lambda *a: used.append(a[0].shape) or real(*a))
+    copies = counting_dropblock(monkeypatch, channels_last=False)
+    shape = (2, 3) + spatial
+    x = torch.randn(shape, device=DEVICE)
+    g = torch.randn(shape, device=DEVICE)
+
+    def run(t, fmt, normalize):
+        def call(t):
+            return sdt.dropblock(t, 0.3, 3, fmt, normalize=normalize,
+                                 seed=torch.Generator(DEVICE).manual_seed(5))
+        t = t.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        upstream = g if fmt == "channels_first" else g.movedim(1, -1).contiguous()
+        y = call(t)
+        (grad,) = torch.autograd.grad(y, t, upstream)
+        assert y.stride() == t.stride()
+        upstream = upstream.clone().requires_grad_()  # double backward: grad of the gradient
+        (again,) = torch.autograd.grad(call(t), t, upstream, create_graph=True)
+        (twice,) = torch.autograd.grad(again.square().sum(), upstream)
+        out = (y, grad, twice)
+        return out if fmt == "channels_first" else tuple(v.movedim(-1, 1) for v in out)
+
+    memory = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.ndim)
+    layouts = [(x.movedim(1, -1).contiguous(), "channels_last")]
+    if memory is not None:
+        layouts.append((x.contiguous(memory_format=memory), "channels_first"))
+    for normalize in ("batch", "rate"):
+        ref = run(x, "channels_first", normalize)  # also checks the row-word geometry
+        for t, fmt in layouts:
+            before = (len(used), len(copies))
+            out = run(t, fmt, normalize)
+            assert all(torch.equal(a, b) for a, b in zip(out, ref)), (fmt, normalize)
+            # two forward passes, one backward by the kernel, none through a copy
+            assert (len(used) - before[0], len(copies) - before[1]) == (3, 0), (fmt, normalize)
+
+
+def test_channels_innermost_take_the_copies_first_and_inplace(monkeypatch):
+    """An unchecked row-word geometry goes through the copy route (which checks it), and so does
+    ``inplace``; byte masks (rows wider than 64) always do. Same values either way."""
+    used, real = [], _triton_channels_last.product
+    monkeypatch.setattr(_triton_channels_last, "product",
+                        lambda *a: used.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(_triton, "_ROWS_CHECKED", set())
+    x = torch.randn(2, 3, 9, 10, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    first = sdt.dropblock(x, 0.3, 3, seed=7)
+    assert used == [] and first.stride() == x.stride()
+    second = sdt.dropblock(x, 0.3, 3, seed=7)
+    assert len(used) == 1 and torch.equal(first, second)
+    z = x.clone(memory_format=torch.preserve_format)
+    assert sdt.dropblock(z, 0.3, 3, seed=7, inplace=True) is z and len(used) == 1
+    assert torch.equal(z, first)
+    wide = torch.randn(2, 3, 9, 70, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        sdt.dropblock(wide, 0.3, 3, seed=7)
+    assert len(used) == 1
 
 
 def test_usable():

@@ -15,7 +15,10 @@ importable, DropBlock with per-channel masks runs as two Triton kernels instead
 the mask kernel, same distribution, same expansion. The kernels take a contiguous
 channels_first tensor; an input in another layout (channels_last data, channels_last memory
 format, a strided view) is run as its contiguous channels_first copy and the result returned in
-its own layout, so on CUDA a seed gives the same mask in every layout. (On the CPU a seed gives
+its own layout, so on CUDA a seed gives the same mask in every layout. Where the channels are
+innermost in memory and the mask fits one 64-bit word per row, a product kernel of their own
+reads them in place instead, from the second call of a shape on (the first checks the
+geometry), with the same masks (:mod:`structdrop_tutorial.torch._triton_channels_last`). (On the CPU a seed gives
 the same mask for every memory layout of one data_format; channels_last data draws its seeds in
 its own order, so other masks than channels_first data from the same seed.) Under
 ``torch.compile`` DropBlock's samplers are not traced: the graph breaks and the call runs
@@ -39,7 +42,7 @@ from ..shapes import (drop_path_noise_shape, noise_shape as _noise_shape, seed_g
 from ._fast import (_compiling, bernoulli_positions, count_true, masked_scale, rand as _rand,
                     scale_from_count)
 from ._paint import seeds_to_dropped, seeds_to_keep_from_table, use_table, window_or
-from . import _prepared, _triton
+from . import _prepared, _triton, _triton_channels_last
 
 __all__ = ["bernoulli_compare", "bernoulli_relu_sign", "dropout", "spatial_dropout",
            "dropblock", "dropblock_keep_mask", "cutout", "drop_path", "dropconnect_dense"]
@@ -412,8 +415,19 @@ def _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate, generator,
     result, as from PyTorch's own elementwise operations). Each copy moves two thirds of the
     bytes of the floor's multiply: an eager step on an H100 cost 2.2 to 2.7 floors (a contiguous
     input 1.1 to 1.5 in the same probe), where the tensor-operation path costs 10 to 13 floors
-    (chapter 8). None where the kernels do not serve the shape."""
+    (chapter 8). Channels innermost in memory (channels_last data or memory format) with row
+    words skip the copies once their geometry is checked (:mod:`._triton_channels_last`). None
+    where the kernels do not serve the shape."""
     v = x.movedim(-1, 1) if data_format == "channels_last" else x
+    if (not inplace and not v.is_contiguous()
+            and v.permute(0, *range(2, v.ndim), 1).is_contiguous()):
+        geo = _triton_channels_last.checked_rows(v, block, seeds)
+        if geo is not None:  # channels innermost: the product reads them where they are
+            out = _triton_channels_last.dropblock(v, geo, g, normalize, rate, generator)
+            if out is None:
+                return None
+            out = out.movedim(1, -1) if data_format == "channels_last" else out
+            return out if out.stride() == x.stride() else torch.empty_like(x).copy_(out)
     copied = not v.is_contiguous()
     if copied:
         v = v.contiguous()

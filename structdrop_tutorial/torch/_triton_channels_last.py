@@ -1,0 +1,121 @@
+"""The Triton DropBlock path for inputs whose channels are innermost in memory.
+
+``model.to(memory_format=torch.channels_last)`` stores unit ``(n, c, h, w)`` of an ``N x C x H x W``
+tensor at ``((n * H + h) * W + w) * C + c``, and data in ``channels_last`` format is laid out
+the same way. The row-word mask of :mod:`._triton` does not depend on the layout: it is drawn
+for the channels_first rows ``(n, c, h)``, so a seed gives the same mask in every layout. Only
+the product reads the input, and :func:`._triton_kernels.masked_rows_cl_kernel` reads it in its
+own memory order, finding each unit's word and bit from its offset. Neither the input nor the
+output is copied to channels_first and back, as the general route for other layouts does
+(:func:`structdrop_tutorial.torch.functional._triton_in_nchw`, two more passes over the data
+each way).
+
+Served here: per-channel masks with row words (maps and rows of seeds at most 64 units wide)
+whose check has passed on the device (:func:`checked_rows`: the first call of a geometry takes
+the general route, which checks it), no ``inplace``, no functorch transform. The masks,
+outputs and gradients are the general route's for the same seed (the tests compare them), and
+the key is drawn the same way, so the generator's state after a call is the same too. Forward
+and backward run the kernel; double backward uses tensor operations, as
+:class:`._triton.MaskedScale` does.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+
+from . import _launch, _triton
+
+
+def checked_rows(x: torch.Tensor, block, seeds: str) -> Optional[_triton.RowGeometry]:
+    """The row-word geometry of ``x`` (channels_first shape, any layout) where row words serve
+    it and their first-use check has passed on x's device, else None."""
+    if not _triton.ROW_WORDS or torch._C._are_functorch_transforms_active():
+        return None
+    device = str(x.device)
+    if device in _triton._ROWS_FAILED or device in _triton._FAILED:
+        return None
+    geo = _triton.row_geometry(tuple(x.shape), tuple(block), seeds, _triton.ROW_ITEMS)
+    return geo if geo is not None and (device, geo) in _triton._ROWS_CHECKED else None
+
+
+def product(p: torch.Tensor, words: torch.Tensor, param, from_count: bool,
+            out: torch.Tensor) -> torch.Tensor:
+    """``out = p * keep * scale``, where ``p`` (contiguous) holds the units in ``(N, *spatial,
+    C)`` order and ``words`` are the channels_first rows' words followed by the count of kept
+    units; ``param`` is the scale (a Python float) where not ``from_count``."""
+    n = p.numel()
+    c, w = p.shape[-1], p.shape[-2]
+    rows = math.prod(p.shape[1:-2])
+    if words.numel() != n // w + 1:  # the kernel reads the count after the words
+        raise ValueError(f"row words of {n // w} rows need the count after them "
+                         f"({n // w + 1} entries), got {words.numel()}")
+    bits = 0 if from_count else _triton._float64_bits(param)
+    key = _triton.product_key(p.dtype, p.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, n,
+                              from_count) + ("channels last", c, rows, w)
+    with _triton._on(p.device):
+        _launch.launch(_triton._kernels().masked_rows_cl_kernel,
+                       (-(-n // _triton.APPLY_BLOCK),), key,
+                       (p, words, out, bits, n, n, c, rows, w, from_count,
+                        p.dtype == torch.float64, _triton.APPLY_BLOCK), _triton.APPLY_WARPS)
+    return out
+
+
+class ChannelsLastProduct(torch.autograd.Function):
+    """:func:`product` with its backward pass (the same kernel on the gradient); saves the row
+    words (8 bytes per row, then the count) and keeps the scale as a float."""
+
+    @staticmethod
+    def forward(ctx, p, words, param, from_count):
+        out = product(p, words, param, from_count, torch.empty_like(p))
+        ctx.save_for_backward(words)
+        ctx.param, ctx.from_count = param, from_count
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (words,) = ctx.saved_tensors
+        if grad.requires_grad:  # double backward: tensor operations on the channels_first view
+            out = _triton.differentiable_product(grad.movedim(-1, 1), words, ctx.param,
+                                                 ctx.from_count).movedim(1, -1)
+            return out, None, None, None
+        grad = grad.contiguous()
+        return (product(grad, words, ctx.param, ctx.from_count, torch.empty_like(grad)),
+                None, None, None)
+
+
+def dropblock(x: torch.Tensor, geo, gamma: float, normalize: str, rate: float,
+              generator: Optional[torch.Generator]) -> Optional[torch.Tensor]:
+    """DropBlock of ``x`` (channels_first shape, channels innermost in memory) with the row
+    words of ``geo`` (from :func:`checked_rows`); the result has x's layout. None where the
+    kernel failed on its first use on this device (with a warning; the device then uses
+    tensor operations, as after any first-use failure of :func:`._triton.dropblock`)."""
+    device = str(x.device)
+    p = x.permute(0, *range(2, x.ndim), 1)
+    signature = (device, geo, x.dtype, normalize, "channels last")
+    if signature in _triton._CHECKED:
+        out = _run(p, geo, gamma, normalize, rate, generator)
+    else:
+        try:
+            out = _run(p, geo, gamma, normalize, rate, generator)
+        except Exception as exc:  # first use on this device: compile or launch failed
+            _triton._FAILED[device] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"structdrop: the Triton DropBlock channels-last kernel failed on "
+                          f"{device} ({_triton._FAILED[device][:300]}); DropBlock uses tensor "
+                          "operations on this device from now on", RuntimeWarning, stacklevel=3)
+            return None
+        _triton._CHECKED.add(signature)
+    return out.permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+
+
+def _run(p, geo, gamma, normalize, rate, generator):
+    """The key, the row words and the product, as :func:`._triton._dropblock` draws them."""
+    device = p.device
+    eager = _triton._eager(device)
+    key = _triton.new_key(device, generator, eager)
+    words = _triton._row_buffer(geo, device, gamma, key, eager)
+    from_count = normalize == "batch"
+    param = None if from_count else 1.0 / (1.0 - rate)
+    return ChannelsLastProduct.apply(p, words, param, from_count)
