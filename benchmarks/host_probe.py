@@ -298,7 +298,8 @@ def steps(dev, n, shapes):
         xd = x.detach()
         cases["floor x*mask fwd only"] = lambda: xd * mask
         cases["dropblock fwd only, prepared"] = lambda: sdt.dropblock(xd, RATE, BLOCK, seed=gen)
-        # channels_last memory format: the Triton kernels on a channels_first copy
+        # channels_last memory format: the own product kernel (the committed probes measured
+        # the copy route, before it; channels_last_torch.py times both)
         xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         mc = mask.contiguous(memory_format=torch.channels_last)
         cases["floor x*mask, channels_last"] = _fwd_bwd(lambda t: t * mc, xc, g)

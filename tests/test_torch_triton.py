@@ -385,6 +385,40 @@ def test_channels_innermost_take_the_copies_first_and_inplace(monkeypatch):
     assert len(used) == 1
 
 
+def test_channels_innermost_one_sample_half_precision_and_a_failing_kernel(monkeypatch):
+    """One sample in float16 (and bfloat16 where the device has it) gives the contiguous input's
+    values through the kernel; should the kernel fail on its first use, one warning, and the
+    inputs take the copy route on that device from then on, with the same values."""
+    monkeypatch.setattr(_triton_channels_last, "_FAILED", {})
+    dtypes = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+    for dtype in dtypes:
+        x = torch.randn(1, 5, 9, 10, device=DEVICE).to(dtype)
+        ref = sdt.dropblock(x, 0.3, 3, seed=9)
+        y = sdt.dropblock(x.contiguous(memory_format=torch.channels_last), 0.3, 3, seed=9)
+        assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y, ref), dtype
+    x = torch.randn(2, 3, 9, 11, device=DEVICE)
+    ref = sdt.dropblock(x, 0.3, 3, seed=9)
+    real = _triton_channels_last.product
+
+    def broken(*args):
+        raise RuntimeError("no such kernel here")
+
+    monkeypatch.setattr(_triton_channels_last, "product", broken)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with pytest.warns(RuntimeWarning, match="channels-last kernel failed"):
+        y = sdt.dropblock(xc, 0.3, 3, seed=9)
+    assert list(_triton_channels_last._FAILED) == [str(x.device)] and not _triton._FAILED
+    monkeypatch.setattr(_triton_channels_last, "product", real)
+    used = counting_dropblock(monkeypatch, channels_last=False)
+    assert torch.equal(sdt.dropblock(xc, 0.3, 3, seed=9), ref) and len(used) == 1
+    # the failed call drew a key before the copy route drew another (another mask), but its
+    # output is still a DropBlock of x: zeros, and x times one scale elsewhere
+    kept = y != 0
+    scale = y[kept] / xc[kept]
+    assert y.stride() == xc.stride() and kept.any() and not kept.all()
+    torch.testing.assert_close(scale, torch.full_like(scale, scale[0].item()))
+
+
 def test_usable():
     x = torch.ones(2, 3, 8, 8, device=DEVICE)
     assert _triton.usable(x, "channels_first", ())

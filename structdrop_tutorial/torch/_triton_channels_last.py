@@ -11,8 +11,10 @@ output is copied to channels_first and back, as the general route for other layo
 each way).
 
 Served here: per-channel masks with row words (maps and rows of seeds at most 64 units wide)
-whose check has passed on the device (:func:`checked_rows`: the first call of a geometry takes
-the general route, which checks it), no ``inplace``, no functorch transform. The masks,
+whose check has passed on the device (:func:`checked_rows`: until a call of the geometry, in
+any layout, has taken the general route, which checks it), no ``inplace``, no functorch
+transform or wrapped tensor. Should the kernel fail on its first use on a device, such inputs
+take the general route there from then on (after one warning). The masks,
 outputs and gradients are the general route's for the same seed (the tests compare them), and
 the key is drawn the same way, so the generator's state after a call is the same too. Forward
 and backward run the kernel; double backward uses tensor operations, as
@@ -22,20 +24,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from . import _launch, _triton
 
+# devices where the kernel failed on its first use: the general route serves them
+_FAILED: Dict[str, str] = {}
+
 
 def checked_rows(x: torch.Tensor, block, seeds: str) -> Optional[_triton.RowGeometry]:
     """The row-word geometry of ``x`` (channels_first shape, any layout) where row words serve
     it and their first-use check has passed on x's device, else None."""
-    if not _triton.ROW_WORDS or torch._C._are_functorch_transforms_active():
+    if (not _triton.ROW_WORDS or torch._C._are_functorch_transforms_active()
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         return None
     device = str(x.device)
-    if device in _triton._ROWS_FAILED or device in _triton._FAILED:
+    if device in _triton._ROWS_FAILED or device in _triton._FAILED or device in _FAILED:
         return None
     geo = _triton.row_geometry(tuple(x.shape), tuple(block), seeds, _triton.ROW_ITEMS)
     return geo if geo is not None and (device, geo) in _triton._ROWS_CHECKED else None
@@ -90,8 +96,8 @@ def dropblock(x: torch.Tensor, geo, gamma: float, normalize: str, rate: float,
               generator: Optional[torch.Generator]) -> Optional[torch.Tensor]:
     """DropBlock of ``x`` (channels_first shape, channels innermost in memory) with the row
     words of ``geo`` (from :func:`checked_rows`); the result has x's layout. None where the
-    kernel failed on its first use on this device (with a warning; the device then uses
-    tensor operations, as after any first-use failure of :func:`._triton.dropblock`)."""
+    kernel failed on its first use on this device (with a warning): the caller takes the
+    general route, then and from then on."""
     device = str(x.device)
     p = x.permute(0, *range(2, x.ndim), 1)
     signature = (device, geo, x.dtype, normalize, "channels last")
@@ -101,10 +107,11 @@ def dropblock(x: torch.Tensor, geo, gamma: float, normalize: str, rate: float,
         try:
             out = _run(p, geo, gamma, normalize, rate, generator)
         except Exception as exc:  # first use on this device: compile or launch failed
-            _triton._FAILED[device] = f"{type(exc).__name__}: {exc}"
+            _FAILED[device] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"structdrop: the Triton DropBlock channels-last kernel failed on "
-                          f"{device} ({_triton._FAILED[device][:300]}); DropBlock uses tensor "
-                          "operations on this device from now on", RuntimeWarning, stacklevel=3)
+                          f"{device} ({_FAILED[device][:300]}); inputs with channels innermost "
+                          "go through a channels_first copy on this device from now on",
+                          RuntimeWarning, stacklevel=3)
             return None
         _triton._CHECKED.add(signature)
     return out.permute(0, x.ndim - 1, *range(1, x.ndim - 1))

@@ -277,9 +277,9 @@ def masked_rows_cl_kernel(x_ptr, words_ptr, out_ptr, scale_bits, n, total, C: tl
                           DH: tl.constexpr, W: tl.constexpr, FROM_COUNT: tl.constexpr,
                           WIDE: tl.constexpr, BLOCK: tl.constexpr):
     """:func:`masked_rows_kernel` for inputs whose channels are innermost in memory: ``x`` and
-    ``out`` hold unit ``(m, c, r, w)`` of ``M`` samples, ``C`` channels, ``DH`` rows (depth times
-    height) of ``W`` units at offset ``((m * DH + r) * W + w) * C + c``, and the row words are
-    the channels_first rows' (word ``(m * C + c) * DH + r``), so the mask is the one a
+    ``out`` hold unit ``(s, c, r, w)`` (sample, channel, row of the ``DH`` rows of depth times
+    height, column of ``W``) at offset ``((s * DH + r) * W + w) * C + c``, and the row words
+    are the channels_first rows' (word ``(s * C + c) * DH + r``), so the mask is the one a
     channels_first copy of x would get. Offsets fit in int32 (row words need fewer than 2**31
     units); the divisions are by compile-time constants."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -288,9 +288,9 @@ def masked_rows_cl_kernel(x_ptr, words_ptr, out_ptr, scale_bits, n, total, C: tl
     c = o % C
     t = o // C
     w = t % W
-    r = t // W  # m * DH + row
-    m = r // DH
-    word = tl.load(words_ptr + ((m * C + c) * DH + (r - m * DH)), mask=inb, other=0)
+    r = t // W  # s * DH + row
+    s = r // DH
+    word = tl.load(words_ptr + ((s * C + c) * DH + (r - s * DH)), mask=inb, other=0)
     k = ((word >> w.to(tl.int64)) & 1) == 0
     _store_scaled(x_ptr, out_ptr, offs, inb, k, words_ptr + n // W, scale_bits, total,
                   FROM_COUNT, WIDE)

@@ -17,8 +17,8 @@ channels_first tensor; an input in another layout (channels_last data, channels_
 format, a strided view) is run as its contiguous channels_first copy and the result returned in
 its own layout, so on CUDA a seed gives the same mask in every layout. Where the channels are
 innermost in memory and the mask fits one 64-bit word per row, a product kernel of their own
-reads them in place instead, from the second call of a shape on (the first checks the
-geometry), with the same masks (:mod:`structdrop_tutorial.torch._triton_channels_last`). (On the CPU a seed gives
+reads them in place instead, with the same masks, once a call of the geometry (in any layout)
+has checked it on the device (:mod:`structdrop_tutorial.torch._triton_channels_last`). (On the CPU a seed gives
 the same mask for every memory layout of one data_format; channels_last data draws its seeds in
 its own order, so other masks than channels_first data from the same seed.) Under
 ``torch.compile`` DropBlock's samplers are not traced: the graph breaks and the call runs
@@ -424,10 +424,9 @@ def _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate, generator,
         geo = _triton_channels_last.checked_rows(v, block, seeds)
         if geo is not None:  # channels innermost: the product reads them where they are
             out = _triton_channels_last.dropblock(v, geo, g, normalize, rate, generator)
-            if out is None:
-                return None
-            out = out.movedim(1, -1) if data_format == "channels_last" else out
-            return out if out.stride() == x.stride() else torch.empty_like(x).copy_(out)
+            if out is not None:  # (None: the kernel failed on its first use; copies below)
+                out = out.movedim(1, -1) if data_format == "channels_last" else out
+                return out if out.stride() == x.stride() else torch.empty_like(x).copy_(out)
     copied = not v.is_contiguous()
     if copied:
         v = v.contiguous()
