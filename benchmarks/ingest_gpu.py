@@ -36,14 +36,16 @@ import argparse
 import csv
 import datetime
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the package's launch parameters (package_params)
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):  # the package's launch parameters, run_all's slug
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from run_all import slug  # noqa: E402  (a device's name as in the timing files' names)
 TIMINGS = ROOT / "structdrop_tutorial" / "data" / "timings"
 RESNET = ("32x1024x14x14", "32x512x28x28", "16x256x56x56")
 PROBE_METHOD = ("benchmarks/host_probe.py --n {n}: host_us is the median of 3 loops of n calls, "
@@ -111,11 +113,6 @@ def _split_failures(table: dict, failed: dict, where: str = "") -> dict:
         else:
             failed[f"{where}{name}"] = str(value)
     return kept
-
-
-def slug(text: str) -> str:
-    """The file-name form of a device name (``run_all.slug``)."""
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
 
 
 def package_params() -> dict:

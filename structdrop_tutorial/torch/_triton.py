@@ -457,9 +457,7 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
     with _on(x.device):
         if mask.dtype == torch.int64:
             w = x.shape[-1]
-            if mask.numel() != n // w + 1:  # the kernel reads the count after the words
-                raise ValueError(f"row words of {n // w} rows need the count after them "
-                                 f"({n // w + 1} entries), got {mask.numel()}")
+            check_row_words(mask, n, w)
             _launch.launch(_kernels().masked_rows_kernel, launch, key + (w,),
                            (x, mask, out, bits, n, n, w, from_count, wide, APPLY_BLOCK),
                            APPLY_WARPS)
@@ -468,6 +466,13 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
                            (x, mask.view(torch.uint8), out, count, bits, n, n, from_count, wide,
                             APPLY_BLOCK), APPLY_WARPS)
     return out
+
+
+def check_row_words(words: torch.Tensor, n: int, w: int) -> None:
+    """The product kernels read the count of kept units after the words of ``n // w`` rows."""
+    if words.numel() != n // w + 1:
+        raise ValueError(f"row words of {n // w} rows need the count after them "
+                         f"({n // w + 1} entries), got {words.numel()}")
 
 
 def product_key(dtype, x_aligned: bool, out_aligned: bool, n: int, from_count: bool) -> tuple:
@@ -623,6 +628,14 @@ def dropblock(x: torch.Tensor, gamma: float, block: tuple, seeds: str, normalize
 
 def _dropblock(x, gamma, geo, normalize, rate, generator, inplace):
     # Nothing here records autograd history (fresh buffers, Triton launches), so no no_grad.
+    keep, param, from_count = drawn_mask(x, gamma, geo, normalize, rate, generator)
+    return apply_masked_scale(x, keep, param, from_count, inplace)
+
+
+def drawn_mask(x, gamma, geo, normalize, rate, generator):
+    """One call's mask for x's device (row words then the count, or a byte mask and its count)
+    from a key drawn from ``generator``, with the product kernel's ``param`` and
+    ``from_count``: what every Triton route draws, so a seed gives the same mask in each."""
     device = x.device
     eager = _eager(device)
     key = new_key(device, generator, eager)
@@ -631,10 +644,8 @@ def _dropblock(x, gamma, geo, normalize, rate, generator, inplace):
     else:
         keep, count = _mask_bytes(geo, x.shape, device, gamma, key)
     if normalize == "batch":
-        param, from_count = count, True
-    else:  # passed to the kernel by value: no device tensor to fill
-        param, from_count = 1.0 / (1.0 - rate), False
-    return apply_masked_scale(x, keep, param, from_count, inplace)
+        return keep, count, True
+    return keep, 1.0 / (1.0 - rate), False  # passed by value: no device tensor to fill
 
 
 # ``MaskedScale.apply`` is a Python wrapper (functorch bookkeeping) around the C++ apply; on a

@@ -15,8 +15,8 @@ whose check has passed on the device (:func:`checked_rows`: until a call of the 
 any layout, has taken the general route, which checks it), no ``inplace``, no functorch
 transform or wrapped tensor. Should the kernel fail on its first use on a device, such inputs
 take the general route there from then on (after one warning). The masks,
-outputs and gradients are the general route's for the same seed (the tests compare them), and
-the key is drawn the same way, so the generator's state after a call is the same too. Forward
+outputs and gradients are the general route's for the same seed (the tests compare them): the
+mask is drawn by the same function, so the generator's state after a call is the same too. Forward
 and backward run the kernel; double backward uses tensor operations, as
 :class:`._triton.MaskedScale` does.
 """
@@ -55,9 +55,7 @@ def product(p: torch.Tensor, words: torch.Tensor, param, from_count: bool,
     n = p.numel()
     c, w = p.shape[-1], p.shape[-2]
     rows = math.prod(p.shape[1:-2])
-    if words.numel() != n // w + 1:  # the kernel reads the count after the words
-        raise ValueError(f"row words of {n // w} rows need the count after them "
-                         f"({n // w + 1} entries), got {words.numel()}")
+    _triton.check_row_words(words, n, w)
     bits = 0 if from_count else _triton._float64_bits(param)
     key = _triton.product_key(p.dtype, p.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, n,
                               from_count) + ("channels last", c, rows, w)
@@ -118,11 +116,6 @@ def dropblock(x: torch.Tensor, geo, gamma: float, normalize: str, rate: float,
 
 
 def _run(p, geo, gamma, normalize, rate, generator):
-    """The key, the row words and the product, as :func:`._triton._dropblock` draws them."""
-    device = p.device
-    eager = _triton._eager(device)
-    key = _triton.new_key(device, generator, eager)
-    words = _triton._row_buffer(geo, device, gamma, key, eager)
-    from_count = normalize == "batch"
-    param = None if from_count else 1.0 / (1.0 - rate)
+    """The mask the general route draws (:func:`._triton.drawn_mask`), and the product."""
+    words, param, from_count = _triton.drawn_mask(p, gamma, geo, normalize, rate, generator)
     return ChannelsLastProduct.apply(p, words, param, from_count)
