@@ -33,14 +33,16 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from host_probe import BLOCK, RATE, SHAPES, loop_us  # noqa: E402  (also puts the repo on the path)
+# host_probe also puts the repo on the path
+from host_probe import BLOCK, RATE, SHAPES, _single_threaded, loop_us  # noqa: E402
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _prepared, _triton  # noqa: E402
 
 
 def _mask(plan, key):
-    """The planned call's row words for ``key`` (:func:`_prepared.mask_words`)."""
+    """The planned call's row words for ``key`` (:func:`_prepared.mask_words`; a seam for the
+    test that feeds it a mask from another key)."""
     return _prepared.mask_words(plan, key)
 
 
@@ -83,13 +85,6 @@ def stages(x, g, mask, plan, words, gen):
     }
 
 
-def single_threaded(fn):
-    def call():
-        with torch.autograd.set_multithreading_enabled(False):
-            return fn()
-    return call
-
-
 def measure(dev, shape, rounds, n, warmup=10):
     x = torch.randn(shape, device=dev, requires_grad=True)
     g = torch.randn_like(x)
@@ -108,7 +103,7 @@ def measure(dev, shape, rounds, n, warmup=10):
         raise RuntimeError(f"{shape}: the mask launched here differs from the package's")
     cases = stages(x, g, mask, plan, words, gen)
     for name in ("floor x*mask", "product (given words)", "dropblock, seed=generator"):
-        cases[name + ", single-threaded autograd"] = single_threaded(cases[name])
+        cases[name + ", single-threaded autograd"] = _single_threaded(cases[name])
     for fn in cases.values():  # warm-up
         for _ in range(warmup):
             fn()
