@@ -321,17 +321,21 @@ def test_every_layout_takes_the_kernels_with_the_same_masks(monkeypatch, spatial
     assert sliced.is_contiguous() and torch.equal(sliced, dense)
 
 
-@pytest.mark.parametrize("spatial", [(9, 10), (7, 6, 5), (40,)])
-def test_channels_innermost_in_memory_skip_the_copies(monkeypatch, spatial):
+@pytest.mark.parametrize("channels, spatial", [(3, (9, 10)), (3, (7, 6, 5)), (3, (40,)),
+                                               (70, (3, 33))])
+def test_channels_innermost_in_memory_skip_the_copies(monkeypatch, channels, spatial):
     """Channels innermost in memory (channels_last data or memory format) take their own product
     kernel once the row-word geometry is checked: nothing is copied to channels_first, and the
     output (in x's layout), the gradient and the double-backward gradient equal a contiguous
-    channels_first input's for the same seed, in both normalizations."""
+    channels_first input's for the same seed, in both normalizations. (70 channels of rows 33
+    wide: three channel blocks of the kernel's tile, the last one partly outside.)"""
+    if channels > 3:
+        assert _triton_channels_last.tile(spatial[-1], channels) == (64, 32)
     used, real = [], _triton_channels_last.product
     monkeypatch.setattr(_triton_channels_last, "product",
                         lambda *a: used.append(a[0].shape) or real(*a))
     copies = counting_dropblock(monkeypatch, channels_last=False)
-    shape = (2, 3) + spatial
+    shape = (2, channels) + spatial
     x = torch.randn(shape, device=DEVICE)
     g = torch.randn(shape, device=DEVICE)
 

@@ -269,11 +269,27 @@ class PlannedProduct(torch.autograd.Function):
             return out, None, None, None
         grad = grad.contiguous()
         out = torch.empty_like(grad)
-        if _usable(plan):
+        if _launchable(plan):
             product(plan, grad, words, out)
         else:
             _triton._apply(grad, words, plan.param, plan.from_count, out)
         return out, None, None, None
+
+
+def _launchable(plan: Plan) -> bool:
+    """Whether the backward pass may launch the product from ``plan``: fewer checks than
+    :func:`_usable`, which a forward pass needs to draw its key and mask. The plan's launcher,
+    grid and arguments were made together, so a tunable or a switch of :mod:`._triton` changed
+    since then does not make them wrong; a launch while a CUDA graph is captured is captured
+    like any other. What does matter: the launcher still exists (:data:`_launch.GENERATION`),
+    direct launches are allowed now (:func:`_launch.ready`: not verified, no launch hooks,
+    nothing compiled), the current device is the plan's (autograd's worker thread for it), and
+    plans are on (:data:`ENABLED`)."""
+    if not ENABLED or plan.generation != _launch.GENERATION or not _launch.ready():
+        return False
+    if plan.index is None:  # Triton's interpreter (CPU tests)
+        return _triton.FORCE
+    return torch._C._cuda_getDevice() == plan.index
 
 
 # the C++ apply: find() has ruled out functorch transforms and compilation, for which

@@ -57,14 +57,26 @@ def product(p: torch.Tensor, words: torch.Tensor, param, from_count: bool,
     rows = math.prod(p.shape[1:-2])
     _triton.check_row_words(words, n, w)
     bits = 0 if from_count else _triton._float64_bits(param)
+    wp, cb = tile(w, c)
     key = _triton.product_key(p.dtype, p.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, n,
                               from_count) + ("channels last", c, rows, w)
     with _triton._on(p.device):
         _launch.launch(_triton._kernels().masked_rows_cl_kernel,
-                       (-(-n // _triton.APPLY_BLOCK),), key,
+                       (n // (w * c), -(-c // cb)), key,
                        (p, words, out, bits, n, n, c, rows, w, from_count,
-                        p.dtype == torch.float64, _triton.APPLY_BLOCK), _triton.APPLY_WARPS)
+                        p.dtype == torch.float64, wp, cb), _triton.APPLY_WARPS)
     return out
+
+
+def tile(w: int, c: int) -> tuple:
+    """The kernel's tile ``(WP, CB)``: a row's ``w`` columns padded to a power of two, times
+    as many channels (a power of two, at most ``c``'s) as make about ``APPLY_BLOCK`` units,
+    and enough that the channel blocks fit the launch grid's second axis."""
+    wp = _triton._pow2(w)
+    cb = min(_triton._pow2(c), max(1, _triton.APPLY_BLOCK // wp))
+    while -(-c // cb) > _triton._GRID_LIMIT:
+        cb *= 2
+    return wp, cb
 
 
 class ChannelsLastProduct(torch.autograd.Function):

@@ -275,22 +275,25 @@ def masked_rows_kernel(x_ptr, words_ptr, out_ptr, scale_bits, n, total,
 @triton.jit(do_not_specialize=["total", "scale_bits"])
 def masked_rows_cl_kernel(x_ptr, words_ptr, out_ptr, scale_bits, n, total, C: tl.constexpr,
                           DH: tl.constexpr, W: tl.constexpr, FROM_COUNT: tl.constexpr,
-                          WIDE: tl.constexpr, BLOCK: tl.constexpr):
+                          WIDE: tl.constexpr, WP: tl.constexpr, CB: tl.constexpr):
     """:func:`masked_rows_kernel` for inputs whose channels are innermost in memory: ``x`` and
     ``out`` hold unit ``(s, c, r, w)`` (sample, channel, row of the ``DH`` rows of depth times
     height, column of ``W``) at offset ``((s * DH + r) * W + w) * C + c``, and the row words
     are the channels_first rows' (word ``(s * C + c) * DH + r``), so the mask is the one a
-    channels_first copy of x would get. Offsets fit in int32 (row words need fewer than 2**31
-    units); the divisions are by compile-time constants."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < n
-    o = offs.to(tl.int32)  # wraps only past n, where nothing is loaded or stored
-    c = o % C
-    t = o // C
-    w = t % W
-    r = t // W  # s * DH + row
+    channels_first copy of x would get.
+
+    A program takes one row ``s * DH + r`` (axis 0 of the grid) and ``CB`` channels of it (axis
+    1): a ``WP x CB`` tile (``WP``, a power of two, at least ``W``) whose lines along the
+    channels are contiguous in memory. It loads each channel's word once, for the whole row:
+    neighbouring channels' words lie ``DH`` words apart, so loading one per unit instead (in
+    memory order) read every word once per column, from scattered places."""
+    r = tl.program_id(0)  # s * DH + row
+    c = tl.program_id(1) * CB + tl.arange(0, CB)
+    w = tl.arange(0, WP)
     s = r // DH
-    word = tl.load(words_ptr + ((s * C + c) * DH + (r - s * DH)), mask=inb, other=0)
-    k = ((word >> w.to(tl.int64)) & 1) == 0
+    word = tl.load(words_ptr + ((s * C + c) * DH + (r - s * DH)), mask=c < C, other=0)
+    offs = ((r.to(tl.int64) * W + w) * C)[:, None] + c[None, :]
+    inb = (w < W)[:, None] & (c < C)[None, :]
+    k = ((word[None, :] >> w[:, None].to(tl.int64)) & 1) == 0
     _store_scaled(x_ptr, out_ptr, offs, inb, k, words_ptr + n // W, scale_bits, total,
                   FROM_COUNT, WIDE)

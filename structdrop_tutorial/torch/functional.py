@@ -327,6 +327,13 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     Returns:
         Tensor of x's shape, dtype and device.
     """
+    if (training and uniform is None and type(share) is tuple and not share and _prepared._PLANS
+            and (inplace is False or inplace is True) and not _compiling()):
+        plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize)
+        if plan is not None:  # a signature served before: see _prepared
+            if inplace:
+                _check_inplace(x)
+            return _prepared.dropblock(plan, x, _generator(seed, plan.device), inplace)
     inplace = check_bool(inplace, "inplace")
     if training and uniform is None and _compiling():  # see _dropblock_untraced
         return _dropblock_untraced(x, rate, block_size, data_format, gamma, seeds, share,
@@ -337,14 +344,7 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
 
 def _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize, training, seed,
                uniform, inplace):
-    """:func:`dropblock` after its ``inplace`` check."""
-    if (training and uniform is None and type(share) is tuple and not share and not _compiling()
-            and _prepared._PLANS):
-        plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize)
-        if plan is not None:  # a signature served before: see _prepared
-            if inplace:
-                _check_inplace(x)
-            return _prepared.dropblock(plan, x, _generator(seed, plan.device), inplace)
+    """:func:`dropblock` after its ``inplace`` check and the plan lookup."""
     call = (rate, block_size, data_format, gamma, seeds, normalize)
     x = _as_float_tensor(x)
     rate, share, spatial, block, g = _dropblock_plan(
