@@ -5,8 +5,10 @@ At the three ResNet-50 shapes (block 7, rate 0.1), each a forward+backward step
 
 * the floor ``x * mask`` on contiguous (channels_first) tensors and on channels_last ones;
 * the package's ``dropblock`` on a contiguous input, on a channels_last input (its own product
-  kernel, :mod:`structdrop_tutorial.torch._triton_channels_last`), and on a channels_last
-  input through the general route (a channels_first copy there and back), for comparison.
+  kernel, :mod:`structdrop_tutorial.torch._triton_channels_last`, and eagerly a plan of
+  :mod:`structdrop_tutorial.torch._prepared` once the warm-up has served the signature), and
+  on a channels_last input through the general route (a channels_first copy there and back,
+  no plan), for comparison.
 
 Each figure is the median over ``--rounds`` interleaved rounds of a loop of ``--n`` steps,
 eager and as CUDA-graph replays (the default generator, as capture needs). The script first
@@ -34,18 +36,21 @@ for path in (ROOT, ROOT / "benchmarks"):
 from host_probe import BLOCK, RATE, SHAPES, loop_us  # noqa: E402
 from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _triton_channels_last  # noqa: E402
+from structdrop_tutorial.torch import _prepared, _triton_channels_last  # noqa: E402
 
 
 def copy_route(fn):
-    """``fn`` with the channels-last product kernel switched off (the general route)."""
+    """``fn`` with the channels-last product kernel and plans switched off (the general route,
+    as before either existed for these inputs)."""
     def call():
         real = _triton_channels_last.checked_rows
         _triton_channels_last.checked_rows = lambda *args: None
+        _prepared.ENABLED = False
         try:
             return fn()
         finally:
             _triton_channels_last.checked_rows = real
+            _prepared.ENABLED = True
     return call
 
 

@@ -73,8 +73,9 @@ TUNE_METHOD = ("benchmarks/gpu_tune.py: device_us and sweeps_us from triton.test
 CHANNELS_LAST_METHOD = ("benchmarks/channels_last_torch.py --rounds {rounds} --n {n}: "
                         "forward+backward steps (torch.autograd.grad, the upstream gradient in "
                         "the input's layout) of the floor x * mask and of dropblock on "
-                        "contiguous and channels_last inputs (its own product kernel, and the "
-                        "general route through a channels_first copy), eager and replayed from "
+                        "contiguous and channels_last inputs (its own product kernel, eagerly "
+                        "through a plan after the warm-up, and the general route through a "
+                        "channels_first copy, without plans), eager and replayed from "
                         "a CUDA graph; each figure the median over rounds of a loop of n steps, "
                         "the ops interleaved")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "

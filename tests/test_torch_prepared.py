@@ -104,6 +104,72 @@ def test_planned_calls_equal_ordinary_calls(monkeypatch, planned, shape, block, 
     assert sum(t.untyped_storage().nbytes() for t in saved) == 8 * x.numel() // shape[-1] + 8
 
 
+LAYOUTS = {  # name -> (input, data_format): channels innermost in memory
+    "channels_last data": (lambda: torch.randn(2, 9, 11, 3), "channels_last"),
+    "channels_last memory": (
+        lambda: torch.randn(2, 3, 9, 11).contiguous(memory_format=torch.channels_last),
+        "channels_first"),
+    "channels_last_3d memory": (
+        lambda: torch.randn(1, 2, 3, 6, 7).contiguous(memory_format=torch.channels_last_3d),
+        "channels_first"),
+    "1-D, channels innermost": (lambda: torch.randn(3, 40, 2).transpose(1, 2), "channels_first"),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_channels_innermost_plans_equal_ordinary_calls(monkeypatch, planned, layout):
+    """Inputs whose channels are innermost in memory get plans of their own (the channels-last
+    product kernel, launched from the plan on x's memory as it is): output (with x's
+    strides), gradient (also for an upstream gradient in another layout), double-backward
+    gradient and the generator's state equal the ordinary path's, both normalizations; an
+    inplace call takes the ordinary path (a copy there and back)."""
+    make, fmt = LAYOUTS[layout]
+    x = make().to(DEVICE)
+    for normalize in ("batch", "rate"):
+        kw = dict(rate=0.25, block_size=3, data_format=fmt, normalize=normalize)
+        for g in (torch.randn_like(x), torch.randn(x.shape, device=DEVICE)):
+            monkeypatch.setattr(_prepared, "ENABLED", False)
+            ordinary = run(x, g, **kw)
+            monkeypatch.setattr(_prepared, "ENABLED", True)
+            _prepared.clear()
+            plan = plan_for(x, **kw)
+            assert plan.channels_last and plan.strides == x.stride()
+            before = len(planned)
+            result = run(x, g, **kw)
+            assert len(planned) == before + 1
+            assert result[0].stride() == x.stride()
+            for a, b in zip(result, ordinary):
+                assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+        def twice(t):  # the gradient of the squared gradient with respect to the upstream one
+            v = torch.randn_like(t).requires_grad_()
+            t = t.clone().requires_grad_()
+            (gt,) = torch.autograd.grad(sdt.dropblock(t, seed=generator(4), **kw), t, v,
+                                        create_graph=True)
+            return torch.autograd.grad(gt.square().sum(), v)[0]
+
+        torch.manual_seed(0)
+        planned_twice = twice(x)
+        monkeypatch.setattr(_prepared, "ENABLED", False)
+        torch.manual_seed(0)
+        assert torch.equal(planned_twice, twice(x))
+        monkeypatch.setattr(_prepared, "ENABLED", True)
+    before = len(planned)
+    expected = sdt.dropblock(x, seed=generator(8), **kw)
+    x2 = x.clone()
+    out = sdt.dropblock(x2, seed=generator(8), inplace=True, **kw)
+    assert len(planned) == before + 1 and out.data_ptr() == x2.data_ptr()
+    assert torch.equal(x2, expected)
+    xr = x.clone().requires_grad_()  # a backward after the plan stopped applying: the
+    y = sdt.dropblock(xr, seed=generator(6), **kw)  # ordinary launch of the same kernel
+    assert len(planned) == before + 2
+    monkeypatch.setattr(_prepared, "ENABLED", False)
+    g = torch.randn(x.shape, device=DEVICE)
+    (gx,) = torch.autograd.grad(y, xr, g)
+    (ref,) = torch.autograd.grad(sdt.dropblock(xr, seed=generator(6), **kw), xr, g)
+    assert torch.equal(gx, ref)
+
+
 def test_inplace_no_grad_and_global_generator(planned):
     """A plan serves inplace calls (the same values written into x), calls under no_grad and
     calls drawing from the global generator (torch.manual_seed repeats them)."""

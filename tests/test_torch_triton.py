@@ -58,7 +58,9 @@ def key(value):
 
 def counting_dropblock(monkeypatch, channels_last=True):
     """Replace _triton.dropblock (and, with ``channels_last``, the channels-last route's
-    dropblock) by wrappers that record their calls; returns the list."""
+    dropblock) by wrappers that record their calls; returns the list. Plans are off, so that
+    every call goes through them (see _prepared)."""
+    monkeypatch.setattr(_prepared, "ENABLED", False)
     calls = []
     for module in (_triton, _triton_channels_last) if channels_last else (_triton,):
         monkeypatch.setattr(module, "dropblock", lambda *a, real=module.dropblock, **k:

@@ -14,7 +14,11 @@ argument they take that does not change between calls. Later calls with the same
 (:func:`find`) make the key, allocate the row words, launch the mask kernel and apply the product
 through :class:`PlannedProduct`, whose forward and backward launch the product kernel from the
 plan too. On a GPU the pointers go to the launcher as integers, so it does not ask
-the driver about each tensor.
+the driver about each tensor. Inputs whose channels are innermost in memory (channels_last data,
+or the channels_last memory format) that :mod:`._triton_channels_last` has served get plans of
+their own: the same mask kernel, and that module's product kernel on x's memory as it is (the
+key holds x's strides, so each layout has its own plan); an ``inplace`` call of such a layout
+takes the ordinary path.
 
 The masks, outputs, gradients and the generator's state after a call are those of the ordinary
 path: the same key from the same generator (:func:`._triton.new_key`), the same kernels with
@@ -22,7 +26,7 @@ the same arguments. A plan is only used while nothing it depends on has changed:
 switches of :mod:`._triton` and :mod:`._launch`, their tuning constants, the sets of checked
 geometries (tests replace them), the current CUDA device; never while a CUDA graph is captured,
 ``torch.compile`` traces, a functorch transform is active, launch hooks are installed or
-launches are verified. Anything else (byte masks, ``share``, ``uniform``, strided or
+launches are verified. Anything else (byte masks, ``share``, ``uniform``, other strided or
 subclassed inputs, a rate or block size that is not a plain float or int) takes the ordinary
 path.
 
@@ -42,11 +46,12 @@ floors of host time, an ordinary call 1.8 to 3.4. Full-size eager steps built up
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import torch
 
-from . import _launch, _triton
+from . import _launch, _triton, _triton_channels_last
 
 #: Use plans where they apply (tests and ``benchmarks/host_probe.py`` switch it off to compare).
 ENABLED = True
@@ -68,7 +73,7 @@ class Plan:
     __slots__ = ("device", "index", "geo", "gamma", "rows", "scratch", "ints", "mask_run",
                  "mask_lead", "mask_grid", "mask_tail", "prod_run", "prod_lead", "prod_grid",
                  "prod_tail", "param", "from_count", "generation", "tunables", "checked",
-                 "rows_checked", "generator")
+                 "rows_checked", "generator", "channels_last", "data_last", "strides")
 
     def fresh(self) -> bool:
         """Nothing the plan depends on has changed since it was made."""
@@ -84,11 +89,13 @@ def _plain_block(block_size) -> bool:
 def _key(x, rate, block_size, data_format, gamma, seeds, normalize) -> Optional[tuple]:
     """The plan key of a call, or None when an argument is not a plain value (a float rate, an
     int block size or a tuple of ints, a gamma that is a string or a number): values that
-    compare equal but check differently (7 and 7.0, 1 and True) never share a plan."""
+    compare equal but check differently (7 and 7.0, 1 and True) never share a plan. The key
+    holds x's strides: a plan serves one memory layout."""
     if (type(x) is not torch.Tensor or type(rate) is not float or type(gamma) not in _GAMMA_TYPES
             or not _plain_block(block_size)):
         return None
-    return (x.shape, x.dtype, x.device, rate, block_size, data_format, gamma, seeds, normalize)
+    return (x.shape, x.stride(), x.dtype, x.device, rate, block_size, data_format, gamma, seeds,
+            normalize)
 
 
 def _usable(plan: Plan) -> bool:
@@ -97,15 +104,19 @@ def _usable(plan: Plan) -> bool:
         return False
     if _triton._FAILED or _triton._ROWS_FAILED or not _launch.ready():
         return False
+    if plan.channels_last and _triton_channels_last._FAILED:
+        return False
     if plan.index is None:  # Triton's interpreter (CPU tests)
         return _triton.FORCE
     return (torch._C._cuda_getDevice() == plan.index
             and not torch._C._cuda_isCurrentStreamCapturing())
 
 
-def find(x, rate, block_size, data_format, gamma, seeds, normalize) -> Optional[Plan]:
+def find(x, rate, block_size, data_format, gamma, seeds, normalize,
+         inplace=False) -> Optional[Plan]:
     """The plan for this call of :func:`dropblock` (training, no ``uniform``, ``share=()``),
-    or None: the caller takes the ordinary path."""
+    or None: the caller takes the ordinary path (also for ``inplace`` with channels innermost,
+    which that path serves through a copy)."""
     key = _key(x, rate, block_size, data_format, gamma, seeds, normalize)
     if key is None:
         return None
@@ -113,19 +124,38 @@ def find(x, rate, block_size, data_format, gamma, seeds, normalize) -> Optional[
         plan = _PLANS.get(key)
     except TypeError:  # an unhashable data_format, seeds or normalize: the checks will say so
         return None
-    if (plan is None or not x.is_contiguous() or not _usable(plan)
+    if (plan is None or (inplace and plan.channels_last) or not _usable(plan)
             or torch._C._are_functorch_transforms_active()
             or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         return None
     return plan
 
 
+def _layout(x: torch.Tensor, data_format: str) -> Optional[bool]:
+    """Whether a plan for ``x`` runs the channels-last product kernel (True) or the row-major
+    one (False), or None where no plan serves it: False for a contiguous channels_first
+    tensor, True for channels innermost in memory (contiguous channels_last data, or
+    channels_first data whose channels are the innermost dimension, as in channels_last memory
+    format). The kernels take the memory as it is; the output is ``torch.empty_like(x)``,
+    which has x's strides."""
+    if data_format == "channels_last":
+        return True if x.is_contiguous() else None
+    if x.is_contiguous():
+        return False
+    return True if x.permute(0, *range(2, x.ndim), 1).is_contiguous() else None
+
+
 def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block) -> None:
     """Keep a plan for this call's signature, which the ordinary path has just served with row
     words (``g`` and ``block``: the resolved gamma and the clipped block), once its geometry is
-    checked on the device and both kernels can be launched from a plan."""
+    checked on the device and both kernels can be launched from a plan. ``x`` is a contiguous
+    channels_first tensor or has its channels innermost in memory (served by
+    :mod:`._triton_channels_last`)."""
     key = _key(x, rate, block_size, data_format, gamma, seeds, normalize)
-    if not ENABLED or key is None or not x.is_contiguous():
+    if not ENABLED or key is None:
+        return
+    layout = _layout(x, data_format)
+    if layout is None:
         return
     try:
         old = _PLANS.get(key)
@@ -143,27 +173,43 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
         _SEEN.add(key)
         return
     device = x.device
-    geo = _triton.row_geometry(tuple(x.shape), tuple(block), seeds, _triton.ROW_ITEMS)
+    channels_last = layout
+    shape = tuple(x.movedim(-1, 1).shape) if data_format == "channels_last" else tuple(x.shape)
+    geo = _triton.row_geometry(shape, tuple(block), seeds, _triton.ROW_ITEMS)
     if geo is None:  # rows wider than a word
         if len(_BYTES) >= _MAX_PLANS * 16:
             _BYTES.clear()
         _BYTES[key] = _tunables()
         return
     name = str(device)
+    signature = (name, geo, x.dtype, normalize) + (("channels last",) if channels_last else ())
     if (not _triton.ROW_WORDS or (name, geo) not in _triton._ROWS_CHECKED
-            or (name, geo, x.dtype, normalize) not in _triton._CHECKED):
+            or signature not in _triton._CHECKED):
         return
     index = device.index if device.type == "cuda" else None
     kernels = _triton._kernels()
     thresh = _triton.threshold(g)
-    n, w = x.numel(), x.shape[-1]
+    n, w, c = x.numel(), shape[-1], shape[1]
     from_count = normalize == "batch"
+    bits = 0 if from_count else _triton._float64_bits(1.0 / (1.0 - rate))
+    wide = x.dtype == torch.float64
+    prod_key = _triton.product_key(x.dtype, True, True, n, from_count)
+    if channels_last:  # _triton_channels_last.product's launch
+        rows = math.prod(shape[2:-1])
+        wp, cb = _triton_channels_last.tile(w, c)
+        product_kernel = kernels.masked_rows_cl_kernel
+        prod_key += ("channels last", c, rows, w)
+        prod_grid = (n // (w * c), -(-c // cb), 1)
+        prod_tail = (bits, n, n, c, rows, w, from_count, wide, wp, cb)
+    else:  # _triton._apply's
+        product_kernel, prod_key = kernels.masked_rows_kernel, prod_key + (w,)
+        prod_grid = (-(-n // _triton.APPLY_BLOCK), 1, 1)
+        prod_tail = (bits, n, n, w, from_count, wide, _triton.APPLY_BLOCK)
     # the keys _row_buffer and _apply launch these kernels with (host keys are 64-bit ints,
     # fresh buffers are 16-byte aligned)
     mask = _launch.prepared(kernels.dropblock_rows_kernel, _triton.ROW_WARPS, index,
                             (geo, thresh, "i64"))
-    prod = _launch.prepared(kernels.masked_rows_kernel, _triton.APPLY_WARPS, index,
-                            _triton.product_key(x.dtype, True, True, n, from_count) + (w,))
+    prod = _launch.prepared(product_kernel, _triton.APPLY_WARPS, index, prod_key)
     if mask is None or prod is None or mask[2] != prod[2]:
         return
     plan = Plan()
@@ -175,11 +221,11 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
     plan.mask_grid = tuple(geo.launch) + (1,) * (3 - len(geo.launch))
     plan.mask_tail = (thresh, geo.n_mblocks) + tuple(geo.dims) + tuple(geo.consts)
     plan.prod_run, plan.prod_lead = prod[0], prod[1]
-    plan.prod_grid = (-(-n // _triton.APPLY_BLOCK), 1, 1)
+    plan.prod_grid, plan.prod_tail = prod_grid, prod_tail
     plan.param = None if from_count else 1.0 / (1.0 - rate)
     plan.from_count = from_count
-    bits = 0 if from_count else _triton._float64_bits(plan.param)
-    plan.prod_tail = (bits, n, n, w, from_count, x.dtype == torch.float64, _triton.APPLY_BLOCK)
+    plan.channels_last, plan.strides = channels_last, x.stride()
+    plan.data_last = data_format == "channels_last"  # x is (N, *spatial, C)
     plan.generation, plan.tunables = _launch.GENERATION, _tunables()
     plan.checked, plan.rows_checked = _triton._CHECKED, _triton._ROWS_CHECKED
     if len(_PLANS) >= _MAX_PLANS:
@@ -237,7 +283,7 @@ def product(plan: Plan, x: torch.Tensor, words: torch.Tensor, out: torch.Tensor)
         return
     px, po = x.data_ptr(), out.data_ptr()
     if (px | po) & 15:
-        _triton._apply(x, words, plan.param, plan.from_count, out)
+        _fallback(plan, x, words, out)
         return
     plan.prod_run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(plan.index),
                   *plan.prod_lead, px, words.data_ptr(), po, *plan.prod_tail)
@@ -265,15 +311,34 @@ class PlannedProduct(torch.autograd.Function):
         (words,) = ctx.saved_tensors
         plan = ctx.plan
         if grad.requires_grad:  # double backward: differentiable tensor operations
-            out = _triton.differentiable_product(grad, words, plan.param, plan.from_count)
+            if plan.data_last:  # on the channels_first view
+                out = _triton.differentiable_product(grad.movedim(-1, 1), words, plan.param,
+                                                     plan.from_count).movedim(1, -1)
+            else:
+                out = _triton.differentiable_product(grad, words, plan.param, plan.from_count)
             return out, None, None, None
-        grad = grad.contiguous()
+        if not plan.channels_last:
+            grad = grad.contiguous()
+        elif grad.stride() != plan.strides:  # the input's memory order, which the kernel reads
+            grad = torch.empty_strided(grad.shape, plan.strides, dtype=grad.dtype,
+                                       device=grad.device).copy_(grad)
         out = torch.empty_like(grad)
         if _launchable(plan):
             product(plan, grad, words, out)
         else:
-            _triton._apply(grad, words, plan.param, plan.from_count, out)
+            _fallback(plan, grad, words, out)
         return out, None, None, None
+
+
+def _fallback(plan: Plan, x: torch.Tensor, words: torch.Tensor, out: torch.Tensor) -> None:
+    """The product through the ordinary launch (:func:`product` where the plan's launcher does
+    not apply): the kernel of the plan's layout."""
+    if plan.channels_last:  # the kernel's (N, *spatial, C) view of the same memory
+        if not plan.data_last:
+            x, out = x.movedim(1, -1), out.movedim(1, -1)
+        _triton_channels_last.product(x, words, plan.param, plan.from_count, out)
+    else:
+        _triton._apply(x, words, plan.param, plan.from_count, out)
 
 
 def _launchable(plan: Plan) -> bool:

@@ -329,7 +329,7 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     """
     if (training and uniform is None and type(share) is tuple and not share and _prepared._PLANS
             and (inplace is False or inplace is True) and not _compiling()):
-        plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize)
+        plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize, inplace)
         if plan is not None:  # a signature served before: see _prepared
             if inplace:
                 _check_inplace(x)
@@ -365,7 +365,7 @@ def _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize,
             return out
     elif uniform is None and _triton.usable_in_nchw(x, data_format, share):
         out = _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate,
-                              _generator(seed, x.device), inplace)
+                              _generator(seed, x.device), inplace, call)
         if out is not None:
             return out
     axes = spatial_axes(x.ndim, data_format)
@@ -407,7 +407,7 @@ _dropblock_untraced = _disable(_dropblock) if _disable is not None else _dropblo
 
 
 # --------------------------------------------------------------------------- the family
-def _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate, generator, inplace):
+def _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate, generator, inplace, call):
     """The Triton kernels for an input they do not take as it is (channels_last data or memory
     format, a strided view): run on its contiguous channels_first copy (or view, where that is
     already contiguous), so that a seed gives the same mask in every layout, and return the
@@ -417,7 +417,8 @@ def _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate, generator,
     input 1.1 to 1.5 in the same probe), where the tensor-operation path costs 10 to 13 floors
     (chapter 8). Channels innermost in memory (channels_last data or memory format) with row
     words skip the copies once their geometry is checked (:mod:`._triton_channels_last`). None
-    where the kernels do not serve the shape."""
+    where the kernels do not serve the shape. ``call``: dropblock's arguments, for the plan of
+    a channels-innermost signature (:mod:`._prepared`)."""
     v = x.movedim(-1, 1) if data_format == "channels_last" else x
     if (not inplace and not v.is_contiguous()
             and v.permute(0, *range(2, v.ndim), 1).is_contiguous()):
@@ -426,6 +427,7 @@ def _triton_in_nchw(x, data_format, g, block, seeds, normalize, rate, generator,
             out = _triton_channels_last.dropblock(v, geo, g, normalize, rate, generator)
             if out is not None:  # (None: the kernel failed on its first use; copies below)
                 out = out.movedim(1, -1) if data_format == "channels_last" else out
+                _prepared.remember(x, *call, g, block)
                 return out if out.stride() == x.stride() else torch.empty_like(x).copy_(out)
     copied = not v.is_contiguous()
     if copied:
