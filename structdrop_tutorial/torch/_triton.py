@@ -56,9 +56,9 @@ more than the device needs, spread over the autograd function (a quarter to a th
 the key, the buffer, the mask launch and the argument handling (book chapter 8). On an NVIDIA
 H200 (``data/timings/gpu_nvidia_h200*``; its memory is about 1.4 times faster) the row-word
 mask kernel takes 11 / 21 / 22 us and its product kernel 20 / 33 / 32 us against 24 / 42 / 42 us
-for the floor; replayed, forward+backward is 1.21 / 1.14 / 1.12 times the floor's (the kernels
-alone add up to 1.02 to 1.06 floors there, 0.96 to 0.98 on the H100), eagerly 1.66 / 1.78 /
-1.37.
+for the floor; replayed, forward+backward is 1.20 / 1.14 / 1.12 times the floor's (the kernels
+alone add up to 1.02 to 1.06 floors there, 0.96 to 0.98 on the H100), eagerly 1.87 / 1.88 /
+1.69 on the machine of the latest round (its eager floor took 0.090 to 0.113 ms).
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
