@@ -18,8 +18,11 @@ them); the ``device_us`` there was before the first tune round folded in (writte
 earlier code) moves to ``device_us_earlier``, and the file's ``method`` says so. A folder holding only the tune step's files (no CSV)
 folds into the JSON of the GPU that ``triton_config.json`` names. The steps of
 ``benchmarks/channels_last_torch.py`` (``channels_last*.json``: eager and CUDA-graph steps of
-channels_last inputs) go under ``channels_last``; a folder with only those folds in the same
-way. It then
+channels_last inputs) go under ``channels_last``, those of ``benchmarks/host_os.py``
+(``host_os*.json``: CPU time and context switches per eager step) under ``host_os`` and those of
+``benchmarks/host_pieces.py`` (``host_pieces*.json``: the host's cost of each piece of a planned
+forward pass, one run per process) under ``host_pieces``; a folder with only such files folds
+in the same way. It then
 prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
 and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes. Probes
 that failed on the GPU (the probe records the error instead of a time) are kept apart, under
@@ -78,6 +81,18 @@ CHANNELS_LAST_METHOD = ("benchmarks/channels_last_torch.py --rounds {rounds} --n
                         "channels_first copy, without plans), eager and replayed from "
                         "a CUDA graph; each figure the median over rounds of a loop of n steps, "
                         "the ops interleaved")
+HOST_OS_METHOD = ("benchmarks/host_os.py --rounds {rounds} --n {n}: per eager forward+backward "
+                  "step (torch.autograd.grad), wall time and, from getrusage, user and kernel "
+                  "CPU time and voluntary and involuntary context switches of the whole process "
+                  "and of the calling thread (the rest is autograd's worker thread), the median "
+                  "over interleaved rounds of a loop of n steps; autograd's worker threads on "
+                  "and off")
+HOST_PIECES_METHOD = ("benchmarks/host_pieces.py --n {n} --rounds {rounds}: host microseconds "
+                      "per call of each piece of a planned forward pass alone, on a {shape} "
+                      "input with the device idle (the minimum over interleaved rounds of a "
+                      "loop of n calls, the host's time only); one process per run; the "
+                      "product kernel also launched through cuLaunchKernel via ctypes, checked "
+                      "to write the same output")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
                   "forward+backward (autograd.grad to the stage's parameters), eager; ops timed "
                   "round-robin, median per step; added_s = step_s - step_s of the stage "
@@ -170,7 +185,10 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     tune_path = out / "triton_config.json"
     tune = json.loads(tune_path.read_text()) if tune_path.exists() else None
     layouts = [json.loads(f.read_text()) for f in sorted(out.glob("channels_last*.json"))]
-    named = tune or (layouts[0] if layouts else None)  # a folder without the benchmark's CSV
+    host_os = [json.loads(f.read_text()) for f in sorted(out.glob("host_os*.json"))]
+    pieces = [json.loads(f.read_text()) for f in sorted(out.glob("host_pieces*.json"))]
+    # a folder without the benchmark's CSV folds into the GPU its other files name
+    named = tune or next((runs[0] for runs in (layouts, host_os, pieces) if runs), None)
     if len(csvs) == 1:
         name = csvs[0].stem
     elif not csvs and named is not None:
@@ -238,11 +256,25 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
                                                                           n=run["n"]),
                                     "steps_us": run["steps_us"]}
         wrote["channels_last"] = kernels["channels_last"]
+    if host_os:
+        kernels["host_os"] = {"software": sw, "date": today,
+                              "method": HOST_OS_METHOD.format(rounds=host_os[0]["rounds"],
+                                                              n=host_os[0]["n"]),
+                              "runs": [run["steps"] for run in host_os]}
+        wrote["host_os"] = kernels["host_os"]
+    if pieces:
+        kernels["host_pieces"] = {
+            "software": sw, "date": today,
+            "method": HOST_PIECES_METHOD.format(n=pieces[0]["n"], rounds=pieces[0]["rounds"],
+                                                shape=pieces[0]["shape"]),
+            "runs": [{"driver_launch_equal": run["driver_launch_equal"],
+                      "host_us": run["host_us"]} for run in pieces]}
+        wrote["host_pieces"] = kernels["host_pieces"]
     if not dry_run:
         if csvs:
             shutil.copyfile(csvs[0], timings / csvs[0].name)
         if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile", "tune",
-                                    "channels_last")):
+                                    "channels_last", "host_os", "host_pieces")):
             kernels_path.write_text(json.dumps(kernels, indent=1) + "\n")
     return wrote
 

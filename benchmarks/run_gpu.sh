@@ -13,6 +13,11 @@
 #   channels_last.json/.txt
 #                         channels_last_torch.py: channels_last inputs (their own product kernel
 #                         and the copy route) against contiguous ones, eager and CUDA graph
+#   host_os.json/.txt     host_os.py: CPU time (user, kernel) and context switches per eager step,
+#                         process and calling thread
+#   host_pieces_1.json, host_pieces_2.json, host_pieces.txt
+#                         host_pieces.py, in two processes: the host's cost of each piece of a
+#                         planned forward pass alone (the second also launches through ctypes)
 #   profile.txt           profile_torch.py: where one forward+backward's host and device time go
 #                         (floor, DropBlock, DropBlock on tensor ops)
 #   profile.tgz           its Chrome traces and JSON, and gpu_tune.py's cProfile of tiny steps
@@ -40,7 +45,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-STEPS=" ${STEPS:-tests probe parts profile tune bench network layouts compile sass} "
+STEPS=" ${STEPS:-tests probe parts os pieces profile tune bench network layouts compile sass} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 want() { [[ "$STEPS" == *" $1 "* ]]; }
@@ -63,6 +68,16 @@ if want parts; then  # two processes: the spread between them is part of the ans
         timeout "${PARTS_TIMEOUT:-150}" python3 benchmarks/eager_parts.py --rounds 7 --n 50 \
             --out "$OUT/eager_parts_$i.json" >> "$OUT/eager_parts.txt" 2>&1; echo "parts exit $?" | tee -a "$OUT/eager_parts.txt"
     done
+fi
+if want os; then  # where an eager step's CPU time goes: threads, kernel mode, switches
+    timeout "${OS_TIMEOUT:-120}" python3 benchmarks/host_os.py --out "$OUT/host_os.json" \
+        > "$OUT/host_os.txt" 2>&1; echo "os exit $?" | tee -a "$OUT/host_os.txt"
+fi
+if want pieces; then  # the first process leaves out the ctypes launch, in case it fails
+    timeout "${PIECES_TIMEOUT:-60}" python3 benchmarks/host_pieces.py --no-driver \
+        --out "$OUT/host_pieces_1.json" > "$OUT/host_pieces.txt" 2>&1; echo "pieces exit $?" | tee -a "$OUT/host_pieces.txt"
+    timeout "${PIECES_TIMEOUT:-60}" python3 benchmarks/host_pieces.py \
+        --out "$OUT/host_pieces_2.json" >> "$OUT/host_pieces.txt" 2>&1; echo "pieces exit $?" | tee -a "$OUT/host_pieces.txt"
 fi
 if want profile; then
     timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_torch.py --out "$OUT/profile" \

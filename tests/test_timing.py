@@ -790,6 +790,37 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
         ingest.ingest(out, timings)
 
 
+def test_ingest_gpu_folds_host_os_and_host_pieces(tmp_path):
+    """A folder with only host_os.py's and host_pieces.py's files (and gpu.txt) folds into the
+    JSON of the GPU they name, each under its own entry with the software and the method, the
+    JSON's other entries kept."""
+    import json
+    ingest = _bench_module("ingest_gpu")
+    out, timings = tmp_path / "out", tmp_path / "timings"
+    out.mkdir()
+    timings.mkdir()
+    (out / "gpu.txt").write_text("name\nFake GPU 3\ntorch 9.0 triton 9.1\n")
+    steps = {"1x1x16x16": {"floor x*mask": {"wall_us": 80.0, "process kernel_us": 0.1}}}
+    (out / "host_os.json").write_text(json.dumps(
+        {"device": "Fake GPU 3", "n": 400, "rounds": 5, "steps": steps}))
+    for i in (1, 2):
+        (out / f"host_pieces_{i}.json").write_text(json.dumps(
+            {"device": "Fake GPU 3", "shape": "2x4x16x16", "n": 1000, "rounds": 5,
+             "driver_launch_equal": None if i == 1 else True,
+             "host_us": {"torch.empty_like(x)": 1.5 + i}}))
+    (timings / "gpu_fake_gpu_3_kernels.json").write_text(json.dumps({"device_us": {"a": 1}}))
+    wrote = ingest.ingest(out, timings)
+    kernels = json.loads((timings / "gpu_fake_gpu_3_kernels.json").read_text())
+    assert "csv" not in wrote and kernels["device_us"] == {"a": 1}
+    assert kernels["host_os"]["runs"] == [steps]
+    assert kernels["host_os"]["software"] == "torch 9.0, triton 9.1"
+    assert "--n 400" in kernels["host_os"]["method"]
+    runs = kernels["host_pieces"]["runs"]
+    assert [r["host_us"]["torch.empty_like(x)"] for r in runs] == [2.5, 3.5]
+    assert [r["driver_launch_equal"] for r in runs] == [None, True]
+    assert "2x4x16x16" in kernels["host_pieces"]["method"]
+
+
 def test_ingest_gpu_folds_a_tune_round(tmp_path):
     """A folder with only gpu_tune.py's triton_config.json (and gpu.txt) folds into the JSON of
     the GPU it names: each kernel's time at the package's launch parameters, every swept
