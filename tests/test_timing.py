@@ -726,6 +726,22 @@ def test_host_probe_stub_runs(tmp_path):
     assert all(v > 0 for v in host.values())
 
 
+def test_host_os_stub_runs(tmp_path):
+    """host_os.py --stub (no GPU: no-op launchers) counts CPU time and context switches per step
+    for each of its cases, with and without autograd's worker threads. Only that every field is
+    there and non-negative is asserted."""
+    import json
+    out = tmp_path / "os.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_os.py"), "--stub",
+                           "--n", "20", "--rounds", "1", "--shapes", "1x1x16x16", "--out",
+                           str(out)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    steps = json.loads(out.read_text())["steps"]["1x1x16x16"]
+    assert len(steps) == 10 and "dropblock (planned), single-threaded autograd" in steps
+    assert all(len(row) == 9 and min(row.values()) >= 0 for row in steps.values())
+
+
 def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
     """ingest_gpu.py copies the round's CSV over the committed one and writes the probe and the
     network timings into that GPU's JSON with the software of gpu.txt, keeping its other

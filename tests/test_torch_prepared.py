@@ -515,20 +515,29 @@ def test_eager_parts_script_builds_the_planned_call(monkeypatch):
 
 @pytest.mark.skipif(not hasattr(getattr(torch, "compiler", None), "is_compiling"),
                     reason="torch < 2.3: the package cannot tell that dynamo is tracing")
-def test_torch_compile_runs_the_triton_path_untraced():
+def test_torch_compile_runs_the_triton_path_untraced(planned):
     """Under torch.compile the Triton path runs eagerly in a graph break, plans included: the
     same masks and gradients as an eager call from the same generator seed (traced, dynamo
     recompiled the launch frames up to its limit on a GPU, and stepped into Triton's
-    interpreter on a CPU, which failed)."""
+    interpreter on a CPU, which failed). Dynamo never reads the plans, so a plan made between
+    two compiled calls compiles nothing again."""
+    from torch._dynamo.utils import counters
     torch._dynamo.reset()
+    counters.clear()
     x = torch.randn(2, 3, 9, 9, device=DEVICE, requires_grad=True)
     g = torch.randn_like(x)
     compiled = torch.compile(lambda t, gen: sdt.dropblock(t * 1, 0.3, 3, seed=gen) * 2,
                              backend="eager")
-    for seed in range(3):
+    frames, compiled_planned = [], 0
+    for seed in range(4):  # the plan is made by the second call (seed 0's eager one)
+        before = len(planned)
         y = compiled(x, generator(seed))
+        compiled_planned += len(planned) - before
+        frames.append(counters["frames"]["total"])
         (gx,) = torch.autograd.grad(y, x, g)
         y0 = sdt.dropblock(x * 1, 0.3, 3, seed=generator(seed)) * 2
         (gx0,) = torch.autograd.grad(y0, x, g)
         assert torch.equal(y, y0) and torch.equal(gx, gx0)
+    assert len(_prepared._PLANS) == 1 and compiled_planned == 3
+    assert frames[-1] == frames[0]  # nothing compiled again once the plan was there
     torch._dynamo.reset()

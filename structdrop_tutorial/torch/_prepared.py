@@ -196,11 +196,11 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
     prod_key = _triton.product_key(x.dtype, True, True, n, from_count)
     if channels_last:  # _triton_channels_last.product's launch
         rows = math.prod(shape[2:-1])
-        wp, cb = _triton_channels_last.tile(w, c)
         product_kernel = kernels.masked_rows_cl_kernel
         prod_key += ("channels last", c, rows, w)
-        prod_grid = (n // (w * c), -(-c // cb), 1)
-        prod_tail = (bits, n, n, c, rows, w, from_count, wide, wp, cb)
+        prod_grid, prod_tail = _triton_channels_last.launch_args(n, c, rows, w, bits, from_count,
+                                                                   wide)
+        prod_grid += (1,)
     else:  # _triton._apply's
         product_kernel, prod_key = kernels.masked_rows_kernel, prod_key + (w,)
         prod_grid = (-(-n // _triton.APPLY_BLOCK), 1, 1)

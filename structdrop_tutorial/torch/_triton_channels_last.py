@@ -5,7 +5,8 @@ tensor at ``((n * H + h) * W + w) * C + c``, and data in ``channels_last`` forma
 the same way. The row-word mask of :mod:`._triton` does not depend on the layout: it is drawn
 for the channels_first rows ``(n, c, h)``, so a seed gives the same mask in every layout. Only
 the product reads the input, and :func:`._triton_kernels.masked_rows_cl_kernel` reads it in its
-own memory order, finding each unit's word and bit from its offset. Neither the input nor the
+own memory order, a row of the map by a block of channels at a time, each channel's word loaded
+once per row. Neither the input nor the
 output is copied to channels_first and back, as the general route for other layouts does
 (:func:`structdrop_tutorial.torch.functional._triton_in_nchw`, two more passes over the data
 each way).
@@ -57,15 +58,22 @@ def product(p: torch.Tensor, words: torch.Tensor, param, from_count: bool,
     rows = math.prod(p.shape[1:-2])
     _triton.check_row_words(words, n, w)
     bits = 0 if from_count else _triton._float64_bits(param)
-    wp, cb = tile(w, c)
     key = _triton.product_key(p.dtype, p.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, n,
                               from_count) + ("channels last", c, rows, w)
+    grid, tail = launch_args(n, c, rows, w, bits, from_count, p.dtype == torch.float64)
     with _triton._on(p.device):
-        _launch.launch(_triton._kernels().masked_rows_cl_kernel,
-                       (n // (w * c), -(-c // cb)), key,
-                       (p, words, out, bits, n, n, c, rows, w, from_count,
-                        p.dtype == torch.float64, wp, cb), _triton.APPLY_WARPS)
+        _launch.launch(_triton._kernels().masked_rows_cl_kernel, grid, key, (p, words, out) + tail,
+                       _triton.APPLY_WARPS)
     return out
+
+
+def launch_args(n: int, c: int, rows: int, w: int, bits: int, from_count: bool,
+                wide: bool) -> tuple:
+    """The kernel's launch grid and its arguments after the three pointers, for ``n`` units in
+    rows of ``w`` columns, ``rows`` rows per sample and channel, ``c`` channels (the plans of
+    :mod:`._prepared` launch it with these too)."""
+    wp, cb = tile(w, c)
+    return (n // (w * c), -(-c // cb)), (bits, n, n, c, rows, w, from_count, wide, wp, cb)
 
 
 def tile(w: int, c: int) -> tuple:

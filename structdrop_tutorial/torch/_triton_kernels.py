@@ -284,9 +284,8 @@ def masked_rows_cl_kernel(x_ptr, words_ptr, out_ptr, scale_bits, n, total, C: tl
 
     A program takes one row ``s * DH + r`` (axis 0 of the grid) and ``CB`` channels of it (axis
     1): a ``WP x CB`` tile (``WP``, a power of two, at least ``W``) whose lines along the
-    channels are contiguous in memory. It loads each channel's word once, for the whole row:
-    neighbouring channels' words lie ``DH`` words apart, so loading one per unit instead (in
-    memory order) read every word once per column, from scattered places."""
+    channels are contiguous in memory. It loads each channel's word once for the whole row
+    (neighbouring channels' words lie ``DH`` words apart)."""
     r = tl.program_id(0)  # s * DH + row
     c = tl.program_id(1) * CB + tl.arange(0, CB)
     w = tl.arange(0, WP)

@@ -327,19 +327,26 @@ def dropblock(x, rate, block_size, data_format="channels_first", *, gamma="exact
     Returns:
         Tensor of x's shape, dtype and device.
     """
-    if (training and uniform is None and type(share) is tuple and not share and _prepared._PLANS
-            and (inplace is False or inplace is True) and not _compiling()):
-        plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize, inplace)
-        if plan is not None:  # a signature served before: see _prepared
-            if inplace:
-                _check_inplace(x)
-            return _prepared.dropblock(plan, x, _generator(seed, plan.device), inplace)
-    inplace = check_bool(inplace, "inplace")
     if training and uniform is None and _compiling():  # see _dropblock_untraced
         return _dropblock_untraced(x, rate, block_size, data_format, gamma, seeds, share,
                                    normalize, training, seed, uniform, inplace)
+    return _dropblock_call(x, rate, block_size, data_format, gamma, seeds, share, normalize,
+                           training, seed, uniform, inplace)
+
+
+def _dropblock_call(x, rate, block_size, data_format, gamma, seeds, share, normalize, training,
+                    seed, uniform, inplace):
+    """:func:`dropblock`'s work: through the signature's plan where it has one (see
+    :mod:`._prepared`), else :func:`_dropblock` after the ``inplace`` check."""
+    if (training and uniform is None and type(share) is tuple and not share and _prepared._PLANS
+            and (inplace is False or inplace is True)):
+        plan = _prepared.find(x, rate, block_size, data_format, gamma, seeds, normalize, inplace)
+        if plan is not None:
+            if inplace:
+                _check_inplace(x)
+            return _prepared.dropblock(plan, x, _generator(seed, plan.device), inplace)
     return _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize, training,
-                      seed, uniform, inplace)
+                      seed, uniform, check_bool(inplace, "inplace"))
 
 
 def _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize, training, seed,
@@ -392,7 +399,7 @@ def _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize,
 
 
 # Under torch.compile, dropblock's samplers (no ``uniform``) are not traced: dynamo breaks the
-# graph there and calls _dropblock eagerly, which then gives the masks an eager call gives for
+# graph there and calls _dropblock_call eagerly (plans included; dynamo never reads them), which then gives the masks an eager call gives for
 # the same seed. Traced, the CPU sampler reads the number of seeds on the host (a graph break
 # and a recompilation per count, up to dynamo's limit) and the CUDA path's Triton launches
 # recompiled dynamo's frames up to that limit as well. Measured on an H100 (book chapter 8,
@@ -403,7 +410,7 @@ def _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize,
 # _compiling() is true but dynamo does not run, traces _dropblock as before.
 _disable = getattr(torch, "_disable_dynamo", None) or getattr(
     getattr(torch, "compiler", None), "disable", None)
-_dropblock_untraced = _disable(_dropblock) if _disable is not None else _dropblock
+_dropblock_untraced = _disable(_dropblock_call) if _disable is not None else _dropblock_call
 
 
 # --------------------------------------------------------------------------- the family
