@@ -399,15 +399,16 @@ def _dropblock(x, rate, block_size, data_format, gamma, seeds, share, normalize,
 
 
 # Under torch.compile, dropblock's samplers (no ``uniform``) are not traced: dynamo breaks the
-# graph there and calls _dropblock_call eagerly (plans included; dynamo never reads them), which then gives the masks an eager call gives for
-# the same seed. Traced, the CPU sampler reads the number of seeds on the host (a graph break
-# and a recompilation per count, up to dynamo's limit) and the CUDA path's Triton launches
-# recompiled dynamo's frames up to that limit as well. Measured on an H100 (book chapter 8,
-# ``benchmarks/compile_torch.py``): a compiled forward+backward of DropBlock alone cost 2.1 to
-# 2.7 times a compiled ``x * mask`` traced, 0.49 to 0.76 times it untraced (that compiled
-# multiply itself cost 3.3 to 5.9 times its eager step). torch._disable_dynamo imports dynamo on
-# first use, not with this module (a second at import); non-strict torch.export, for which
-# _compiling() is true but dynamo does not run, traces _dropblock as before.
+# graph there and calls _dropblock_call eagerly (plans included: dynamo never reads them), which
+# then gives the masks an eager call gives for the same seed. Traced, the CPU sampler reads the
+# number of seeds on the host (a graph break and a recompilation per count, up to dynamo's limit)
+# and the CUDA path's Triton launches recompiled dynamo's frames up to that limit as well.
+# Measured on an H100 (book chapter 8, ``benchmarks/compile_torch.py``): a compiled
+# forward+backward of DropBlock alone cost 2.1 to 2.7 times a compiled ``x * mask`` traced, 0.49
+# to 0.76 times it untraced (that compiled multiply itself cost 3.3 to 5.9 times its eager step).
+# torch._disable_dynamo imports dynamo on first use, not with this module (a second at import);
+# non-strict torch.export, for which _compiling() is true but dynamo does not run, traces
+# _dropblock as before.
 _disable = getattr(torch, "_disable_dynamo", None) or getattr(
     getattr(torch, "compiler", None), "disable", None)
 _dropblock_untraced = _disable(_dropblock_call) if _disable is not None else _dropblock_call
