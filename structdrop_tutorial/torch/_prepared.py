@@ -154,8 +154,8 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
     key = _key(x, rate, block_size, data_format, gamma, seeds, normalize)
     if not ENABLED or key is None:
         return
-    layout = _layout(x, data_format)
-    if layout is None:
+    channels_last = _layout(x, data_format)
+    if channels_last is None:
         return
     try:
         old = _PLANS.get(key)
@@ -173,7 +173,6 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
         _SEEN.add(key)
         return
     device = x.device
-    channels_last = layout
     shape = tuple(x.movedim(-1, 1).shape) if data_format == "channels_last" else tuple(x.shape)
     geo = _triton.row_geometry(shape, tuple(block), seeds, _triton.ROW_ITEMS)
     if geo is None:  # rows wider than a word
@@ -200,11 +199,9 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
         prod_key += ("channels last", c, rows, w)
         prod_grid, prod_tail = _triton_channels_last.launch_args(n, c, rows, w, bits, from_count,
                                                                    wide)
-        prod_grid += (1,)
     else:  # _triton._apply's
         product_kernel, prod_key = kernels.masked_rows_kernel, prod_key + (w,)
-        prod_grid = (-(-n // _triton.APPLY_BLOCK), 1, 1)
-        prod_tail = (bits, n, n, w, from_count, wide, _triton.APPLY_BLOCK)
+        prod_grid, prod_tail = _triton.rows_launch_args(n, w, bits, from_count, wide)
     # the keys _row_buffer and _apply launch these kernels with (host keys are 64-bit ints,
     # fresh buffers are 16-byte aligned)
     mask = _launch.prepared(kernels.dropblock_rows_kernel, _triton.ROW_WARPS, index,
@@ -221,7 +218,8 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
     plan.mask_grid = tuple(geo.launch) + (1,) * (3 - len(geo.launch))
     plan.mask_tail = (thresh, geo.n_mblocks) + tuple(geo.dims) + tuple(geo.consts)
     plan.prod_run, plan.prod_lead = prod[0], prod[1]
-    plan.prod_grid, plan.prod_tail = prod_grid, prod_tail
+    plan.prod_grid = prod_grid + (1,) * (3 - len(prod_grid))
+    plan.prod_tail = prod_tail
     plan.param = None if from_count else 1.0 / (1.0 - rate)
     plan.from_count = from_count
     plan.channels_last, plan.strides = channels_last, x.stride()

@@ -458,14 +458,21 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, param, from_count: bool,
         if mask.dtype == torch.int64:
             w = x.shape[-1]
             check_row_words(mask, n, w)
-            _launch.launch(_kernels().masked_rows_kernel, launch, key + (w,),
-                           (x, mask, out, bits, n, n, w, from_count, wide, APPLY_BLOCK),
+            grid, tail = rows_launch_args(n, w, bits, from_count, wide)
+            _launch.launch(_kernels().masked_rows_kernel, grid, key + (w,), (x, mask, out) + tail,
                            APPLY_WARPS)
         else:
             _launch.launch(_kernels().masked_scale_kernel, launch, key,
                            (x, mask.view(torch.uint8), out, count, bits, n, n, from_count, wide,
                             APPLY_BLOCK), APPLY_WARPS)
     return out
+
+
+def rows_launch_args(n: int, w: int, bits: int, from_count: bool, wide: bool) -> tuple:
+    """:func:`._triton_kernels.masked_rows_kernel`'s launch grid and its arguments after the
+    three pointers, for ``n`` units in rows of ``w`` (the plans of :mod:`._prepared` launch it
+    with these too)."""
+    return (-(-n // APPLY_BLOCK),), (bits, n, n, w, from_count, wide, APPLY_BLOCK)
 
 
 def check_row_words(words: torch.Tensor, n: int, w: int) -> None:
