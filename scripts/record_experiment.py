@@ -6,7 +6,9 @@ Reads what the executed notebook's two training cells printed (see
 ``structdrop_tutorial.records.runs_from_printout``) and writes it under ``--machine`` in
 ``structdrop_tutorial/data/records/experiment_runs.json`` with the CPU, the date, the software
 and where the runs came from. Run it on the machine that executed the notebook, or give
-``--cpu``, ``--recorded`` and ``--software`` of that machine.
+``--cpu``, ``--recorded`` and ``--software`` of that machine. A machine recorded again keeps
+its operation digests (``scripts/arith_fingerprint.py --record``); the runs must hold the same
+models, variants and seeds as the other machines' records.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from structdrop_tutorial.records import runs_from_printout  # noqa: E402
+from structdrop_tutorial.records import count_differences, runs_from_printout  # noqa: E402
 
 RECORDS = ROOT / "structdrop_tutorial" / "data" / "records" / "experiment_runs.json"
 TRAINING_CELLS = ("results = {}", "residual = {}")     # the cells whose printout holds the runs
@@ -61,18 +63,24 @@ def main(argv=None) -> None:
     parser.add_argument("--machine", required=True, help='short name, e.g. "AMD EPYC"')
     parser.add_argument("--cpu", default=cpu_name())
     parser.add_argument("--recorded", default=datetime.date.today().isoformat())
-    parser.add_argument("--software", default=f"torch {metadata.version('torch')}, "
-                                              f"Python {platform.python_version()}")
-    parser.add_argument("--source", default="",
+    parser.add_argument("--software", help="default: this machine's torch and Python versions")
+    parser.add_argument("--source", required=True,
                         help="which commit's notebook was executed, and how")
     args = parser.parse_args(argv)
+    software = args.software or (f"torch {metadata.version('torch')}, "
+                                 f"Python {platform.python_version()}")
 
     runs = runs_from_printout(printout(args.notebook))
     data = (json.loads(RECORDS.read_text(encoding="utf-8")) if RECORDS.exists() else
             {"seeds": [0, 1, 2, 3, 4], "digits": {"train": 1000, "test": 1000}, "machines": {}})
+    for name, other in data["machines"].items():     # the same models, variants and seeds
+        if name != args.machine:
+            count_differences(runs, other["runs"])
+    previous = data["machines"].get(args.machine, {})
     data["machines"][args.machine] = {"cpu": args.cpu, "recorded": args.recorded,
-                                      "software": args.software, "source": args.source,
-                                      "runs": runs}
+                                      "software": software, "source": args.source, "runs": runs}
+    if "arithmetic" in previous:                     # the machine's digests stay its own
+        data["machines"][args.machine]["arithmetic"] = previous["arithmetic"]
     RECORDS.parent.mkdir(parents=True, exist_ok=True)
     RECORDS.write_text(compact(json.dumps(data, indent=1)) + "\n", encoding="utf-8")
     print(f"{args.machine}: {sum(len(v) for m in runs.values() for v in m.values())} runs "

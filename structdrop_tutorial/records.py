@@ -81,8 +81,8 @@ def runs_from_printout(text: str, seeds: Sequence[int] = (0, 1, 2, 3, 4),
     are exact counts when ``digits`` is 1,000.
 
     Raises:
-        ValueError: if a variant does not have exactly one line per seed, in the order of
-            ``seeds``.
+        ValueError: if either network has no line at all, or a variant does not have exactly
+            one line per seed, in the order of ``seeds``.
     """
     found: Dict[str, Dict[str, list]] = {"small_cnn": {}, "residual_cnn": {}}
     for line in text.splitlines():
@@ -99,6 +99,8 @@ def runs_from_printout(text: str, seeds: Sequence[int] = (0, 1, 2, 3, 4),
         found[model].setdefault(variant, []).append((int(seed), pair))
     runs: Runs = {}
     for model, variants in found.items():
+        if not variants:
+            raise ValueError(f"no line of the {model} runs found in the printout")
         runs[model] = {}
         for variant, seen in variants.items():
             if [s for s, _ in seen] != list(seeds):

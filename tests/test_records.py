@@ -69,8 +69,14 @@ def test_count_differences_counts_changed_seeds_and_refuses_other_experiments():
 def test_runs_from_printout_reads_counts_back_exactly():
     runs = next(iter(records.load_experiment_records()["machines"].values()))["runs"]
     assert records.runs_from_printout(_printed(runs, range(5))) == runs
-    with pytest.raises(ValueError, match="seed"):          # a seed missing
-        records.runs_from_printout(_printed(runs, range(5)).split("seed 4", 1)[0])
+    printed = _printed(runs, range(5)).splitlines(keepends=True)
+    with pytest.raises(ValueError, match="seed"):          # seed 4 of one variant missing
+        records.runs_from_printout("".join(line for line in printed
+                                           if not line.startswith("seed 4  dropout")))
+    with pytest.raises(ValueError, match="residual_cnn"):  # the residual network missing
+        records.runs_from_printout("".join(line for line in printed if "final rate" in line))
+    with pytest.raises(ValueError, match="small_cnn"):
+        records.runs_from_printout("")
 
 
 def test_the_executed_chapter_is_one_of_the_recorded_machines():
@@ -102,10 +108,21 @@ def test_record_experiment_script_writes_a_machine(tmp_path, monkeypatch):
     target = tmp_path / "runs.json"
     monkeypatch.setattr(script, "RECORDS", target)
     monkeypatch.setattr(script, "ROOT", tmp_path)
-    script.main([str(path), "--machine", "test box", "--cpu", "x", "--source", "test"])
+    target.write_text(json.dumps({"seeds": [0, 1, 2, 3, 4], "digits": {}, "machines": {
+        "other": {"runs": runs}, "test box": {"runs": {}, "arithmetic": {"op": "digest"}}}}))
+    script.main([str(path), "--machine", "test box", "--cpu", "x", "--source", "test",
+                 "--software", "torch 0"])
     written = json.loads(target.read_text())
     assert written["machines"]["test box"]["runs"] == runs
     assert written["machines"]["test box"]["cpu"] == "x"
+    assert written["machines"]["test box"]["arithmetic"] == {"op": "digest"}   # kept
+    assert written["machines"]["other"] == {"runs": runs}                      # untouched
+    notebook["cells"][1]["outputs"] = []                   # the residual runs missing
+    path.write_text(json.dumps(notebook))
+    with pytest.raises(ValueError, match="residual_cnn"):
+        script.main([str(path), "--machine", "test box", "--source", "test"])
+    with pytest.raises(SystemExit):                        # --source is required
+        script.main([str(path), "--machine", "test box"])
 
 
 def test_arith_fingerprint_script_is_deterministic_and_names_the_recorded_operations():
