@@ -230,46 +230,36 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
         if failed:  # kept apart, so that every timing table holds numbers only
             kernels["host_probe"]["failed"] = failed
         wrote["host_probe"] = kernels["host_probe"]
+    def fold(key, method, **payload):
+        """One section of the kernels JSON: the software, the date, the method, the figures."""
+        kernels[key] = {"software": sw, "date": today, "method": method, **payload}
+        wrote[key] = kernels[key]
+
     if network_path.exists():
         network = json.loads(network_path.read_text())
-        kernels["network"] = {"software": sw, "date": today, "method": NETWORK_METHOD,
-                              **{k: network[k] for k in ("stage", "block", "rate", "steps")}}
-        wrote["network"] = kernels["network"]
+        fold("network", NETWORK_METHOD,
+             **{k: network[k] for k in ("stage", "block", "rate", "steps")})
     parts = [json.loads(f.read_text()) for f in sorted(out.glob("eager_parts*.json"))]
     if parts:
-        kernels["eager_parts"] = {"software": sw, "date": today,
-                                  "method": PARTS_METHOD.format(rounds=parts[0]["rounds"],
-                                                                n=parts[0]["n"]),
-                                  "runs": [run["steps_us"] for run in parts]}
-        wrote["eager_parts"] = kernels["eager_parts"]
+        fold("eager_parts", PARTS_METHOD.format(rounds=parts[0]["rounds"], n=parts[0]["n"]),
+             runs=[run["steps_us"] for run in parts])
     compiled = [json.loads(f.read_text()) for f in sorted(out.glob("compile*.json"))]
     if compiled:
-        kernels["compile"] = {"software": sw, "date": today, "method": COMPILE_METHOD,
-                              "runs": [{"label": run.get("label", ""), "rounds": run["rounds"],
-                                        "n": run["n"], "shapes": run["shapes"]}
-                                       for run in compiled]}
-        wrote["compile"] = kernels["compile"]
+        fold("compile", COMPILE_METHOD,
+             runs=[{"label": run.get("label", ""), "rounds": run["rounds"], "n": run["n"],
+                    "shapes": run["shapes"]} for run in compiled])
     if layouts:
         run = layouts[-1]
-        kernels["channels_last"] = {"software": sw, "date": today,
-                                    "method": CHANNELS_LAST_METHOD.format(rounds=run["rounds"],
-                                                                          n=run["n"]),
-                                    "steps_us": run["steps_us"]}
-        wrote["channels_last"] = kernels["channels_last"]
+        fold("channels_last", CHANNELS_LAST_METHOD.format(rounds=run["rounds"], n=run["n"]),
+             steps_us=run["steps_us"])
     if host_os:
-        kernels["host_os"] = {"software": sw, "date": today,
-                              "method": HOST_OS_METHOD.format(rounds=host_os[0]["rounds"],
-                                                              n=host_os[0]["n"]),
-                              "runs": [run["steps"] for run in host_os]}
-        wrote["host_os"] = kernels["host_os"]
+        fold("host_os", HOST_OS_METHOD.format(rounds=host_os[0]["rounds"], n=host_os[0]["n"]),
+             runs=[run["steps"] for run in host_os])
     if pieces:
-        kernels["host_pieces"] = {
-            "software": sw, "date": today,
-            "method": HOST_PIECES_METHOD.format(n=pieces[0]["n"], rounds=pieces[0]["rounds"],
-                                                shape=pieces[0]["shape"]),
-            "runs": [{"driver_launch_equal": run["driver_launch_equal"],
-                      "host_us": run["host_us"]} for run in pieces]}
-        wrote["host_pieces"] = kernels["host_pieces"]
+        fold("host_pieces", HOST_PIECES_METHOD.format(n=pieces[0]["n"], rounds=pieces[0]["rounds"],
+                                                      shape=pieces[0]["shape"]),
+             runs=[{"driver_launch_equal": run["driver_launch_equal"], "host_us": run["host_us"]}
+                   for run in pieces])
     if not dry_run:
         if csvs:
             shutil.copyfile(csvs[0], timings / csvs[0].name)

@@ -30,8 +30,8 @@ if platform.machine().lower() in ("x86_64", "amd64"):     # chapter 9's pins, be
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-RECORDS = (Path(__file__).resolve().parents[1] / "structdrop_tutorial" / "data" / "records"
-           / "experiment_runs.json")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_experiment import RECORDS, compact  # noqa: E402  (the records file and its layout)
 
 
 def digest(*tensors: torch.Tensor) -> str:
@@ -140,8 +140,6 @@ def main(argv=None) -> None:
             raise SystemExit(f"--record: no machine {args.record!r} in {RECORDS.name}; "
                              f"record its runs first (scripts/record_experiment.py)")
         data["machines"][args.record]["arithmetic"] = mine
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from record_experiment import compact                       # same layout as the runs
         RECORDS.write_text(compact(json.dumps(data, indent=1)) + "\n", encoding="utf-8")
         print(f"stored under {args.record!r}")
 
