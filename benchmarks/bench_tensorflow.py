@@ -17,7 +17,9 @@ compile; the device is waited for before every clock reading, which on a CPU, wh
 returns when its work is done, means nothing is waited for and nothing is copied). The ops of one case are
 measured in interleaved rounds (floor, op, floor, op, ...) so that load from other processes
 hits all of them alike; the median and IQR pool the rounds, and the ratio is the op's median
-over the floor's median.
+over the floor's median. Each row also gives the minor page faults per call seen while its
+rounds ran: TensorFlow allocates on its thread-pool threads, whose memory glibc keeps apart
+unless ``MALLOC_ARENA_MAX=1`` (part of ``common.MALLOC_KEEP``, which ``run_all.py`` sets).
 
 keras-cv's ``DropBlock2D`` is measured when keras-cv is importable (it is not a dependency).
 
@@ -25,6 +27,7 @@ Usage::
 
     python benchmarks/bench_tensorflow.py --csv timings_tf.csv     # 2 threads, 5 shapes
     python benchmarks/bench_tensorflow.py --quick --tiny           # smoke run
+    python benchmarks/bench_tensorflow.py --shapes 16x256x56x56 --jit off --modes fwd+bwd
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+import common  # noqa: E402
+
 # NHWC: the issue's ResNet-50 stages, then a 3-D and a 1-D case (as in benchmarks/common.py)
 SHAPES = [(32, 14, 14, 1024), (32, 28, 28, 512), (16, 56, 56, 256), (16, 16, 16, 16, 64),
           (32, 1024, 256)]
@@ -56,7 +61,8 @@ def nchw_label(shape) -> str:
 
 COLUMNS = ["framework", "op", "shape", "mode", "jit", "median_s", "iqr_s", "ratio_to_floor",
            "floor_op", "floor_median_s", "device", "tf_version", "keras_version", "threads",
-           "runs", "number", "case", "data_format", "dtype", "elements", "reference_version"]
+           "runs", "number", "case", "data_format", "dtype", "elements", "reference_version",
+           "page_faults_per_call"]
 
 
 def keras_cv_version() -> str:
@@ -81,8 +87,11 @@ def parse_args(argv=None):
                    help="plain graphs, XLA, or both (default)")
     p.add_argument("--modes", default="fwd,fwd+bwd",
                    help="comma-separated passes to time: fwd, fwd+bwd (default both)")
+    p.add_argument("--shapes", help="comma-separated cases by their NCHW names, such as "
+                   "32x1024x14x14 (run as NHWC; default: the five cases above)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (stderr)")
     args = p.parse_args(argv)
+    args.shapes = [nhwc_shape(item, p) for item in args.shapes.split(",")] if args.shapes else None
     args.threads = int(args.threads or os.environ.get("OMP_NUM_THREADS") or 2)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -149,16 +158,28 @@ def fwd_bwd(op, x, dy, jit, eager=False):
     return step if eager else tf.function(step, jit_compile=jit, reduce_retracing=True)
 
 
+def nhwc_shape(item: str, parser) -> tuple:
+    """The NHWC shape of a case named by its NCHW shape (``nchw_label``'s inverse)."""
+    try:
+        nchw = tuple(int(v) for v in item.strip().split("x"))
+    except ValueError:
+        nchw = ()
+    if not 3 <= len(nchw) <= 5 or min(nchw) < 1:
+        parser.error(f"--shapes: {item!r} is not a shape such as 32x1024x14x14 "
+                     "(rank 3 to 5, sizes >= 1)")
+    return (nchw[0],) + nchw[2:] + (nchw[1],)
+
+
 def measure_case(shape, jit, rounds, quick, mode="fwd+bwd"):
     """Interleaved rounds of every op; returns name -> (per-call seconds of each round, floor
-    name, calls per round)."""
+    name, calls per round, minor page faults per call during the rounds)."""
     import tensorflow as tf
 
     from structdrop_tutorial.timing import time_tensorflow
     x = tf.random.stateless_normal(shape, seed=[1, 2])
     dy = tf.random.stateless_normal(shape, seed=[3, 4])
     ops = make_ops(shape)
-    steps, numbers, times = {}, {}, {}
+    steps, numbers, times, faults = {}, {}, {}, {}
     for name, (op, _) in ops.items():
         eager = name.endswith("(eager)")
         if eager and jit:
@@ -170,15 +191,18 @@ def measure_case(shape, jit, rounds, quick, mode="fwd+bwd"):
             # (>= ~10 ms for a --quick smoke run)
             m = time_tensorflow(steps[name], warmup=2, repeat=1, min_run_time=0.2 if quick else 0.4)
             numbers[name] = m.number
-            times[name] = []
+            times[name], faults[name] = [], 0
         except Exception as exc:  # e.g. keras-cv failing inside tf.function
             print(f"{name}: not measured ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
             steps.pop(name, None)
     for _ in range(rounds):
         for name, step in steps.items():
+            before = common.minor_faults()
             m = time_tensorflow(step, warmup=0, repeat=1, number=numbers[name])
+            faults[name] += common.minor_faults() - before
             times[name].append(m.times[0])
-    return {name: (t, ops[name][1], numbers[name]) for name, t in times.items()}
+    return {name: (t, ops[name][1], numbers[name], faults[name] / (rounds * numbers[name]))
+            for name, t in times.items()}
 
 
 def quartile_spread(ts):
@@ -197,7 +221,7 @@ def main(argv=None):
     from structdrop_tutorial.timing import sweep, tensorflow_device_name
     device = tensorflow_device_name()
     reference = keras_cv_version()
-    shapes = TINY_SHAPES if args.tiny else SHAPES
+    shapes = args.shapes or (TINY_SHAPES if args.tiny else SHAPES)
     jits = {"both": [False, True], "off": [False], "on": [True]}[args.jit]
     rows = []
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -209,12 +233,12 @@ def main(argv=None):
     def measure(case):  # one case: a shape, graph or XLA, a pass
         shape, jit, mode = case
         results = measure_case(shape, jit, args.rounds, args.quick, mode)
-        medians = {name: statistics.median(t) for name, (t, _, _) in results.items()}
+        medians = {name: statistics.median(t) for name, (t, _, _, _) in results.items()}
         label = f"{mode} xla" if jit else mode
         elements = 1
         for size in shape:
             elements *= size
-        for name, (t, floor, number) in results.items():
+        for name, (t, floor, number, faults) in results.items():
             ratio = medians[name] / medians[floor] if floor else 1.0
             rows.append({"framework": "tensorflow", "op": name,
                          "shape": "x".join(map(str, shape)), "case": nchw_label(shape),
@@ -227,7 +251,7 @@ def main(argv=None):
                          "keras_version": keras.__version__, "threads": args.threads,
                          "runs": len(t), "number": number,
                          "data_format": "channels_last", "dtype": "float32",
-                         "elements": elements,
+                         "elements": elements, "page_faults_per_call": f"{faults:.4g}",
                          "reference_version": reference if name.startswith("keras_cv") else ""})
         print_rows([r for r in rows if r["shape"] == "x".join(map(str, shape))
                     and r["mode"] == label])
@@ -252,7 +276,7 @@ def print_rows(rows):
     for r in rows:
         print(f"  {r['op']:<24s} median {float(r['median_s']) * 1e3:9.2f} ms "
               f"(IQR {float(r['iqr_s']) * 1e3:7.2f})  {float(r['ratio_to_floor']):6.2f}x "
-              f"{r['floor_op']}")
+              f"{r['floor_op']:24s} {float(r['page_faults_per_call']):8.0f} faults/call")
     sys.stdout.flush()
 
 

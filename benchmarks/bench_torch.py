@@ -67,6 +67,8 @@ from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _triton  # noqa: E402
 
+import common  # noqa: E402  (the script's folder is on sys.path when it runs as a script)
+
 # The ResNet-50 stages of the issue (NCHW), then a 3-D and a 1-D case (as in benchmarks/common.py).
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56), (16, 64, 16, 16, 16),
           (32, 256, 1024)]
@@ -250,15 +252,6 @@ def peak_ratio(shape, threads):
 
 
 # --------------------------------------------------------------------------- timing
-def minor_faults() -> int:
-    """Minor page faults of this process so far (0 where ``resource`` is unavailable)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 def timed(fn, x, g, mode, threads, min_run_time, device="cpu"):
     """Measurement of ``fn`` (forward, forward+backward, or forward+backward replayed from a
     CUDA graph), and the minor page faults per call seen while measuring it (fresh pages handed
@@ -284,10 +277,10 @@ def timed(fn, x, g, mode, threads, min_run_time, device="cpu"):
     # Ten warm-up calls: the first few calls of a new shape are slow for reasons that have
     # nothing to do with the op (the allocator's heap grows and fresh pages fault in; on this
     # sandboxed machine that cost 30x the steady-state time for about ten calls).
-    before = minor_faults()
+    before = common.minor_faults()
     m = timing.time_torch(call, device=device, warmup=WARMUP, min_run_time=min_run_time,
                           num_threads=threads, label=mode)
-    return m, (minor_faults() - before) / max(calls[0], 1)
+    return m, (common.minor_faults() - before) / max(calls[0], 1)
 
 
 def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done=None,
@@ -442,7 +435,6 @@ def main(argv=None):
           f"{timing.torch_device_name(args.device)}")
     for name, version in refs.items():
         print(f"{name}: {version if version else 'not installed (not measured)'}")
-    import common  # the script's folder is on sys.path when it runs as a script
     if args.device == "cpu" and common.malloc_setting() == "default":
         print("C allocator: default settings, so large tensors may fault in fresh pages on every "
               "call (see the faults column); run_all.py starts this script with "

@@ -35,16 +35,38 @@ DEFAULT_THREADS = 2
 #: 56x56 tensors) are mapped afresh on every allocation and smaller freed memory is returned
 #: whenever enough of it sits at the top of the heap; each new page then faults in, which on the
 #: benchmark machine cost more than the multiply itself and depended on what the ops timed
-#: before had allocated. With these settings every op and its floor are timed at compute speed.
-MALLOC_KEEP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
+#: before had allocated. The first two variables stop that for memory allocated on the main
+#: thread (every PyTorch and NumPy tensor here). TensorFlow allocates on its thread-pool
+#: threads, which glibc serves from arenas of their own, each in mapped heaps of at most 64 MiB
+#: that it still unmaps when they empty; on the 2-core AMD EPYC a graph-mode forward+backward
+#: of the 16x56x56x256 floor then took 12,546 page faults per call in one process (13.0 ms)
+#: and 2 in another (6.2 ms), and DropBlock's rounds came out at either about 12 or about
+#: 45 ms. ``MALLOC_ARENA_MAX=1`` makes every thread use the main heap: no faults in any of
+#: those cases, and TensorFlow's graph-mode rows as steady as its XLA rows.
+MALLOC_KEEP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 40),
+               "MALLOC_ARENA_MAX": "1"}
+#: The label of :data:`MALLOC_KEEP` in the CSVs, and of the two-variable setting (per-thread
+#: arenas left alone) that the runs committed before it used.
+KEEP_LABEL, KEEP_LABEL_ARENAS = "keep freed memory, one arena", "keep freed memory"
 
 
 def malloc_setting(env=None) -> str:
     """How the C allocator of a process with environment ``env`` was set up, for the CSV."""
     env = os.environ if env is None else env
     if all(env.get(k) == v for k, v in MALLOC_KEEP.items()):
-        return "keep freed memory"
+        return KEEP_LABEL
+    if all(env.get(k) == MALLOC_KEEP[k] for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")):
+        return KEEP_LABEL_ARENAS
     return "default"
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is unavailable)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 @dataclasses.dataclass(frozen=True)

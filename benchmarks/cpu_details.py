@@ -1,4 +1,4 @@
-"""Three CPU measurements chapter 8 quotes besides the benchmark CSVs, written as data.
+"""Four CPU measurements chapter 8 quotes besides the benchmark CSVs, written as data.
 
     python benchmarks/cpu_details.py            # writes data/timings/cpu_<model>_details.json
     python benchmarks/cpu_details.py --quick --out /tmp/d.json   # smoke run
@@ -14,15 +14,21 @@
    ``x * mask`` over a tensor of the grid's size (chapter 8 times the same on the reader's
    device).
 3. **The C allocator.** ``bench_torch.py`` is run twice at one shape through ``run_all.py``: with
-   glibc's default ``malloc`` and with :data:`common.MALLOC_KEEP` (what every committed CPU run
-   uses). The medians and page faults per call of the floor and of DropBlock, forward+backward,
-   show what the defaults cost.
+   glibc's default ``malloc`` and with :data:`common.MALLOC_KEEP` (what the CPU runs use). The
+   medians and page faults per call of the floor and of DropBlock, forward+backward, show what
+   the defaults cost. Where TensorFlow is installed, ``bench_tensorflow.py`` (plain graphs, the
+   28x28 case and then the 56x56 one) is run with the defaults once, and three times each with
+   ``MALLOC_KEEP`` but glibc's usual arena per thread (what the runs committed before
+   ``MALLOC_ARENA_MAX=1`` used) and with ``MALLOC_KEEP``.
+4. **Run to run.** ``bench_torch.py`` is run three times in a row at the three ResNet-50 shapes
+   (forward+backward): the floor's time and DropBlock's ratio to it in each run.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -47,6 +53,11 @@ from structdrop_tutorial.torch import _fast  # noqa: E402
 TIMINGS = common.ROOT / "structdrop_tutorial" / "data" / "timings"
 MALLOC_SHAPE = "32x512x28x28"  # 49 MiB tensors: above glibc's 32 MiB mmap threshold
 MALLOC_SHAPE_QUICK = "2x32x28x28"
+RESNET_SHAPES = "32x1024x14x14,32x512x28x28,16x256x56x56"
+# TensorFlow's comparison: 28x28 first, then 56x56, where per-thread arenas faulted in some
+# runs of that order (7,529 and 6,023 page faults per call of the floor) and not in others
+TF_MALLOC_SHAPES = "32x512x28x28,16x256x56x56"
+TF_MALLOC_SHAPES_QUICK = "2x16x14x14,2x32x28x28"
 
 
 def gaps_drawn(case: common.Case) -> tuple:
@@ -106,27 +117,93 @@ def seed_grid(case: common.Case, rounds: int, min_run_time: float) -> dict:
             "ratio": {k: m.median / floor for k, m in res.items()}}
 
 
-def malloc(shape: str, threads: int, rounds: int, quick: bool) -> dict:
-    """Floor and DropBlock forward+backward at ``shape`` (such as ``"32x512x28x28"``) under
-    both allocator settings, each in its own ``run_all.py --only torch`` run."""
-    out = {}
+# The per-thread arenas glibc makes by default (8 per core on 64-bit): set explicitly, since
+# run_all.py otherwise adds MALLOC_ARENA_MAX=1 to the other two variables.
+ARENAS_PER_THREAD = {"MALLOC_MMAP_MAX_": common.MALLOC_KEEP["MALLOC_MMAP_MAX_"],
+                     "MALLOC_TRIM_THRESHOLD_": common.MALLOC_KEEP["MALLOC_TRIM_THRESHOLD_"],
+                     "MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))}
+
+
+def _allocator_run(framework: str, args: str, case: str, ops: tuple, flags: list,
+                   extra: dict, threads: int) -> tuple:
+    """``(allocator label, {op: median ms and page faults per call})`` of the forward+backward
+    rows at ``case`` of one ``run_all.py --only framework`` run with ``flags`` and the
+    environment variables ``extra``; the label is the one the run wrote into its rows."""
     with tempfile.TemporaryDirectory() as tmp:
-        for name, flags in (("default", ["--default-malloc"]), ("keep freed memory", [])):
+        path = Path(tmp) / f"{framework}.csv"
+        cmd = [sys.executable, str(HERE / "run_all.py"), "--only", framework, "--no-progress",
+               "--threads", str(threads), "--out", str(path), *flags, f"--{framework}-args", args]
+        # run_all.py sets the allocator itself: only the setting's own variables are passed
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**env, **extra})
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = {r["op"]: r for r in csv.DictReader(f)
+                    if r["pass"] == "fwd+bwd" and r["case"] == case}
+    (label,) = {r["malloc"] for r in rows.values()}
+    return label, {op: {"median_ms": float(rows[op]["median_s"]) * 1e3,
+                        "page_faults_per_call": float(rows[op]["page_faults_per_call"])}
+                   for op in ops}
+
+
+def malloc(shape: str, threads: int, rounds: int, quick: bool, tf_shapes: str) -> dict:
+    """Floor and DropBlock forward+backward at ``shape`` (such as ``"32x512x28x28"``) under
+    both allocator settings in PyTorch; where TensorFlow is installed, its plain graphs at the
+    last of ``tf_shapes`` (the others run first in the same process, as in a full benchmark)
+    with the defaults once and with each of the two keep settings in three runs (one with
+    ``quick``), since whether per-thread arenas fault differs from run to run."""
+    torch_args = (f"--shapes {shape} --modes fwd+bwd --no-memory --rounds {rounds}"
+                  + (" --min-run-time 0.02" if quick else ""))
+    ops = ("floor x*mask", "structdrop dropblock")
+    out = {"shape": shape, "settings": dict(
+        _allocator_run("torch", torch_args, shape, ops, flags, {}, threads)
+        for flags in (["--default-malloc"], []))}
+    if importlib.util.find_spec("tensorflow") is None:
+        return out
+    tf_args = f"--shapes {tf_shapes} --jit off --modes fwd+bwd" + (" --quick" if quick else "")
+    case, ops = tf_shapes.split(",")[-1], ("floor x*mask", "dropblock")
+    settings = {}
+    for flags, extra, runs in ((["--default-malloc"], {}, 1), ([], ARENAS_PER_THREAD, 3),
+                               ([], {}, 3)):
+        for _ in range(1 if quick else runs):
+            label, res = _allocator_run("tensorflow", tf_args, case, ops, flags, extra, threads)
+            settings.setdefault(label, []).append(res)
+    out["tensorflow"] = {"shape": case, "before": tf_shapes.split(",")[:-1], "settings": settings}
+    return out
+
+
+def _tensorflow_version() -> str:
+    """``", tensorflow <version>"`` where TensorFlow is installed, else ``""``."""
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return f", tensorflow {version(dist)}"
+        except PackageNotFoundError:
+            pass
+    return ""
+
+
+def repeats(shapes: str, threads: int, runs: int, quick: bool) -> dict:
+    """The floor's median and DropBlock's ratio to it, forward+backward, at ``shapes``, in
+    ``runs`` separate ``run_all.py --only torch`` runs one after the other: how far one run's
+    ratio can be from the next on a shared machine."""
+    args = (f"--shapes {shapes} --modes fwd+bwd --no-memory --rounds {1 if quick else 3}"
+            + (" --min-run-time 0.02" if quick else ""))
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(runs):
             path = Path(tmp) / "torch.csv"
             cmd = [sys.executable, str(HERE / "run_all.py"), "--only", "torch", "--no-progress",
-                   "--threads", str(threads), "--out", str(path), *flags, "--torch-args",
-                   f"--shapes {shape} --modes fwd+bwd --no-memory --rounds {rounds}"
-                   + (" --min-run-time 0.02" if quick else "")]
-            # run_all.py sets the allocator itself: nothing of this process's settings is passed
+                   "--threads", str(threads), "--out", str(path), "--torch-args", args]
             env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
             with open(path, newline="", encoding="utf-8") as f:
-                rows = {r["op"]: r for r in csv.DictReader(f) if r["pass"] == "fwd+bwd"}
-            assert {r["malloc"] for r in rows.values()} == {name}, (name, path)
-            out[name] = {op: {"median_ms": float(rows[op]["median_s"]) * 1e3,
-                              "page_faults_per_call": float(rows[op]["page_faults_per_call"])}
-                         for op in ("floor x*mask", "structdrop dropblock")}
-    return {"shape": shape, "settings": out}
+                rows = [r for r in csv.DictReader(f) if r["pass"] == "fwd+bwd"]
+            out.append({
+                "floor_ms": {r["case"]: float(r["median_s"]) * 1e3
+                             for r in rows if r["op"] == "floor x*mask"},
+                "dropblock_ratio": {r["case"]: float(r["ratio"])
+                                    for r in rows if r["op"] == "structdrop dropblock"}})
+    return {"shapes": shapes.split(","), "runs": out}
 
 
 def main(argv=None) -> int:
@@ -142,7 +219,7 @@ def main(argv=None) -> int:
                    help=f"shape of the allocator comparison (default {MALLOC_SHAPE}; "
                         f"{MALLOC_SHAPE_QUICK} with --quick)")
     args = p.parse_args(argv)
-    if common.malloc_setting() != "keep freed memory":
+    if common.malloc_setting() != common.KEEP_LABEL:
         # time the sampler and the seed grid with the C allocator set as for every committed
         # CPU run (a fresh process: glibc reads the settings at start), overriding any other
         # values the caller's environment gives them, so the new process does not start again
@@ -158,17 +235,24 @@ def main(argv=None) -> int:
     details = {
         "device": timing.cpu_name(), "threads": args.threads,
         "allocator": common.malloc_setting(),
-        "software": f"torch {torch.__version__}, Python {platform.python_version()}",
+        "software": f"torch {torch.__version__}{_tensorflow_version()}, "
+                    f"Python {platform.python_version()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "method": f"benchmarks/cpu_details.py, {args.threads} threads, rate {common.RATE}, "
                   f"block {common.BLOCK}: sampler and seed grid, medians of at least {rounds} "
                   f"interleaved rounds (sampler: of 5 calls) and {min_run_time:g} s per op "
                   "(timing.time_interleaved); malloc, bench_torch.py "
-                  f"(torch.utils.benchmark) run by run_all.py once with each setting",
+                  "(torch.utils.benchmark) once with each setting and bench_tensorflow.py (plain "
+                  "graphs, 15 rounds) once with the defaults and three times with each keep "
+                  "setting, run by run_all.py; repeats, bench_torch.py run by "
+                  "run_all.py three times in a row (3 rounds each)",
         "sampler": sampler(cases, args.threads, rounds, min_run_time),
         "seed_grid": seed_grid(cases[1], rounds, min_run_time),
         "malloc": malloc(args.malloc_shape or (MALLOC_SHAPE_QUICK if args.quick else MALLOC_SHAPE),
-                         args.threads, 1 if args.quick else 3, args.quick),
+                         args.threads, 1 if args.quick else 3, args.quick,
+                         TF_MALLOC_SHAPES_QUICK if args.quick else TF_MALLOC_SHAPES),
+        "repeats": repeats(MALLOC_SHAPE_QUICK if args.quick else RESNET_SHAPES, args.threads,
+                           2 if args.quick else 3, args.quick),
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(details, indent=1) + "\n", encoding="utf-8")

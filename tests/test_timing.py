@@ -391,18 +391,32 @@ def test_cpu_details_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads(out.read_text())
     assert d["device"] and d["software"] and d["date"] and d["method"]
-    assert d["allocator"] == "keep freed memory"  # as in every committed CPU run
+    assert d["allocator"] == "keep freed memory, one arena"  # common.MALLOC_KEEP
     assert d["sampler"] and all(v["same_numbers"] and v["gaps"] > 0 and v["speedup"] > 0
                                 for v in d["sampler"].values())
     grid = d["seed_grid"]
     assert grid["input"] == "2x32x28x28" and grid["grid"] == "2x32x22x22"
     assert grid["ratio"]["floor x * mask"] == 1.0 and len(grid["ms"]) == 5
     assert all(ms > 0 for ms in grid["ms"].values())
-    assert set(d["malloc"]["settings"]) == {"default", "keep freed memory"}
-    for setting in d["malloc"]["settings"].values():
-        assert set(setting) == {"floor x*mask", "structdrop dropblock"}
-        assert all(v["median_ms"] > 0 and v["page_faults_per_call"] >= 0
-                   for v in setting.values())
+    assert set(d["malloc"]["settings"]) == {"default", "keep freed memory, one arena"}
+    runs = [(d["malloc"]["settings"], {"floor x*mask", "structdrop dropblock"})]
+    if HAS_TF:  # TensorFlow's graphs also with glibc's arena per thread (the older setting)
+        tf_part = d["malloc"]["tensorflow"]
+        assert tf_part["shape"] == "2x32x28x28" and tf_part["before"] == ["2x16x14x14"]
+        assert set(tf_part["settings"]) == {"default", "keep freed memory",
+                                            "keep freed memory, one arena"}
+        assert all(len(each) == 1 for each in tf_part["settings"].values())  # --quick: one run
+        runs.append(({k: each[0] for k, each in tf_part["settings"].items()},
+                     {"floor x*mask", "dropblock"}))
+    for settings, ops in runs:
+        for setting in settings.values():
+            assert set(setting) == ops
+            assert all(v["median_ms"] > 0 and v["page_faults_per_call"] >= 0
+                       for v in setting.values())
+    # the PyTorch benchmark run after run (two with --quick)
+    assert d["repeats"]["shapes"] == ["2x32x28x28"] and len(d["repeats"]["runs"]) == 2
+    for run in d["repeats"]["runs"]:
+        assert run["floor_ms"]["2x32x28x28"] > 0 and run["dropblock_ratio"]["2x32x28x28"] > 0
 
 
 def test_bench_torch_graph_mode_with_cuda_mocked(monkeypatch):
@@ -545,6 +559,26 @@ def test_bench_tensorflow_smoke(tmp_path):
         assert r["case"] == _nchw(r["shape"]), (r["case"], r["shape"])
     for r in rows:  # the measured library's version, on keras-cv's rows (when installed) only
         assert bool(r["reference_version"]) == r["op"].startswith("keras_cv"), r["op"]
+    assert all(float(r["page_faults_per_call"]) >= 0 for r in rows)  # every row counts them
+
+
+@pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
+def test_bench_tensorflow_shapes_by_nchw_name(tmp_path):
+    """--shapes names cases as the other scripts do (NCHW) and runs them NHWC; a malformed
+    shape is refused by name."""
+    out = tmp_path / "tf.csv"
+    script = str(ROOT / "benchmarks" / "bench_tensorflow.py")
+    cmd = [sys.executable, script, "--shapes", "2x8x14x14", "--jit", "off", "--modes", "fwd",
+           "--rounds", "1", "--no-progress", "--csv", str(out)]
+    env = _run_all_module().child_env(keep_memory=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {(r["shape"], r["case"]) for r in rows} == {("2x14x14x8", "2x8x14x14")}
+    bad = subprocess.run([sys.executable, script, "--shapes", "2x8x0x14"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert bad.returncode != 0 and "--shapes: '2x8x0x14'" in bad.stderr
 
 
 def test_time_interleaved_round_robin_and_sync():
@@ -577,18 +611,22 @@ def test_torch_sync_on_cpu_is_a_no_op():
 
 
 def test_run_all_keeps_memory_unless_told_and_records_it(monkeypatch):
-    """The benchmark processes get glibc settings that keep freed memory (no page faults from
-    fresh mappings), unless the caller set those variables or asked for the defaults; each
-    row says which allocator setting it was timed with."""
+    """The benchmark processes get glibc settings that keep freed memory in one arena (no page
+    faults from fresh mappings, on any thread), unless the caller set those variables or asked
+    for the defaults; each row says which allocator setting it was timed with."""
     run_all = _run_all_module()
     common = sys.modules["common"]
     for key in common.MALLOC_KEEP:
         monkeypatch.delenv(key, raising=False)
     kept = run_all.child_env(keep_memory=True)
     assert all(kept[k] == v for k, v in common.MALLOC_KEEP.items())
-    assert common.malloc_setting(kept) == "keep freed memory"
+    assert common.malloc_setting(kept) == "keep freed memory, one arena"
     plain = run_all.child_env()
     assert not set(common.MALLOC_KEEP) & set(plain) and common.malloc_setting(plain) == "default"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "16")  # glibc's arena per thread: the older label
+    arenas = run_all.child_env(keep_memory=True)
+    assert arenas["MALLOC_ARENA_MAX"] == "16"
+    assert common.malloc_setting(arenas) == "keep freed memory"
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")  # the caller's own choice wins
     mine = run_all.child_env(keep_memory=True)
     assert mine["MALLOC_MMAP_MAX_"] == "65536" and common.malloc_setting(mine) == "default"
