@@ -59,15 +59,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for p in (str(ROOT), str(HERE)):  # the package, and common.py beside this script
+    if p not in sys.path:
+        sys.path.insert(0, p)
 
 from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _triton  # noqa: E402
 
-import common  # noqa: E402  (the script's folder is on sys.path when it runs as a script)
+import common  # noqa: E402
 
 # The ResNet-50 stages of the issue (NCHW), then a 3-D and a 1-D case (as in benchmarks/common.py).
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56), (16, 64, 16, 16, 16),

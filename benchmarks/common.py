@@ -38,11 +38,11 @@ DEFAULT_THREADS = 2
 #: before had allocated. The first two variables stop that for memory allocated on the main
 #: thread (every PyTorch and NumPy tensor here). TensorFlow allocates on its thread-pool
 #: threads, which glibc serves from arenas of their own, each in mapped heaps of at most 64 MiB
-#: that it still unmaps when they empty; on the 2-core AMD EPYC a graph-mode forward+backward
-#: of the 16x56x56x256 floor then took 12,546 page faults per call in one process (13.0 ms)
-#: and 2 in another (6.2 ms), and DropBlock's rounds came out at either about 12 or about
-#: 45 ms. ``MALLOC_ARENA_MAX=1`` makes every thread use the main heap: no faults in any of
-#: those cases, and TensorFlow's graph-mode rows as steady as its XLA rows.
+#: that it still unmaps when they empty: on the 2-core AMD EPYC, one of three plain-graph runs
+#: took 6,208 page faults per call of the 16x256x56x56 floor's forward+backward (11.5 ms
+#: instead of 5.2 and 6.3 in the other two). ``MALLOC_ARENA_MAX=1`` makes every thread use the
+#: main heap: in three runs the floor had no faults (6.3 to 6.5 ms), DropBlock at most 232 per
+#: call (``data/timings/cpu_amd_epyc_details.json``, written by ``cpu_details.py``).
 MALLOC_KEEP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 40),
                "MALLOC_ARENA_MAX": "1"}
 #: The label of :data:`MALLOC_KEEP` in the CSVs, and of the two-variable setting (per-thread

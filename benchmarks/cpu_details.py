@@ -54,8 +54,8 @@ TIMINGS = common.ROOT / "structdrop_tutorial" / "data" / "timings"
 MALLOC_SHAPE = "32x512x28x28"  # 49 MiB tensors: above glibc's 32 MiB mmap threshold
 MALLOC_SHAPE_QUICK = "2x32x28x28"
 RESNET_SHAPES = "32x1024x14x14,32x512x28x28,16x256x56x56"
-# TensorFlow's comparison: 28x28 first, then 56x56, where per-thread arenas faulted in some
-# runs of that order (7,529 and 6,023 page faults per call of the floor) and not in others
+# TensorFlow's comparison: 28x28 first, then 56x56, the order of a full benchmark, where
+# per-thread arenas faulted in some runs and not in others
 TF_MALLOC_SHAPES = "32x512x28x28,16x256x56x56"
 TF_MALLOC_SHAPES_QUICK = "2x16x14x14,2x32x28x28"
 
@@ -139,32 +139,38 @@ def _allocator_run(framework: str, args: str, case: str, ops: tuple, flags: list
         with open(path, newline="", encoding="utf-8") as f:
             rows = {r["op"]: r for r in csv.DictReader(f)
                     if r["pass"] == "fwd+bwd" and r["case"] == case}
-    (label,) = {r["malloc"] for r in rows.values()}
+    labels = {r["malloc"] for r in rows.values()}
+    if len(labels) != 1 or not set(ops) <= set(rows):
+        raise RuntimeError(f"{framework} run {flags} {extra}: expected forward+backward rows of "
+                           f"{ops} at {case} with one allocator label, got {sorted(rows)} "
+                           f"labelled {sorted(labels)}")
+    (label,) = labels
     return label, {op: {"median_ms": float(rows[op]["median_s"]) * 1e3,
                         "page_faults_per_call": float(rows[op]["page_faults_per_call"])}
                    for op in ops}
 
 
-def malloc(shape: str, threads: int, rounds: int, quick: bool, tf_shapes: str) -> dict:
+def malloc(shape: str, threads: int, rounds: int, quick: bool, tf_shapes: str,
+           tf_runs: int) -> dict:
     """Floor and DropBlock forward+backward at ``shape`` (such as ``"32x512x28x28"``) under
     both allocator settings in PyTorch; where TensorFlow is installed, its plain graphs at the
     last of ``tf_shapes`` (the others run first in the same process, as in a full benchmark)
-    with the defaults once and with each of the two keep settings in three runs (one with
-    ``quick``), since whether per-thread arenas fault differs from run to run."""
+    with the defaults once and with each of the two keep settings in ``tf_runs`` runs, since
+    whether per-thread arenas fault differs from run to run."""
     torch_args = (f"--shapes {shape} --modes fwd+bwd --no-memory --rounds {rounds}"
                   + (" --min-run-time 0.02" if quick else ""))
     ops = ("floor x*mask", "structdrop dropblock")
     out = {"shape": shape, "settings": dict(
         _allocator_run("torch", torch_args, shape, ops, flags, {}, threads)
         for flags in (["--default-malloc"], []))}
-    if importlib.util.find_spec("tensorflow") is None:
+    if importlib.util.find_spec("tensorflow") is None:  # the comparison needs TensorFlow
         return out
     tf_args = f"--shapes {tf_shapes} --jit off --modes fwd+bwd" + (" --quick" if quick else "")
     case, ops = tf_shapes.split(",")[-1], ("floor x*mask", "dropblock")
     settings = {}
-    for flags, extra, runs in ((["--default-malloc"], {}, 1), ([], ARENAS_PER_THREAD, 3),
-                               ([], {}, 3)):
-        for _ in range(1 if quick else runs):
+    for flags, extra, runs in ((["--default-malloc"], {}, 1), ([], ARENAS_PER_THREAD, tf_runs),
+                               ([], {}, tf_runs)):
+        for _ in range(runs):
             label, res = _allocator_run("tensorflow", tf_args, case, ops, flags, extra, threads)
             settings.setdefault(label, []).append(res)
     out["tensorflow"] = {"shape": case, "before": tf_shapes.split(",")[:-1], "settings": settings}
@@ -216,13 +222,15 @@ def main(argv=None) -> int:
                    help="seconds of calls recorded per op, at least (sampler, seed grid)")
     p.add_argument("--quick", action="store_true", help="one round, small cases (smoke test)")
     p.add_argument("--malloc-shape", default=None,
-                   help=f"shape of the allocator comparison (default {MALLOC_SHAPE}; "
-                        f"{MALLOC_SHAPE_QUICK} with --quick)")
+                   help=f"shape of PyTorch's allocator comparison (default {MALLOC_SHAPE}; "
+                        f"{MALLOC_SHAPE_QUICK} with --quick); TensorFlow's runs "
+                        f"{TF_MALLOC_SHAPES} ({TF_MALLOC_SHAPES_QUICK} with --quick)")
     args = p.parse_args(argv)
     if common.malloc_setting() != common.KEEP_LABEL:
-        # time the sampler and the seed grid with the C allocator set as for every committed
-        # CPU run (a fresh process: glibc reads the settings at start), overriding any other
-        # values the caller's environment gives them, so the new process does not start again
+        # time the sampler and the seed grid with the C allocator set as for the CPU runs
+        # (common.MALLOC_KEEP; a fresh process: glibc reads the settings at start), overriding
+        # any other values the caller's environment gives them, so the new process does not
+        # start again
         env = run_all.child_env()
         env.update(common.MALLOC_KEEP)
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -232,6 +240,8 @@ def main(argv=None) -> int:
     min_run_time = 0.02 if args.quick else args.min_run_time
     cases = common.TINY_CASES if args.quick else common.FULL_CASES
     target = args.out or TIMINGS / f"cpu_{run_all.slug(timing.cpu_name())}_details.json"
+    has_tf = importlib.util.find_spec("tensorflow") is not None
+    tf_runs, repeat_runs = (1, 2) if args.quick else (3, 3)
     details = {
         "device": timing.cpu_name(), "threads": args.threads,
         "allocator": common.malloc_setting(),
@@ -241,18 +251,20 @@ def main(argv=None) -> int:
         "method": f"benchmarks/cpu_details.py, {args.threads} threads, rate {common.RATE}, "
                   f"block {common.BLOCK}: sampler and seed grid, medians of at least {rounds} "
                   f"interleaved rounds (sampler: of 5 calls) and {min_run_time:g} s per op "
-                  "(timing.time_interleaved); malloc, bench_torch.py "
-                  "(torch.utils.benchmark) once with each setting and bench_tensorflow.py (plain "
-                  "graphs, 15 rounds) once with the defaults and three times with each keep "
-                  "setting, run by run_all.py; repeats, bench_torch.py run by "
-                  "run_all.py three times in a row (3 rounds each)",
+                  "(timing.time_interleaved); malloc, bench_torch.py (torch.utils.benchmark) "
+                  "once with each setting"
+                  + (f" and bench_tensorflow.py (plain graphs, {3 if args.quick else 15} rounds) "
+                     f"once with the defaults and {tf_runs} time(s) with each keep setting"
+                     if has_tf else "")
+                  + f", run by run_all.py; repeats, bench_torch.py run by run_all.py {repeat_runs} "
+                  f"times in a row ({1 if args.quick else 3} round(s) each)",
         "sampler": sampler(cases, args.threads, rounds, min_run_time),
         "seed_grid": seed_grid(cases[1], rounds, min_run_time),
         "malloc": malloc(args.malloc_shape or (MALLOC_SHAPE_QUICK if args.quick else MALLOC_SHAPE),
                          args.threads, 1 if args.quick else 3, args.quick,
-                         TF_MALLOC_SHAPES_QUICK if args.quick else TF_MALLOC_SHAPES),
+                         TF_MALLOC_SHAPES_QUICK if args.quick else TF_MALLOC_SHAPES, tf_runs),
         "repeats": repeats(MALLOC_SHAPE_QUICK if args.quick else RESNET_SHAPES, args.threads,
-                           2 if args.quick else 3, args.quick),
+                           repeat_runs, args.quick),
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(details, indent=1) + "\n", encoding="utf-8")

@@ -408,6 +408,8 @@ def test_cpu_details_smoke(tmp_path):
         assert all(len(each) == 1 for each in tf_part["settings"].values())  # --quick: one run
         runs.append(({k: each[0] for k, each in tf_part["settings"].items()},
                      {"floor x*mask", "dropblock"}))
+    else:
+        assert "tensorflow" not in d["malloc"]
     for settings, ops in runs:
         for setting in settings.values():
             assert set(setting) == ops
