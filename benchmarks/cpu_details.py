@@ -124,21 +124,26 @@ ARENAS_PER_THREAD = {"MALLOC_MMAP_MAX_": common.MALLOC_KEEP["MALLOC_MMAP_MAX_"],
                      "MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))}
 
 
-def _allocator_run(framework: str, args: str, case: str, ops: tuple, flags: list,
-                   extra: dict, threads: int) -> tuple:
-    """``(allocator label, {op: median ms and page faults per call})`` of the forward+backward
-    rows at ``case`` of one ``run_all.py --only framework`` run with ``flags`` and the
-    environment variables ``extra``; the label is the one the run wrote into its rows."""
+def _run_all_rows(framework: str, args: str, threads: int, flags=(), extra=None) -> list:
+    """The forward+backward rows of one ``run_all.py --only framework`` run with the script
+    options ``args``, run_all's ``flags`` and the environment variables ``extra``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{framework}.csv"
         cmd = [sys.executable, str(HERE / "run_all.py"), "--only", framework, "--no-progress",
                "--threads", str(threads), "--out", str(path), *flags, f"--{framework}-args", args]
         # run_all.py sets the allocator itself: only the setting's own variables are passed
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**env, **extra})
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**env, **(extra or {})})
         with open(path, newline="", encoding="utf-8") as f:
-            rows = {r["op"]: r for r in csv.DictReader(f)
-                    if r["pass"] == "fwd+bwd" and r["case"] == case}
+            return [r for r in csv.DictReader(f) if r["pass"] == "fwd+bwd"]
+
+
+def _allocator_run(framework: str, args: str, case: str, ops: tuple, flags: list,
+                   extra: dict, threads: int) -> tuple:
+    """``(allocator label, {op: median ms and page faults per call})`` of the rows at ``case``
+    of one :func:`_run_all_rows` run; the label is the one the run wrote into its rows."""
+    rows = {r["op"]: r for r in _run_all_rows(framework, args, threads, flags, extra)
+            if r["case"] == case}
     labels = {r["malloc"] for r in rows.values()}
     if len(labels) != 1 or not set(ops) <= set(rows):
         raise RuntimeError(f"{framework} run {flags} {extra}: expected forward+backward rows of "
@@ -195,20 +200,13 @@ def repeats(shapes: str, threads: int, runs: int, quick: bool) -> dict:
     args = (f"--shapes {shapes} --modes fwd+bwd --no-memory --rounds {1 if quick else 3}"
             + (" --min-run-time 0.02" if quick else ""))
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(runs):
-            path = Path(tmp) / "torch.csv"
-            cmd = [sys.executable, str(HERE / "run_all.py"), "--only", "torch", "--no-progress",
-                   "--threads", str(threads), "--out", str(path), "--torch-args", args]
-            env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = [r for r in csv.DictReader(f) if r["pass"] == "fwd+bwd"]
-            out.append({
-                "floor_ms": {r["case"]: float(r["median_s"]) * 1e3
-                             for r in rows if r["op"] == "floor x*mask"},
-                "dropblock_ratio": {r["case"]: float(r["ratio"])
-                                    for r in rows if r["op"] == "structdrop dropblock"}})
+    for _ in range(runs):
+        rows = _run_all_rows("torch", args, threads)
+        out.append({
+            "floor_ms": {r["case"]: float(r["median_s"]) * 1e3
+                         for r in rows if r["op"] == "floor x*mask"},
+            "dropblock_ratio": {r["case"]: float(r["ratio"])
+                                for r in rows if r["op"] == "structdrop dropblock"}})
     return {"shapes": shapes.split(","), "runs": out}
 
 
