@@ -22,7 +22,10 @@ channels_last inputs) go under ``channels_last``, those of ``benchmarks/host_os.
 (``host_os*.json``: CPU time and context switches per eager step) under ``host_os`` and those of
 ``benchmarks/host_pieces.py`` (``host_pieces*.json``: the host's cost of each piece of a planned
 forward pass, one run per process) under ``host_pieces``; a folder with only such files folds
-in the same way. It then
+in the same way. A benchmark run of ``bench_torch.py`` on another machine of the same kind in
+the same round (its own CSV, named ``bench_repeat*.csv``) goes under ``benchmark_repeats``: per
+run, the device and torch version, and per mode and ResNet-50 shape the floor's median and every
+op's ratio to it (how far one code's ratios move between machines). It then
 prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
 and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes. Probes
 that failed on the GPU (the probe records the error instead of a time) are kept apart, under
@@ -93,6 +96,9 @@ HOST_PIECES_METHOD = ("benchmarks/host_pieces.py --n {n} --rounds {rounds}: host
                       "loop of n calls, the host's time only); one process per run; the "
                       "product kernel also launched through cuLaunchKernel via ctypes, checked "
                       "to write the same output")
+REPEAT_METHOD = ("benchmarks/bench_torch.py (its own CSV) on another machine of the same kind in "
+                 "the same round, with the code of the round's CSV: per mode and ResNet-50 "
+                 "shape, the floor x * mask's median (floor_ms) and each op's ratio to it")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
                   "forward+backward (autograd.grad to the stage's parameters), eager; ops timed "
                   "round-robin, median per step; added_s = step_s - step_s of the stage "
@@ -115,6 +121,22 @@ def ratios(csv_path: Path) -> dict:
     return {(r["pass"], r["case"]): float(r["ratio"]) for r in rows
             if r["framework"] == "torch" and r["op"] in ("dropblock", "structdrop dropblock")
             and r["case"] in RESNET}
+
+
+def repeat_run(csv_path: Path) -> dict:
+    """A ``bench_torch.py`` CSV from another machine: its device, torch and, per mode and
+    ResNet-50 shape, the floor's median in ms and each op's ratio to its floor."""
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["shape"] in RESNET]
+    if not rows:
+        raise ValueError(f"{csv_path}: no rows at the ResNet-50 shapes {', '.join(RESNET)}")
+    modes: dict = {}
+    for r in rows:
+        cell = modes.setdefault(r["mode"], {}).setdefault(r["shape"], {})
+        if r["op"] == r["floor_op"] == "floor x*mask":
+            cell["floor_ms"] = round(float(r["median_s"]) * 1e3, 4)
+        cell[r["op"]] = float(r["ratio_to_floor"])
+    return {"device": rows[0]["device"], "torch": rows[0]["torch_version"], "modes": modes}
 
 
 def _split_failures(table: dict, failed: dict, where: str = "") -> dict:
@@ -260,11 +282,15 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
                                                       shape=pieces[0]["shape"]),
              runs=[{"driver_launch_equal": run["driver_launch_equal"], "host_us": run["host_us"]}
                    for run in pieces])
+    repeats = sorted(out.glob("bench_repeat*.csv"))
+    if repeats:
+        fold("benchmark_repeats", REPEAT_METHOD, runs=[repeat_run(f) for f in repeats])
     if not dry_run:
         if csvs:
             shutil.copyfile(csvs[0], timings / csvs[0].name)
         if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile", "tune",
-                                    "channels_last", "host_os", "host_pieces")):
+                                    "channels_last", "host_os", "host_pieces",
+                                    "benchmark_repeats")):
             kernels_path.write_text(json.dumps(kernels, indent=1) + "\n")
     return wrote
 
@@ -276,6 +302,11 @@ def report(wrote: dict) -> None:
     for mode in ("fwd+bwd", "graph") if r else ():
         cells = [f"{r[(mode, c)]:.2f}" if (mode, c) in r else "-" for c in RESNET]
         print(f"dropblock {mode:8s} ratio to the floor at {', '.join(RESNET)}: {' / '.join(cells)}")
+    for run in wrote.get("benchmark_repeats", {}).get("runs", []):
+        for mode, shapes in run["modes"].items():
+            cells = [f"{shapes[c]['structdrop dropblock']:.2f}"
+                     if "structdrop dropblock" in shapes.get(c, {}) else "-" for c in RESNET]
+            print(f"repeat on {run['device']}: dropblock {mode:8s} {' / '.join(cells)}")
     host = wrote.get("host_probe", {}).get("host_us", {})
     for key in ("dropblock fwd+bwd, direct", "dropblock fwd+bwd, prepared", "native x*m fwd+bwd"):
         if key in host:

@@ -846,6 +846,36 @@ def test_ingest_gpu_folds_a_round_into_the_timings(tmp_path):
         ingest.ingest(out, timings)
 
 
+def test_ingest_gpu_folds_benchmark_repeats(tmp_path):
+    """A bench_torch.py CSV from another machine of the round (bench_repeat*.csv) folds under
+    benchmark_repeats: its device and torch, the floor's median in ms and each op's ratio per
+    mode and ResNet-50 shape (other shapes left out); a CSV without those shapes is refused."""
+    import json
+    ingest = _bench_module("ingest_gpu")
+    out, timings = tmp_path / "out", tmp_path / "timings"
+    out.mkdir()
+    timings.mkdir()
+    (out / "gpu.txt").write_text("name\nFake GPU 4\ntorch 9.0 triton 9.1\n")
+    (out / "gpu_fake_gpu_4.csv").write_text("framework,op,pass,case,ratio\n")
+    header = "op,shape,mode,median_s,ratio_to_floor,floor_op,device,torch_version\n"
+    (out / "bench_repeat_1.csv").write_text(
+        header + "floor x*mask,32x512x28x28,fwd+bwd,8.6e-05,1.000,floor x*mask,Fake GPU 4,9.0\n"
+        "structdrop dropblock,32x512x28x28,fwd+bwd,0.000142,1.647,floor x*mask,Fake GPU 4,9.0\n"
+        "structdrop dropblock,2x3x8x8,fwd+bwd,0.0001,9.9,floor x*mask,Fake GPU 4,9.0\n")
+    wrote = ingest.ingest(out, timings)
+    kernels = json.loads((timings / "gpu_fake_gpu_4_kernels.json").read_text())
+    assert kernels["benchmark_repeats"] == wrote["benchmark_repeats"]
+    (run,) = kernels["benchmark_repeats"]["runs"]
+    assert run["device"] == "Fake GPU 4" and run["torch"] == "9.0"
+    assert run["modes"] == {"fwd+bwd": {"32x512x28x28": {
+        "floor_ms": 0.086, "floor x*mask": 1.0, "structdrop dropblock": 1.647}}}
+    assert kernels["benchmark_repeats"]["software"] == "torch 9.0, triton 9.1"
+    (out / "bench_repeat_1.csv").write_text(
+        header + "floor x*mask,2x3x8x8,fwd+bwd,8.6e-05,1.000,floor x*mask,Fake GPU 4,9.0\n")
+    with pytest.raises(ValueError, match="no rows at the ResNet-50 shapes"):
+        ingest.ingest(out, timings)
+
+
 def test_ingest_gpu_folds_host_os_and_host_pieces(tmp_path):
     """A folder with only host_os.py's and host_pieces.py's files (and gpu.txt) folds into the
     JSON of the GPU they name, each under its own entry with the software and the method, the
