@@ -23,7 +23,9 @@ channels_last inputs) go under ``channels_last``, those of ``benchmarks/host_os.
 ``benchmarks/host_pieces.py`` (``host_pieces*.json``: the host's cost of each piece of a planned
 forward pass, one run per process) under ``host_pieces``; a folder with only such files folds
 in the same way. A benchmark run of ``bench_torch.py`` on another machine of the same kind in
-the same round (its own CSV, named ``bench_repeat*.csv``) goes under ``benchmark_repeats``: per
+the same round (its own CSV, named ``bench_repeat*.csv``) goes under ``benchmark_repeats``, and
+``benchmarks/flat_call.py``'s runs (``flat_call*.json``: the public call against a flattened
+copy of a planned call, one run per machine or process) under ``flat_call``: per
 run, the device and torch version, and per mode and ResNet-50 shape the floor's median and every
 op's ratio to it (how far one code's ratios move between machines). It then
 prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
@@ -99,6 +101,14 @@ HOST_PIECES_METHOD = ("benchmarks/host_pieces.py --n {n} --rounds {rounds}: host
 REPEAT_METHOD = ("benchmarks/bench_torch.py (its own CSV) on another machine of the same kind in "
                  "the same round, with the code of the round's CSV: per mode and ResNet-50 "
                  "shape, the floor x * mask's median (floor_ms) and each op's ratio to it")
+FLAT_METHOD = ("benchmarks/flat_call.py: full-size eager forward+backward steps "
+               "(torch.autograd.grad) of the floor, the public dropblock and a flattened copy "
+               "of a planned call (the same lookup, key, buffer and launches in one function, "
+               "without the argument handling, the helper calls and the backward pass's "
+               "re-checks), each the median over interleaved rounds of a loop of n steps; "
+               "same: the flattened call gave the public call's output and gradient bit for "
+               "bit; each run on its own machine (runs without the later cases come from the "
+               "script's first form)")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
                   "forward+backward (autograd.grad to the stage's parameters), eager; ops timed "
                   "round-robin, median per step; added_s = step_s - step_s of the stage "
@@ -209,8 +219,9 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     layouts = [json.loads(f.read_text()) for f in sorted(out.glob("channels_last*.json"))]
     host_os = [json.loads(f.read_text()) for f in sorted(out.glob("host_os*.json"))]
     pieces = [json.loads(f.read_text()) for f in sorted(out.glob("host_pieces*.json"))]
+    flat = [json.loads(f.read_text()) for f in sorted(out.glob("flat_call*.json"))]
     # a folder without the benchmark's CSV folds into the GPU its other files name
-    named = tune or next((runs[0] for runs in (layouts, host_os, pieces) if runs), None)
+    named = tune or next((runs[0] for runs in (layouts, host_os, pieces, flat) if runs), None)
     if len(csvs) == 1:
         name = csvs[0].stem
     elif not csvs and named is not None:
@@ -282,6 +293,10 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
                                                       shape=pieces[0]["shape"]),
              runs=[{"driver_launch_equal": run["driver_launch_equal"], "host_us": run["host_us"]}
                    for run in pieces])
+    if flat:
+        fold("flat_call", FLAT_METHOD,
+             runs=[{k: run[k] for k in ("device", "torch", "rounds", "n", "steps_us", "same")}
+                   for run in flat])
     repeats = sorted(out.glob("bench_repeat*.csv"))
     if repeats:
         fold("benchmark_repeats", REPEAT_METHOD, runs=[repeat_run(f) for f in repeats])
@@ -290,7 +305,7 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
             shutil.copyfile(csvs[0], timings / csvs[0].name)
         if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile", "tune",
                                     "channels_last", "host_os", "host_pieces",
-                                    "benchmark_repeats")):
+                                    "benchmark_repeats", "flat_call")):
             kernels_path.write_text(json.dumps(kernels, indent=1) + "\n")
     return wrote
 
@@ -307,6 +322,11 @@ def report(wrote: dict) -> None:
             cells = [f"{shapes[c]['structdrop dropblock']:.2f}"
                      if "structdrop dropblock" in shapes.get(c, {}) else "-" for c in RESNET]
             print(f"repeat on {run['device']}: dropblock {mode:8s} {' / '.join(cells)}")
+    for i, run in enumerate(wrote.get("flat_call", {}).get("runs", [])):
+        for label, row in run["steps_us"].items():
+            floor = row["floor x*mask"]
+            print(f"flattened call, run {i + 1}, {label}: " + ", ".join(
+                f"{k} {v / floor:.2f}" for k, v in row.items() if not k.startswith("floor")))
     host = wrote.get("host_probe", {}).get("host_us", {})
     for key in ("dropblock fwd+bwd, direct", "dropblock fwd+bwd, prepared", "native x*m fwd+bwd"):
         if key in host:

@@ -15,6 +15,8 @@
 #                         and the copy route) against contiguous ones, eager and CUDA graph
 #   host_os.json/.txt     host_os.py: CPU time (user, kernel) and context switches per eager step,
 #                         process and calling thread
+#   flat_call.json/.txt   flat_call.py: the public call against a flattened copy of a planned
+#                         call, eager steps (how much of a step the Python around the launches is)
 #   host_pieces_1.json, host_pieces_2.json, host_pieces.txt
 #                         host_pieces.py, in two processes: the host's cost of each piece of a
 #                         planned forward pass alone (the second also launches through ctypes)
@@ -45,7 +47,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-STEPS=" ${STEPS:-tests probe parts os pieces profile tune bench network layouts compile sass} "
+STEPS=" ${STEPS:-tests probe parts flat os pieces profile tune bench network layouts compile sass} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 want() { [[ "$STEPS" == *" $1 "* ]]; }
@@ -68,6 +70,10 @@ if want parts; then  # two processes: the spread between them is part of the ans
         timeout "${PARTS_TIMEOUT:-150}" python3 benchmarks/eager_parts.py --rounds 7 --n 50 \
             --out "$OUT/eager_parts_$i.json" >> "$OUT/eager_parts.txt" 2>&1; echo "parts exit $?" | tee -a "$OUT/eager_parts.txt"
     done
+fi
+if want flat; then  # the Python around the launches: public call against a flattened one
+    timeout "${FLAT_TIMEOUT:-120}" python3 benchmarks/flat_call.py --out "$OUT/flat_call.json" \
+        > "$OUT/flat_call.txt" 2>&1; echo "flat exit $?" | tee -a "$OUT/flat_call.txt"
 fi
 if want os; then  # where an eager step's CPU time goes: threads, kernel mode, switches
     timeout "${OS_TIMEOUT:-120}" python3 benchmarks/host_os.py --out "$OUT/host_os.json" \

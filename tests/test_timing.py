@@ -876,6 +876,46 @@ def test_ingest_gpu_folds_benchmark_repeats(tmp_path):
         ingest.ingest(out, timings)
 
 
+def test_flat_call_refuses_without_cuda_or_plan(capsys):
+    """flat_call.py needs a CUDA device and says so; its flattened call refuses an input that
+    has no usable plan (here: any CPU tensor) instead of running something else."""
+    torch = pytest.importorskip("torch")
+    flat = _bench_module("flat_call")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the script itself")
+    with pytest.raises(SystemExit):
+        flat.main([])
+    assert "needs a CUDA device" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="no usable plan"):
+        flat.flat_dropblock(torch.randn(2, 3, 9, 9), 0.1, 3)
+
+
+def test_ingest_gpu_folds_flat_call_runs(tmp_path):
+    """A folder with flat_call.py's runs (and gpu.txt) folds into the JSON of the GPU they name,
+    one run per file in order, with the software and the method; other entries kept."""
+    import json
+    ingest = _bench_module("ingest_gpu")
+    out, timings = tmp_path / "out", tmp_path / "timings"
+    out.mkdir()
+    timings.mkdir()
+    (out / "gpu.txt").write_text("name\nFake GPU 5\ntorch 9.0 triton 9.1\n")
+    for i in (1, 2):
+        (out / f"flat_call_{i}.json").write_text(json.dumps(
+            {"device": "Fake GPU 5", "torch": "9.0", "rounds": 11, "n": 60,
+             "steps_us": {"32x512x28x28": {"floor x*mask": 80.0, "dropblock": 130.0 + i,
+                                           "flattened": 118.0}},
+             "same": {"32x512x28x28": True}, "extra": 1}))
+    (timings / "gpu_fake_gpu_5_kernels.json").write_text(json.dumps({"device_us": {"a": 1}}))
+    wrote = ingest.ingest(out, timings)
+    kernels = json.loads((timings / "gpu_fake_gpu_5_kernels.json").read_text())
+    assert "csv" not in wrote and kernels["device_us"] == {"a": 1}
+    runs = kernels["flat_call"]["runs"]
+    assert [r["steps_us"]["32x512x28x28"]["dropblock"] for r in runs] == [131.0, 132.0]
+    assert all(r["same"] == {"32x512x28x28": True} and "extra" not in r for r in runs)
+    assert kernels["flat_call"]["software"] == "torch 9.0, triton 9.1"
+    assert "flat_call.py" in kernels["flat_call"]["method"]
+
+
 def test_ingest_gpu_folds_host_os_and_host_pieces(tmp_path):
     """A folder with only host_os.py's and host_pieces.py's files (and gpu.txt) folds into the
     JSON of the GPU they name, each under its own entry with the software and the method, the
