@@ -9,8 +9,9 @@ launch the product kernel, all in one function, without ``dropblock``'s argument
 helper calls of :mod:`structdrop_tutorial.torch._prepared` and the checks its backward pass
 repeats (whether plans are still on, direct launches allowed, double backward, layouts,
 alignment). The flattened call is a measuring device, not a replacement: it keeps only what
-this one input needs. Before timing, it is checked to give the public call's output and
-gradient bit for bit from the same generator state (``same`` in the results).
+this one input needs. Before timing, the script checks that the plan is one the flattened call
+can take and that the flattened call gives the public call's output and gradient bit for bit
+from the same generator state (``same`` in the results; it stops otherwise).
 
 The steps are interleaved over ``--rounds`` rounds (each a loop of ``--n`` steps, the device
 synchronized at both ends; the median per case), and the public call, the flattened call and
@@ -78,8 +79,8 @@ def flat_dropblock(x, rate, block_size, data_format="channels_first", *, gamma="
                    seeds="valid", normalize="batch", seed=None):
     """The planned call in one function (see the module docstring); raises where the public
     call would not take a plan. Only for what :func:`measure` gives it: a contiguous
-    channels_first CUDA input whose plan launches with integer pointers (the plan's layout is
-    not checked, as the public call's is)."""
+    channels_first CUDA input whose plan launches with integer pointers, and ``seed`` None or a
+    CUDA generator (the plan's layout is not checked, unlike the public call's)."""
     if functional._compiling():
         raise RuntimeError("flat_dropblock: not under torch.compile")
     if type(x) is not torch.Tensor or type(rate) is not float or type(block_size) is not int:
@@ -112,10 +113,20 @@ def measure(shape, rounds, n, warmup=20):
     gb = torch.Generator(device="cuda").manual_seed(5)
     for _ in range(3):  # the second ordinary call makes the plan
         torch.autograd.grad(sdt.dropblock(x, RATE, BLOCK, seed=ga), x, g)
+    plan = _prepared.find(x, RATE, BLOCK, "channels_first", "exact", "valid", "batch")
+    state = None if plan is None else _triton._STATE.get(
+        (plan.index, _C._cuda_getCurrentRawStream(plan.index)))
+    if (plan is None or plan.channels_last or not plan.ints or state is None
+            or state[1].numel() < plan.scratch):  # what flat_dropblock takes for granted
+        raise RuntimeError(f"{tuple(shape)}: no plan with integer pointers and kept scratch "
+                           "memory for a contiguous input (byte masks, or the Triton path off)")
     gb.set_offset(ga.get_offset())
     ya, yb = sdt.dropblock(x, RATE, BLOCK, seed=ga), flat_dropblock(x, RATE, BLOCK, seed=gb)
     (da,), (db,) = torch.autograd.grad(ya, x, g), torch.autograd.grad(yb, x, g)
     same = bool(torch.equal(ya, yb) and torch.equal(da, db))
+    if not same:  # then the two would not time the same work
+        raise RuntimeError(f"{tuple(shape)}: the flattened call's output or gradient differs "
+                           "from the public call's")
 
     def planned(t):
         plan = _prepared.find(t, RATE, BLOCK, "channels_first", "exact", "valid", "batch")

@@ -23,13 +23,15 @@ channels_last inputs) go under ``channels_last``, those of ``benchmarks/host_os.
 ``benchmarks/host_pieces.py`` (``host_pieces*.json``: the host's cost of each piece of a planned
 forward pass, one run per process) under ``host_pieces``; a folder with only such files folds
 in the same way. A benchmark run of ``bench_torch.py`` on another machine of the same kind in
-the same round (its own CSV, named ``bench_repeat*.csv``) goes under ``benchmark_repeats``, and
-``benchmarks/flat_call.py``'s runs (``flat_call*.json``: the public call against a flattened
-copy of a planned call, one run per machine or process) under ``flat_call``: per
-run, the device and torch version, and per mode and ResNet-50 shape the floor's median and every
-op's ratio to it (how far one code's ratios move between machines). It then
-prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes
-and the host costs of the ordinary and prepared calls, the figures chapter 8 quotes. Probes
+the same round (the CSV its ``--csv`` writes, named ``bench_repeat*.csv``) goes under
+``benchmark_repeats``: per run, the device and torch version, and per mode and ResNet-50 shape
+the median of the floor ``x * mask`` and every op's ratio to its own floor (``x * mask``, or
+``x * mask[N,C,1,1]`` for the spatial ops), which shows how far one code's ratios move between
+machines. ``benchmarks/flat_call.py``'s runs (``flat_call*.json``: the public call against a
+flattened copy of a planned call, one run per machine) go under ``flat_call``. It then
+prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes (also of
+the repeats), the flattened call's and the host costs of the ordinary and prepared calls, the
+figures chapter 8 quotes. Probes
 that failed on the GPU (the probe records the error instead of a time) are kept apart, under
 ``host_probe.failed``.
 
@@ -100,7 +102,9 @@ HOST_PIECES_METHOD = ("benchmarks/host_pieces.py --n {n} --rounds {rounds}: host
                       "to write the same output")
 REPEAT_METHOD = ("benchmarks/bench_torch.py (its own CSV) on another machine of the same kind in "
                  "the same round, with the code of the round's CSV: per mode and ResNet-50 "
-                 "shape, the floor x * mask's median (floor_ms) and each op's ratio to it")
+                 "shape, the median of the floor x * mask (floor_ms) and each op's ratio to its "
+                 "own floor (x * mask; x * mask[N,C,1,1] for spatial_dropout and "
+                 "F.dropout1d/2d/3d)")
 FLAT_METHOD = ("benchmarks/flat_call.py: full-size eager forward+backward steps "
                "(torch.autograd.grad) of the floor, the public dropblock and a flattened copy "
                "of a planned call (the same lookup, key, buffer and launches in one function, "
@@ -133,11 +137,20 @@ def ratios(csv_path: Path) -> dict:
             and r["case"] in RESNET}
 
 
+REPEAT_COLUMNS = ("op", "shape", "mode", "median_s", "ratio_to_floor", "floor_op", "device",
+                  "torch_version")
+
+
 def repeat_run(csv_path: Path) -> dict:
     """A ``bench_torch.py`` CSV from another machine: its device, torch and, per mode and
     ResNet-50 shape, the floor's median in ms and each op's ratio to its floor."""
     with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["shape"] in RESNET]
+        reader = csv.DictReader(f)
+        missing = set(REPEAT_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_path}: not a bench_torch.py CSV (no column "
+                             f"{', '.join(sorted(missing))})")
+        rows = [r for r in reader if r["shape"] in RESNET]
     if not rows:
         raise ValueError(f"{csv_path}: no rows at the ResNet-50 shapes {', '.join(RESNET)}")
     modes: dict = {}
@@ -146,6 +159,10 @@ def repeat_run(csv_path: Path) -> dict:
         if r["op"] == r["floor_op"] == "floor x*mask":
             cell["floor_ms"] = round(float(r["median_s"]) * 1e3, 4)
         cell[r["op"]] = float(r["ratio_to_floor"])
+    for mode, shapes in modes.items():
+        for shape, cell in shapes.items():
+            if "floor_ms" not in cell:
+                raise ValueError(f"{csv_path}: no floor x*mask row for {mode} at {shape}")
     return {"device": rows[0]["device"], "torch": rows[0]["torch_version"], "modes": modes}
 
 
@@ -220,8 +237,10 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     host_os = [json.loads(f.read_text()) for f in sorted(out.glob("host_os*.json"))]
     pieces = [json.loads(f.read_text()) for f in sorted(out.glob("host_pieces*.json"))]
     flat = [json.loads(f.read_text()) for f in sorted(out.glob("flat_call*.json"))]
+    repeats = [repeat_run(f) for f in sorted(out.glob("bench_repeat*.csv"))]
     # a folder without the benchmark's CSV folds into the GPU its other files name
-    named = tune or next((runs[0] for runs in (layouts, host_os, pieces, flat) if runs), None)
+    named = tune or next((runs[0] for runs in (layouts, host_os, pieces, flat, repeats) if runs),
+                         None)
     if len(csvs) == 1:
         name = csvs[0].stem
     elif not csvs and named is not None:
@@ -297,9 +316,8 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
         fold("flat_call", FLAT_METHOD,
              runs=[{k: run[k] for k in ("device", "torch", "rounds", "n", "steps_us", "same")}
                    for run in flat])
-    repeats = sorted(out.glob("bench_repeat*.csv"))
     if repeats:
-        fold("benchmark_repeats", REPEAT_METHOD, runs=[repeat_run(f) for f in repeats])
+        fold("benchmark_repeats", REPEAT_METHOD, runs=repeats)
     if not dry_run:
         if csvs:
             shutil.copyfile(csvs[0], timings / csvs[0].name)

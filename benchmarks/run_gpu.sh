@@ -30,9 +30,11 @@
 #                         of both mask kernels, to read against the kernel times
 #
 # Afterwards `python benchmarks/ingest_gpu.py $OUT` copies the CSV over the committed one and
-# writes the probe, eager-parts, network, channels_last, compile and tune figures into the GPU's
-# _kernels.json (a folder from the tune or layouts step alone folds in as well; the chapter's
-# prose is updated by hand).
+# writes the probe, eager-parts, flat-call, network, channels_last, host_os, host_pieces, compile
+# and tune figures into the GPU's _kernels.json (a folder from the tune, layouts, os, pieces or
+# flat step alone folds in as well; the CSV of `bench_torch.py --csv` run on a second machine of
+# the round, named bench_repeat_<n>.csv, folds in as a repeat; the chapter's prose is updated by
+# hand). The flat step takes about 20 s.
 #
 # STEPS picks the parts (default: all, in this order; each has its own timeout). Measured on an
 # H100 (16 CPU cores, Triton compiling cold): tests 34 s over 14 processes (TEST_WORKERS=14),

@@ -874,11 +874,25 @@ def test_ingest_gpu_folds_benchmark_repeats(tmp_path):
         header + "floor x*mask,2x3x8x8,fwd+bwd,8.6e-05,1.000,floor x*mask,Fake GPU 4,9.0\n")
     with pytest.raises(ValueError, match="no rows at the ResNet-50 shapes"):
         ingest.ingest(out, timings)
+    (out / "bench_repeat_1.csv").write_text(header + "structdrop dropblock,32x512x28x28,"
+                                            "fwd+bwd,0.000142,1.647,floor x*mask,Fake GPU 4,9.0\n")
+    with pytest.raises(ValueError, match="no floor x\\*mask row for fwd\\+bwd at 32x512x28x28"):
+        ingest.ingest(out, timings)
+    (out / "bench_repeat_1.csv").write_text("framework,op,pass,case,ratio\n")  # run_all's CSV
+    with pytest.raises(ValueError, match="not a bench_torch.py CSV"):
+        ingest.ingest(out, timings)
+    (out / "gpu_fake_gpu_4.csv").unlink()  # a repeat alone folds into the GPU it names
+    (out / "bench_repeat_1.csv").write_text(
+        header + "floor x*mask,32x512x28x28,fwd+bwd,8.6e-05,1.000,floor x*mask,Fake GPU 4,9.0\n")
+    assert "csv" not in ingest.ingest(out, timings)
+    kernels = json.loads((timings / "gpu_fake_gpu_4_kernels.json").read_text())
+    assert kernels["benchmark_repeats"]["runs"][0]["modes"]["fwd+bwd"]["32x512x28x28"] == {
+        "floor_ms": 0.086, "floor x*mask": 1.0}
 
 
 def test_flat_call_refuses_without_cuda_or_plan(capsys):
     """flat_call.py needs a CUDA device and says so; its flattened call refuses an input that
-    has no usable plan (here: any CPU tensor) instead of running something else."""
+    has no plan (here a CPU tensor no call has planned) instead of running something else."""
     torch = pytest.importorskip("torch")
     flat = _bench_module("flat_call")
     if torch.cuda.is_available():
