@@ -247,6 +247,10 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
         name = f"gpu_{slug(named['device'])}"
     else:
         raise FileNotFoundError(f"{out}: expected one gpu_<name>.csv, found {len(csvs)}")
+    for run in flat + repeats:  # runs of another GPU would land in this one's file
+        if f"gpu_{slug(run['device'])}" != name:
+            raise ValueError(f"{out}: a flat_call or bench_repeat run measured {run['device']!r}, "
+                             f"not the GPU of {name}")
     sw = software(out)
     kernels_path = timings / f"{name}_kernels.json"
     kernels = json.loads(kernels_path.read_text()) if kernels_path.exists() else {}

@@ -888,6 +888,11 @@ def test_ingest_gpu_folds_benchmark_repeats(tmp_path):
     kernels = json.loads((timings / "gpu_fake_gpu_4_kernels.json").read_text())
     assert kernels["benchmark_repeats"]["runs"][0]["modes"]["fwd+bwd"]["32x512x28x28"] == {
         "floor_ms": 0.086, "floor x*mask": 1.0}
+    (out / "gpu_fake_gpu_4.csv").write_text("framework,op,pass,case,ratio\n")
+    (out / "bench_repeat_1.csv").write_text(  # another GPU's run: not folded into this one's
+        header + "floor x*mask,32x512x28x28,fwd+bwd,8.6e-05,1.000,floor x*mask,Other GPU,9.0\n")
+    with pytest.raises(ValueError, match="measured 'Other GPU', not the GPU of gpu_fake_gpu_4"):
+        ingest.ingest(out, timings)
 
 
 def test_flat_call_refuses_without_cuda_or_plan(capsys):
