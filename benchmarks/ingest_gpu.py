@@ -30,8 +30,8 @@ the median of the floor ``x * mask`` and every op's ratio to its own floor (``x 
 machines. ``benchmarks/flat_call.py``'s runs (``flat_call*.json``: the public call against a
 flattened copy of a planned call, one run per machine) go under ``flat_call``. It then
 prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes (also of
-the repeats), the flattened call's and the host costs of the ordinary and prepared calls, the
-figures chapter 8 quotes. Probes
+the repeats), the flattened call's ratios and the host costs of the ordinary and prepared
+calls, the figures chapter 8 quotes. Probes
 that failed on the GPU (the probe records the error instead of a time) are kept apart, under
 ``host_probe.failed``.
 
