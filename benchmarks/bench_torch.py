@@ -32,7 +32,9 @@ when importable.
 On a GPU (``--device cuda``, the default where CUDA is available) the same rows are timed with
 the device synchronized around every measurement; DropBlock is also timed with its Triton
 kernels' byte masks instead of row words (``byte masks``) and with its Triton path switched off
-(``tensor ops``), and the peak-memory column compares
+(``tensor ops``) and, where the C++ planned call (:mod:`structdrop_tutorial.torch._native`) is
+on, without it (``Python plan``; the extension is built before anything is timed), and the
+peak-memory column compares
 ``torch.cuda.max_memory_allocated`` of one forward+backward with the floor's, in this process.
 A third mode, ``graph`` (on by default there), captures one forward+backward of each op in a
 CUDA graph and times its replay: the host's launch costs drop out and the ratio is the
@@ -67,7 +69,7 @@ for p in (str(ROOT), str(HERE)):  # the package, and common.py beside this scrip
 
 from structdrop_tutorial import timing  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _triton  # noqa: E402
+from structdrop_tutorial.torch import _native, _triton  # noqa: E402
 
 import common  # noqa: E402
 
@@ -109,6 +111,10 @@ def make_ops(shape, seed=0, device="cpu", default_generator=False):
         for name, flag in (("byte masks", "ROW_WORDS"), ("tensor ops", "ENABLED")):
             ops[f"structdrop dropblock ({name})"] = (switched(
                 lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen), flag, False), "floor x*mask")
+        if _native.ENABLED:  # the native planned call serves "structdrop dropblock"
+            ops["structdrop dropblock (Python plan)"] = (switched(
+                lambda x: sdt.dropblock(x, RATE, BLOCK, seed=gen), "ENABLED", False, _native),
+                "floor x*mask")
     native = {3: torch.nn.functional.dropout1d, 4: torch.nn.functional.dropout2d,
               5: torch.nn.functional.dropout3d}[len(shape)]
     ops[f"torch F.{native.__name__}"] = (lambda x: native(x, RATE, training=True),
@@ -143,17 +149,18 @@ def make_ops(shape, seed=0, device="cpu", default_generator=False):
     return ops
 
 
-def switched(fn, flag, value):
+def switched(fn, flag, value, module=_triton):
     """``fn`` with the Triton path's setting ``flag`` set to ``value`` during the call:
     ``ROW_WORDS=False`` for one mask byte per unit instead of row words, ``ENABLED=False`` for
-    the tensor-operation path every device has."""
+    the tensor-operation path every device has; with ``module=_native``, ``ENABLED=False`` for
+    the Python plan where the native one is on."""
     def call(x):
-        saved = getattr(_triton, flag)
-        setattr(_triton, flag, value)
+        saved = getattr(module, flag)
+        setattr(module, flag, value)
         try:
             return fn(x)
         finally:
-            setattr(_triton, flag, saved)
+            setattr(module, flag, saved)
     return call
 
 
@@ -292,6 +299,9 @@ def run(shapes, threads, rounds, min_run_time, modes, memory, device="cpu", done
     ``progress`` shows a bar over the shapes (:func:`structdrop_tutorial.timing.sweep`)."""
     torch.set_num_threads(threads)
     on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and _native.ENABLED:  # the default: built before anything is timed
+        _native.module(wait=True)
+        print("native planned call:", _native.status())
     name_of_device = timing.torch_device_name(device)
     references = {k: v for k, v in available_references().items()
                   if v and not str(v).startswith("unusable")}

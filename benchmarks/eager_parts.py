@@ -37,7 +37,7 @@ if str(HERE) not in sys.path:
 from host_probe import BLOCK, RATE, SHAPES, _single_threaded, loop_us  # noqa: E402
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _prepared, _triton  # noqa: E402
+from structdrop_tutorial.torch import _native, _prepared, _triton  # noqa: E402
 
 
 def _mask(plan, key):
@@ -116,6 +116,7 @@ def measure(dev, shape, rounds, n, warmup=10):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _native.enable(False)  # these figures are the Python plan's (native_call.py: the C++ one)
     p.add_argument("--device", default="cuda")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--n", type=int, default=50, help="steps per timing")

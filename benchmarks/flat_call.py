@@ -40,7 +40,7 @@ if str(HERE) not in sys.path:
 from host_probe import BLOCK, RATE, SHAPES, loop_us  # noqa: E402
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _prepared, _triton  # noqa: E402
+from structdrop_tutorial.torch import _native, _prepared, _triton  # noqa: E402
 from structdrop_tutorial.torch import functional  # noqa: E402
 
 _C = torch._C
@@ -156,6 +156,7 @@ def measure(shape, rounds, n, warmup=20):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _native.enable(False)  # these figures are the Python plan's (native_call.py: the C++ one)
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--n", type=int, default=60, help="steps per timing")
     p.add_argument("--out", help="write the results as JSON")

@@ -33,7 +33,7 @@ if str(HERE) not in sys.path:
 from host_probe import BLOCK, RATE, _planned_step  # noqa: E402
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _launch, _prepared, _triton  # noqa: E402
+from structdrop_tutorial.torch import _launch, _native, _prepared, _triton  # noqa: E402
 
 _CTYPES = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "u32": ctypes.c_uint32,
            "u64": ctypes.c_uint64, "i1": ctypes.c_bool, "fp32": ctypes.c_float,
@@ -123,6 +123,7 @@ def pieces(x, plan, driver=True):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _native.enable(False)  # these figures are the Python plan's (native_call.py: the C++ one)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--shape", default="2x4x16x16")

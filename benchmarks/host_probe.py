@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
-from structdrop_tutorial.torch import _launch, _prepared, _triton, functional  # noqa: E402
+from structdrop_tutorial.torch import _launch, _native, _prepared, _triton, functional  # noqa: E402
 
 SHAPES = [(32, 1024, 14, 14), (32, 512, 28, 28), (16, 256, 56, 56)]
 BLOCK, RATE = 7, 0.1
@@ -449,6 +449,7 @@ def stub(n, repeats):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _native.enable(False)  # these figures are the Python plan's (native_call.py: the C++ one)
     p.add_argument("--device", default="cuda")
     p.add_argument("--n", type=int, default=300, help="calls per timing of the tiny pieces")
     p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES))

@@ -28,7 +28,10 @@ the same round (the CSV its ``--csv`` writes, named ``bench_repeat*.csv``) goes 
 the median of the floor ``x * mask`` and every op's ratio to its own floor (``x * mask``, or
 ``x * mask[N,C,1,1]`` for the spatial ops), which shows how far one code's ratios move between
 machines. ``benchmarks/flat_call.py``'s runs (``flat_call*.json``: the public call against a
-flattened copy of a planned call, one run per machine) go under ``flat_call``. It then
+flattened copy of a planned call, one run per machine) go under ``flat_call``, those of
+``benchmarks/native_call.py`` (``native_call*.json``: the public call with the native planned
+call on and off) under ``native_call``; ``gpu.txt``'s line saying whether the bench step built
+the native extension goes into the software. It then
 prints the eager and graph ratios of the package's DropBlock at the ResNet-50 shapes (also of
 the repeats), the flattened call's ratios and the host costs of the ordinary and prepared
 calls, the figures chapter 8 quotes. Probes
@@ -113,6 +116,14 @@ FLAT_METHOD = ("benchmarks/flat_call.py: full-size eager forward+backward steps 
                "same: the flattened call gave the public call's output and gradient bit for "
                "bit; each run on its own machine (runs without the later cases come from the "
                "script's first form)")
+NATIVE_METHOD = ("benchmarks/native_call.py: full-size eager forward+backward steps "
+                 "(torch.autograd.grad) of the floor and of the public dropblock with the "
+                 "native planned call (structdrop_tutorial/torch/_native.cpp) on and off (the "
+                 "Python plan: the same plan and kernels), each the median over interleaved "
+                 "rounds of a loop of n steps, the floor and both calls twice per round; before "
+                 "timing, the two gave the same output, gradient and generator offset; build_s: "
+                 "the extension's build in that process (0.3-0.4: PyTorch's cache had it); each "
+                 "run on its own machine")
 NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -> ReLU -> op, "
                   "forward+backward (autograd.grad to the stage's parameters), eager; ops timed "
                   "round-robin, median per step; added_s = step_s - step_s of the stage "
@@ -120,12 +131,16 @@ NETWORK_METHOD = ("benchmarks/bench_network.py: a stage conv1x1 -> BatchNorm2d -
 
 
 def software(out: Path) -> str:
-    """``torch X, triton Y`` from run_gpu.sh's gpu.txt (its last line)."""
+    """``torch X, triton Y`` from run_gpu.sh's gpu.txt (its line ``torch X triton Y``; the
+    bench step may add a line about the native extension after it)."""
     lines = (out / "gpu.txt").read_text().strip().splitlines()
-    words = lines[-1].split()
-    if len(words) != 4 or words[0] != "torch" or words[2] != "triton":
-        raise ValueError(f"{out / 'gpu.txt'}: expected 'torch X triton Y' last, got {lines[-1]!r}")
-    return f"torch {words[1]}, triton {words[3]}"
+    found = [line.split() for line in lines if line.startswith("torch ")]
+    words = found[-1] if found else []
+    if len(words) != 4 or words[2] != "triton":
+        raise ValueError(f"{out / 'gpu.txt'}: expected a line 'torch X triton Y', got {lines!r}")
+    native = [line for line in lines if line.startswith("native extension:")]
+    return f"torch {words[1]}, triton {words[3]}" + (
+        "; native planned call built" if native and native[-1].split()[2] == "True" else "")
 
 
 def ratios(csv_path: Path) -> dict:
@@ -237,20 +252,21 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
     host_os = [json.loads(f.read_text()) for f in sorted(out.glob("host_os*.json"))]
     pieces = [json.loads(f.read_text()) for f in sorted(out.glob("host_pieces*.json"))]
     flat = [json.loads(f.read_text()) for f in sorted(out.glob("flat_call*.json"))]
+    native = [json.loads(f.read_text()) for f in sorted(out.glob("native_call*.json"))]
     repeats = [repeat_run(f) for f in sorted(out.glob("bench_repeat*.csv"))]
     # a folder without the benchmark's CSV folds into the GPU its other files name
-    named = tune or next((runs[0] for runs in (layouts, host_os, pieces, flat, repeats) if runs),
-                         None)
+    named = tune or next((runs[0] for runs in (layouts, host_os, pieces, flat, native, repeats)
+                          if runs), None)
     if len(csvs) == 1:
         name = csvs[0].stem
     elif not csvs and named is not None:
         name = f"gpu_{slug(named['device'])}"
     else:
         raise FileNotFoundError(f"{out}: expected one gpu_<name>.csv, found {len(csvs)}")
-    for run in flat + repeats:  # runs of another GPU would land in this one's file
+    for run in flat + native + repeats:  # runs of another GPU would land in this one's file
         if f"gpu_{slug(run['device'])}" != name:
-            raise ValueError(f"{out}: a flat_call or bench_repeat run measured {run['device']!r}, "
-                             f"not the GPU of {name}")
+            raise ValueError(f"{out}: a flat_call, native_call or bench_repeat run measured "
+                             f"{run['device']!r}, not the GPU of {name}")
     sw = software(out)
     kernels_path = timings / f"{name}_kernels.json"
     kernels = json.loads(kernels_path.read_text()) if kernels_path.exists() else {}
@@ -320,6 +336,11 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
         fold("flat_call", FLAT_METHOD,
              runs=[{k: run[k] for k in ("device", "torch", "rounds", "n", "steps_us", "same")}
                    for run in flat])
+    if native:
+        fold("native_call", NATIVE_METHOD,
+             runs=[{**{k: run[k] for k in ("device", "torch", "rounds", "n", "build_s",
+                                           "steps_us")},
+                    **({"label": run["label"]} if "label" in run else {})} for run in native])
     if repeats:
         fold("benchmark_repeats", REPEAT_METHOD, runs=repeats)
     if not dry_run:
@@ -327,7 +348,7 @@ def ingest(out: Path, timings: Path = TIMINGS, dry_run: bool = False, probe_n: i
             shutil.copyfile(csvs[0], timings / csvs[0].name)
         if any(k in wrote for k in ("host_probe", "network", "eager_parts", "compile", "tune",
                                     "channels_last", "host_os", "host_pieces",
-                                    "benchmark_repeats", "flat_call")):
+                                    "benchmark_repeats", "flat_call", "native_call")):
             kernels_path.write_text(json.dumps(kernels, indent=1) + "\n")
     return wrote
 
@@ -348,6 +369,11 @@ def report(wrote: dict) -> None:
         for label, row in run["steps_us"].items():
             floor = row["floor x*mask"]
             print(f"flattened call, run {i + 1}, {label}: " + ", ".join(
+                f"{k} {v / floor:.2f}" for k, v in row.items() if not k.startswith("floor")))
+    for i, run in enumerate(wrote.get("native_call", {}).get("runs", [])):
+        for label, row in run["steps_us"].items():
+            floor = row["floor x*mask"]
+            print(f"native call, run {i + 1}, {label}: " + ", ".join(
                 f"{k} {v / floor:.2f}" for k, v in row.items() if not k.startswith("floor")))
     host = wrote.get("host_probe", {}).get("host_us", {})
     for key in ("dropblock fwd+bwd, direct", "dropblock fwd+bwd, prepared", "native x*m fwd+bwd"):

@@ -15,6 +15,8 @@
 #                         and the copy route) against contiguous ones, eager and CUDA graph
 #   host_os.json/.txt     host_os.py: CPU time (user, kernel) and context switches per eager step,
 #                         process and calling thread
+#   native_call.json/.txt native_call.py: the public call with the native planned call
+#                         (_native.cpp) on and off, eager steps, against the floor
 #   flat_call.json/.txt   flat_call.py: the public call against a flattened copy of a planned
 #                         call, eager steps (how much of a step the Python around the launches is)
 #   host_pieces_1.json, host_pieces_2.json, host_pieces.txt
@@ -49,9 +51,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-STEPS=" ${STEPS:-tests probe parts flat os pieces profile tune bench network layouts compile sass} "
+STEPS=" ${STEPS:-tests probe parts native flat os pieces profile tune bench network layouts compile sass} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+# the Python plan unless a step says otherwise (bench and network: the native call, built first)
+export STRUCTDROP_NATIVE=${STRUCTDROP_NATIVE:-0}
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
@@ -62,6 +66,10 @@ if want tests; then
     timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -x -p no:cacheprovider "${workers[@]}" \
         ${TEST_K:+-k "$TEST_K"} tests/test_torch_triton.py tests/test_torch_launch.py tests/test_torch_prepared.py > "$OUT/tests.log" 2>&1
     echo "tests exit $?" | tee -a "$OUT/tests.log"; tail -5 "$OUT/tests.log"
+    # the native call's tests in a process of their own, verbose (a crash names its test)
+    timeout "${TEST_TIMEOUT:-300}" python3 -X faulthandler -m pytest -v -p no:cacheprovider \
+        tests/test_torch_native.py >> "$OUT/tests.log" 2>&1
+    echo "native tests exit $?" | tee -a "$OUT/tests.log"; grep -E "PASSED|FAILED|ERROR|SKIPPED|Fatal|passed|failed" "$OUT/tests.log" | grep -i native | tail -25
 fi
 if want probe; then  # host costs of the pieces and eager steps against the floor
     timeout "${PROBE_TIMEOUT:-150}" python3 benchmarks/host_probe.py --n "${PROBE_N:-300}" \
@@ -72,6 +80,10 @@ if want parts; then  # two processes: the spread between them is part of the ans
         timeout "${PARTS_TIMEOUT:-150}" python3 benchmarks/eager_parts.py --rounds 7 --n 50 \
             --out "$OUT/eager_parts_$i.json" >> "$OUT/eager_parts.txt" 2>&1; echo "parts exit $?" | tee -a "$OUT/eager_parts.txt"
     done
+fi
+if want native; then  # the native planned call against the Python plan, eager steps
+    timeout "${NATIVE_TIMEOUT:-200}" python3 benchmarks/native_call.py --rounds "${NATIVE_ROUNDS:-9}" --n 50 \
+        --out "$OUT/native_call.json" > "$OUT/native_call.txt" 2>&1; echo "native exit $?" | tee -a "$OUT/native_call.txt"; tail -20 "$OUT/native_call.txt"
 fi
 if want flat; then  # the Python around the launches: public call against a flattened one
     timeout "${FLAT_TIMEOUT:-120}" python3 benchmarks/flat_call.py --out "$OUT/flat_call.json" \
@@ -101,6 +113,10 @@ if want bench; then
     [ -s "$OUT/triton_config.json" ] && config=(--triton-config "$OUT/triton_config.json")
     name=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import run_all; print(run_all.default_name())")
     # the CSV is written after each shape: a run stopped at the limit keeps what it measured
+    # the native planned call on (built first, so that its build is not timed): the package's
+    # dropblock rows are its; "structdrop dropblock (Python plan)" is the same call without it
+    export STRUCTDROP_NATIVE=${BENCH_NATIVE:-1}
+    python3 -c "from structdrop_tutorial.torch import _native as n; n.enable(); print('native extension:', n.module() is not None, n._FAILED)" | tee -a "$OUT/gpu.txt"
     timeout $(( ${BENCH_TIMEOUT:-300} + 60 )) python3 benchmarks/run_all.py --only torch --no-progress \
         --out "$OUT/$name" --time-limit "${BENCH_TIMEOUT:-300}" --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]} ${BENCH_ARGS:-}" \
         2>&1 | tee "$OUT/bench.log"

@@ -935,6 +935,36 @@ def test_ingest_gpu_folds_flat_call_runs(tmp_path):
     assert "flat_call.py" in kernels["flat_call"]["method"]
 
 
+def test_ingest_gpu_folds_native_call_runs(tmp_path):
+    """native_call.py's runs fold under native_call, one per file, checked to be of the GPU
+    they land in; gpu.txt's line about the native extension (after the torch line) goes into
+    the software."""
+    import json
+    ingest = _bench_module("ingest_gpu")
+    out, timings = tmp_path / "out", tmp_path / "timings"
+    out.mkdir()
+    timings.mkdir()
+    (out / "gpu.txt").write_text("name\nFake GPU 5\ntorch 9.0 triton 9.1\n"
+                                 "native extension: True []\n")
+    run = {"device": "Fake GPU 5", "torch": "9.0", "rounds": 9, "n": 50, "build_s": 23.4,
+           "steps_us": {"32x512x28x28": {"floor x*mask": 80.0, "dropblock, native": 100.0,
+                                         "dropblock, Python plan": 140.0}}, "extra": 1}
+    (out / "native_call.json").write_text(json.dumps(run))
+    ingest.ingest(out, timings)
+    kernels = json.loads((timings / "gpu_fake_gpu_5_kernels.json").read_text())
+    (got,) = kernels["native_call"]["runs"]
+    assert got["build_s"] == 23.4 and "extra" not in got
+    assert got["steps_us"]["32x512x28x28"]["dropblock, native"] == 100.0
+    assert kernels["native_call"]["software"] == "torch 9.0, triton 9.1; native planned call built"
+    assert "native_call.py" in kernels["native_call"]["method"]
+    (out / "native_call_2.json").write_text(json.dumps(dict(run, device="Other GPU")))
+    with pytest.raises(ValueError, match="native_call or bench_repeat run measured 'Other GPU'"):
+        ingest.ingest(out, timings)
+    (out / "gpu.txt").write_text("name\nFake GPU 5\n")
+    with pytest.raises(ValueError, match="expected a line 'torch X triton Y'"):
+        ingest.software(out)
+
+
 def test_ingest_gpu_folds_host_os_and_host_pieces(tmp_path):
     """A folder with only host_os.py's and host_pieces.py's files (and gpu.txt) folds into the
     JSON of the GPU they name, each under its own entry with the software and the method, the

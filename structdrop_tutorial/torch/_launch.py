@@ -170,6 +170,12 @@ def prepared(kernel, num_warps: int, device: int, key: tuple):
     return entry[1], entry[2], True
 
 
+def compiled(kernel, num_warps: int, device: int, key: tuple):
+    """The Triton compiled kernel :func:`prepared` launches for ``key``, or None."""
+    entry = _COMPILED.get((kernel, num_warps, device) + key)
+    return None if entry is None else entry[0]
+
+
 def clear() -> None:
     """Forget the compiled kernels kept for direct launches (and a failure of them)."""
     global GENERATION

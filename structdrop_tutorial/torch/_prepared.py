@@ -30,6 +30,11 @@ launches are verified. Anything else (byte masks, ``share``, ``uniform``, other 
 subclassed inputs, a rate or block size that is not a plain float or int) takes the ordinary
 path.
 
+Where the C++ extension of :mod:`._native` is built (on a CUDA machine with a compiler, in the
+background by default), a plan also holds its native plan, and :func:`dropblock` runs the call
+there (not ``inplace`` ones): the same key, kernels and arguments, without Python between the
+launches.
+
 Measured on the 2-core CPU of the book's timings with the launchers replaced by no-ops (so that
 only Python, autograd and allocations are timed; ``benchmarks/host_probe.py --stub``, the
 minimum of 15 interleaved rounds, three runs): a forward+backward on a tiny input costs the
@@ -51,7 +56,7 @@ from typing import Dict, Optional
 
 import torch
 
-from . import _launch, _triton, _triton_channels_last
+from . import _launch, _native, _triton, _triton_channels_last
 
 #: Use plans where they apply (tests and ``benchmarks/host_probe.py`` switch it off to compare).
 ENABLED = True
@@ -73,7 +78,8 @@ class Plan:
     __slots__ = ("device", "index", "geo", "gamma", "rows", "scratch", "ints", "mask_run",
                  "mask_lead", "mask_grid", "mask_tail", "prod_run", "prod_lead", "prod_grid",
                  "prod_tail", "param", "from_count", "generation", "tunables", "checked",
-                 "rows_checked", "generator", "channels_last", "data_last", "strides")
+                 "rows_checked", "generator", "channels_last", "data_last", "strides", "native",
+                 "pending")
 
     def fresh(self) -> bool:
         """Nothing the plan depends on has changed since it was made."""
@@ -226,6 +232,11 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
     plan.data_last = data_format == "channels_last"  # x is (N, *spatial, C)
     plan.generation, plan.tunables = _launch.GENERATION, _tunables()
     plan.checked, plan.rows_checked = _triton._CHECKED, _triton._ROWS_CHECKED
+    plan.native = plan.pending = None
+    if _native.ENABLED and index is not None and plan.ints:
+        _native.attach(plan, x, _launch.compiled(kernels.dropblock_rows_kernel, _triton.ROW_WARPS,
+                                                 index, (geo, thresh, "i64")),
+                       _launch.compiled(product_kernel, _triton.APPLY_WARPS, index, prod_key))
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     _PLANS[key] = plan
@@ -233,6 +244,16 @@ def remember(x, rate, block_size, data_format, gamma, seeds, normalize, g, block
 
 def dropblock(plan: Plan, x: torch.Tensor, generator, inplace: bool) -> torch.Tensor:
     """DropBlock of ``x`` through ``plan`` (from :func:`find`): the ordinary path's result."""
+    if plan.pending is not None and _native._MODULE:  # built in the background since
+        _native.attach(plan, x, *plan.pending)        # the plan was made
+    if plan.native is not None and not inplace and _native.ENABLED and _triton.HOST_KEYS:
+        state = _triton._STATE.get((plan.index, torch._C._cuda_getCurrentRawStream(plan.index)))
+        if state is not None and state[1].numel() >= plan.scratch:
+            out = _native._MODULE[0].call(plan.native, x,
+                                          plan.generator if generator is None else generator,
+                                          state[1].data_ptr(), state[0].data_ptr())
+            if out is not None:
+                return out
     device = plan.device
     key = None
     if plan.generator is not None and _triton.HOST_KEYS:  # new_key's key, without its checks

@@ -56,10 +56,11 @@ more than the device needs, spread over the autograd function (a quarter to a th
 the key, the buffer, the mask launch and the argument handling (book chapter 8). On an NVIDIA
 H200 (``data/timings/gpu_nvidia_h200*``; its memory is about 1.4 times faster) the row-word
 mask kernel takes 11 / 21 / 22 us and its product kernel 20 / 33 / 32 us against 24 / 42 / 42 us
-for the floor; replayed, forward+backward is 1.21 / 1.15 / 1.13 times the floor's (the kernels
-alone add up to 1.02 to 1.06 floors there, 0.96 to 0.98 on the H100), eagerly 1.72 / 1.48 /
-1.62 on the machine of the latest round's file (its eager floor took 0.066 to 0.078 ms) and
-1.58 / 1.65 / 1.70 on another (0.086 to 0.094 ms): the host sets the eager figure.
+for the floor; replayed, forward+backward is 1.21 / 1.14 / 1.13 times the floor's (the kernels
+alone add up to 1.02 to 1.06 floors there, 0.96 to 0.98 on the H100). Eagerly it is 1.28 /
+1.17 / 1.32 in the latest round's file, where the planned call runs in C++ (:mod:`._native`),
+against 1.92 / 1.96 / 1.80 through the Python plan in the same run; with the Python plan alone,
+earlier rounds measured 1.48 to 1.88 on three machines: the host sets the eager figure.
 
 Without a GPU the tests run these kernels in Triton's interpreter, and
 ``tests/test_torch_triton_compile.py`` compiles every variant for sm_75, sm_80 and sm_90
