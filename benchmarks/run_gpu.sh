@@ -54,7 +54,9 @@ OUT=${OUT:-gpu_out}
 STEPS=" ${STEPS:-tests probe parts native flat os pieces profile tune bench network layouts compile sass} "
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-# the Python plan unless a step says otherwise (bench and network: the native call, built first)
+# the Python plan in every step but bench and network, which measure the default (the native
+# planned call, waited for: BENCH_NATIVE=0 measures them through the Python plan); the native
+# step compares the two
 export STRUCTDROP_NATIVE=${STRUCTDROP_NATIVE:-0}
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
@@ -115,14 +117,13 @@ if want bench; then
     # the CSV is written after each shape: a run stopped at the limit keeps what it measured
     # the native planned call on (built first, so that its build is not timed): the package's
     # dropblock rows are its; "structdrop dropblock (Python plan)" is the same call without it
-    export STRUCTDROP_NATIVE=${BENCH_NATIVE:-1}
     python3 -c "from structdrop_tutorial.torch import _native as n; n.enable(); print('native extension:', n.module() is not None, n._FAILED)" | tee -a "$OUT/gpu.txt"
-    timeout $(( ${BENCH_TIMEOUT:-300} + 60 )) python3 benchmarks/run_all.py --only torch --no-progress \
+    STRUCTDROP_NATIVE=${BENCH_NATIVE:-1} timeout $(( ${BENCH_TIMEOUT:-300} + 60 )) python3 benchmarks/run_all.py --only torch --no-progress \
         --out "$OUT/$name" --time-limit "${BENCH_TIMEOUT:-300}" --script-args "--rounds ${ROUNDS:-3} --min-run-time ${MIN_RUN_TIME:-0.2} ${config[*]} ${BENCH_ARGS:-}" \
         2>&1 | tee "$OUT/bench.log"
 fi
 if want network; then  # the ops inside a conv -> BN -> ReLU stage, eager steps
-    timeout "${NETWORK_TIMEOUT:-150}" python3 benchmarks/bench_network.py --rounds "${NETWORK_ROUNDS:-30}" \
+    STRUCTDROP_NATIVE=${BENCH_NATIVE:-1} timeout "${NETWORK_TIMEOUT:-150}" python3 benchmarks/bench_network.py --rounds "${NETWORK_ROUNDS:-30}" \
         --out "$OUT/network.json" > "$OUT/network.txt" 2>&1; echo "network exit $?" | tee -a "$OUT/network.txt"
 fi
 if want layouts; then  # channels_last inputs, eager and replayed

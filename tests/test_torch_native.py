@@ -197,7 +197,10 @@ def policy(monkeypatch):
         built.append(1)
         return "module"
     monkeypatch.setattr(_native, "_load", load)
-    return release, built
+    yield release, built
+    release.set()  # the stand-in build ends before the real state comes back
+    for thread in _native._THREAD:
+        thread.join(30)
 
 
 def test_default_build_runs_in_the_background(policy):
@@ -259,7 +262,95 @@ def test_a_plan_made_while_building_attaches_later(policy, monkeypatch):
     assert seen == [(plan, x, "mask kernel", "product kernel")] and plan.pending is None
     _prepared.dropblock(plan, x, None, False)
     assert len(seen) == 1
-    policy[0].set()
+
+
+class FakeModule:
+    """A stand-in for the built extension: ``make_plan`` records, ``call_key`` returns
+    ``result`` (or raises it)."""
+
+    def __init__(self, result):
+        self.result, self.made = result, []
+
+    def make_plan(self, *args):
+        self.made.append(args)
+        return "native plan"
+
+    def call_key(self, native, ones, key, scratch, acc):
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result(ones)
+
+
+def attach_with(monkeypatch, result, device=0, capturing=False):
+    """``_native.attach`` of a stand-in plan on a stand-in GPU whose Python plan writes
+    ``2 * ones``; the extension's output is ``result(ones)``. Returns the plan."""
+    from structdrop_tutorial.torch import _prepared
+    fake = FakeModule(result)
+    monkeypatch.setattr(_native, "_MODULE", [fake])
+    monkeypatch.setattr(_native, "_FAILED", [])
+    monkeypatch.setattr(_native, "ENABLED", True)
+    monkeypatch.setattr(_native, "driver", lambda: [1, 2, 3, 4])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: device)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    monkeypatch.setattr(_triton, "_row_state", lambda *a: (torch.zeros(1), torch.zeros(4)))
+    monkeypatch.setattr(_prepared, "mask_words", lambda plan, key: torch.zeros(3))
+    monkeypatch.setattr(_prepared, "product", lambda plan, x, words, out: out.copy_(2 * x))
+    plan = types.SimpleNamespace(
+        index=0, device=torch.device("cpu"), scratch=4, rows=2, strides=(5, 1),
+        mask_tail=(7,), mask_grid=(1, 1, 1), prod_tail=(9,), prod_grid=(2, 1, 1))
+    mask = fake_compiled({"w": "*i64", "s": "*i64", "a": "*i64", "kp": "constexpr",
+                          "key": "i64", "t": "i32", "KEY_PTR": "constexpr"})
+    prod = fake_compiled({"x": "*fp32", "w": "*i64", "o": "*fp32", "n": "i32"})
+    _native.attach(plan, torch.zeros(2, 5), mask, prod)
+    return plan, fake
+
+
+def test_attach_keeps_a_native_plan_that_matches(monkeypatch):
+    plan, fake = attach_with(monkeypatch, lambda ones: 2 * ones)
+    assert plan.native == "native plan" and plan.pending is None and not _native._FAILED
+    assert fake.made[0][0] == [1, 2, 3, 4] and fake.made[0][3] == 2  # driver, rows
+
+
+def test_attach_switches_off_on_another_output_or_a_failed_launch(monkeypatch):
+    """A check that does not match, or whose launch fails, switches the extension off for every
+    plan, with a warning."""
+    for result, why in ((lambda ones: 3 * ones, "differed from the Python plan"),
+                        (RuntimeError("cuLaunchKernel returned 1"), "launch failed")):
+        with pytest.warns(RuntimeWarning, match="native DropBlock calls off"):
+            plan, _ = attach_with(monkeypatch, result)
+        assert plan.native is None and why in _native._FAILED[0]
+        assert not _native.ENABLED and _native.module() is None
+        assert _native.status().startswith("failed: ")
+
+
+def test_attach_waits_for_an_eager_call_on_the_plans_device(monkeypatch):
+    """Made on another current device or while a CUDA graph is captured, a plan keeps its
+    kernels for a later planned call (which runs on its device, eagerly) instead of checking
+    (launching and waiting) there."""
+    for device, capturing in ((1, False), (0, True)):
+        plan, fake = attach_with(monkeypatch, lambda ones: 2 * ones, device, capturing)
+        assert plan.native is None and plan.pending is not None and not fake.made
+        assert not _native._FAILED
+
+
+def test_the_real_build_clears_a_stale_lock(tmp_path, monkeypatch):
+    """``_load`` builds in a child process into PyTorch's cache, after removing a lock file
+    that a killed build left (older than STALE_LOCK_S), and imports the module."""
+    from torch.utils import cpp_extension
+    try:
+        cpp_extension.verify_ninja_availability()
+    except RuntimeError as exc:
+        pytest.skip(f"cannot build C++ extensions here: {exc}")
+    import os
+    import time
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / _native.NAME / "lock"
+    lock.parent.mkdir()
+    lock.write_text("")
+    old = time.time() - _native.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    mod = _native._load()
+    assert not lock.exists() and mod.mix(5, 6) == _triton._mix(5, 6)
 
 
 def fake_compiled(signature, num_warps=4, shared=0):
@@ -404,3 +495,28 @@ def test_a_fresh_process_whose_first_backward_is_native():
     done = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_native_extension_builds_now_where_cuda_is(policy, monkeypatch):
+    """``native_extension()``: without CUDA it builds nothing and reports the state; with CUDA
+    it waits for the build (here the stand-in's)."""
+    release, built = policy
+    release.set()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _native.native_extension() == "not built" and not built
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _native.native_extension(wait=False) in ("building", "ready")
+    assert _native.native_extension() == "ready" and built == [1]
+
+
+def test_backward_under_compiled_autograd(ext):
+    """The native node saves its plan's number, which compiled autograd can hash (a capsule it
+    could not): a backward pass traced by compiled autograd gives the eager gradient."""
+    from torch._dynamo import compiled_autograd
+    plan, stub = stub_plan(ext)
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    y = ext.call_key(plan, x, 1, 0, 0)
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        y.sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 2.0))
+    assert [c[0] for c in stub.calls] == [MASK_FN, PROD_FN, PROD_FN]

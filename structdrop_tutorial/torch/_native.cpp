@@ -52,7 +52,29 @@ struct Plan : torch::CustomClassHolder {
   int mask_words = 0, mask_scratch = 0, mask_acc = 0, mask_key = 0;
   int prod_x = 0, prod_words = 0, prod_out = 0;
   std::atomic<int64_t> launches{0};  // counted, for tests (forward and backward threads)
+  int64_t id = -1;                   // its number in the registry
 };
+
+// Every plan made, by number: autograd saves a plan's number, not the plan (compiled autograd
+// hashes what a C++ node saves, and a capsule cannot be hashed). Plans are small and few (one
+// per signature; the Python side keeps at most a few hundred at a time), so none is freed.
+std::mutex registry_mutex;
+std::vector<c10::intrusive_ptr<Plan>>& registry() {
+  static auto* plans = new std::vector<c10::intrusive_ptr<Plan>>();
+  return *plans;
+}
+
+int64_t enrol(const c10::intrusive_ptr<Plan>& plan) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  registry().push_back(plan);
+  return static_cast<int64_t>(registry().size()) - 1;
+}
+
+c10::intrusive_ptr<Plan> enrolled(int64_t id) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  TORCH_CHECK(id >= 0 && id < static_cast<int64_t>(registry().size()), "no native plan ", id);
+  return registry()[id];
+}
 
 void* current_stream(const Plan& p) {
   if (!p.cuda) return nullptr;
@@ -108,14 +130,14 @@ struct Product : public torch::autograd::Function<Product> {
                             const at::Tensor& words, const c10::intrusive_ptr<Plan>& plan) {
     at::Tensor out = plain_product(*plan, x, words);
     ctx->save_for_backward({words});
-    ctx->saved_data["plan"] = c10::IValue::make_capsule(plan);
+    ctx->saved_data["plan"] = plan->id;
     return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const at::Tensor words = ctx->get_saved_variables()[0];
-    auto plan = c10::static_intrusive_pointer_cast<Plan>(ctx->saved_data["plan"].toCapsule());
+    const c10::intrusive_ptr<Plan> plan = enrolled(ctx->saved_data["plan"].toInt());
     const at::Tensor grad = in_layout(*plan, grads[0]);
     at::Tensor out;
     if (at::GradMode::is_enabled() && grad.requires_grad()) {
@@ -230,6 +252,7 @@ c10::intrusive_ptr<Plan> make_plan(std::vector<uint64_t> driver, bool cuda, int6
   p->prod_x = slot(prod_dynamic, 0, prod_slots.size());
   p->prod_words = slot(prod_dynamic, 1, prod_slots.size());
   p->prod_out = slot(prod_dynamic, 2, prod_slots.size());
+  p->id = enrol(p);
   return p;
 }
 

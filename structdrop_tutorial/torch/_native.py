@@ -11,9 +11,10 @@ the same function to the gradient, which also serves double backward).
 
 The kernels are those the Python plan launches, compiled by Triton: the extension receives their
 ``CUfunction`` handles, grids and argument values, and calls the driver's ``cuLaunchKernel``
-through its address (from ``ctypes``), so it builds with a C++ compiler and PyTorch's headers
-alone (no CUDA toolkit). It is built with :func:`torch.utils.cpp_extension.load` the first time
-it is wanted and cached by PyTorch (``TORCH_EXTENSIONS_DIR``); building takes 15-40 seconds.
+through its address (from ``ctypes``), so it builds with a C++ compiler, ninja and PyTorch's
+headers alone (no CUDA toolkit). A child process builds it with
+:func:`torch.utils.cpp_extension.load` into PyTorch's cache (``TORCH_EXTENSIONS_DIR``), and this
+process imports it (:func:`_load` says why); building took 23 s on the host of an H200 machine.
 
 When it is used: on a CUDA machine, for plans with direct launches (``Plan.ints``), except
 ``inplace`` calls. ``STRUCTDROP_NATIVE`` in the environment decides how it is built:
@@ -24,18 +25,20 @@ When it is used: on a CUDA machine, for plans with direct launches (``Plan.ints`
 * ``1``: at the first plan, which waits for it;
 * ``0``: never.
 
-:func:`status` says where it stands and can wait for it. Where the build fails (no compiler, no
-ninja, no writable cache) it is switched off for good: with a warning when it was asked for
-(``1``), silently by default (:func:`status` says why). Each plan checks once, before its
-first native call, that the extension's output for a fixed key is bit for bit the Python
-plan's (else that plan does not use it); a plan whose first native launch fails switches the
-extension off. The native backward pass launches even where the Python one would first check
-that direct launches are still allowed (launch hooks, ``_launch.VERIFY``): the forward pass,
-which makes those checks, decides for both.
+:func:`status` says where it stands and can wait for it; :func:`native_extension`
+(``structdrop_tutorial.torch.native_extension``) builds it at once, before a timing say. Each
+plan checks once, before its first native call (eagerly, on the plan's device), that the
+extension's output for a fixed key is bit for bit the Python plan's. Where the build fails (no
+compiler, no ninja, no writable cache) or a plan's check fails (a launch error, another output),
+the extension is switched off for good, for every plan: with a warning, except for a build that
+failed in the background (:func:`status` says why). The native backward pass launches even
+where the Python one would first check that direct launches are still allowed (launch hooks,
+``_launch.VERIFY``): the forward pass, which makes those checks, decides for both. The kernels
+stay loaded while the extension holds their handles (Triton does not unload a compiled module).
 
 Measured on H200s (``benchmarks/native_call.py``, the same public call with the extension on
 and off in the same loops, three machines): eager forward+backward 1.20 to 1.34 floors against
-1.68 to 1.87 through the Python plan, at the three ResNet shapes; building took 23-29 s.
+1.68 to 1.87 through the Python plan, at the three ResNet shapes.
 """
 from __future__ import annotations
 
@@ -74,10 +77,51 @@ def enable(on: bool = True, background: bool = False) -> None:
     ENABLED, BACKGROUND = bool(on), bool(background)
 
 
+NAME = "structdrop_native"
+#: A lock file of PyTorch's build older than this (seconds) is left over from a killed build.
+STALE_LOCK_S = 300
+#: The longest a build may take (seconds).
+BUILD_TIMEOUT_S = 900
+
+# The child process that builds the extension: it first waits out a lock that a build in
+# progress holds, removes one left over from a killed build, then builds into PyTorch's cache.
+_CHILD = """
+import os, sys, time
+from torch.utils.cpp_extension import _get_build_directory, load
+name, source, stale = sys.argv[1], sys.argv[2], float(sys.argv[3])
+lock = os.path.join(_get_build_directory(name, False), "lock")
+while True:
+    try:
+        age = time.time() - os.stat(lock).st_mtime
+    except OSError:
+        break
+    if age > stale:
+        try:
+            os.remove(lock)
+        except OSError:
+            pass
+        break
+    time.sleep(1)
+load(name=name, sources=[source], extra_cflags=["-O2"], verbose=False)
+"""
+
+
 def _load():
-    from torch.utils.cpp_extension import load
-    return load(name="structdrop_native", sources=[str(SOURCE)], extra_cflags=["-O2"],
-                verbose=False)
+    """Build the extension in a child process, then import what it built.
+
+    PyTorch's ``cpp_extension.load`` holds a lock file while it builds and removes it when it
+    is done; a build cut short (a background thread ends with the interpreter) leaves the file,
+    and every later build waits on it forever. A child process is not cut short by this
+    interpreter's exit, and it removes a lock older than :data:`STALE_LOCK_S`; this process only
+    imports the module from PyTorch's cache."""
+    import subprocess
+    import sys
+    from torch.utils.cpp_extension import _get_build_directory, _import_module_from_library
+    done = subprocess.run([sys.executable, "-c", _CHILD, NAME, str(SOURCE), str(STALE_LOCK_S)],
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip()[-1500:] or f"exit status {done.returncode}")
+    return _import_module_from_library(NAME, _get_build_directory(NAME, False), True)
 
 
 def _build() -> None:
@@ -96,10 +140,10 @@ def _build() -> None:
 def module(wait: bool = False):
     """The built extension, or None: off, failed, or (``BACKGROUND`` and not ``wait``) still
     building in the thread this call starts if none has started."""
-    if _MODULE:
-        return _MODULE[0]
     if not ENABLED or _FAILED:
         return None
+    if _MODULE:
+        return _MODULE[0]
     if BACKGROUND and not wait:
         if not _THREAD:
             thread = threading.Thread(target=_build, name="structdrop-native-build",
@@ -116,17 +160,32 @@ def status(wait: bool = False) -> str:
     or ``"failed: <why>"``; ``wait=True`` waits for a build that has started."""
     if wait and _THREAD:
         _THREAD[0].join()
-    if _MODULE:
-        return "ready"
     if _FAILED:
         return "failed: " + _FAILED[0]
+    if _MODULE and ENABLED:
+        return "ready"
     if not ENABLED:
         return "off"
     return "building" if _THREAD and _THREAD[0].is_alive() else "not built"
 
 
+def native_extension(wait: bool = True) -> str:
+    """Build the C++ planned DropBlock call now rather than at the first plan, and say where it
+    stands (:func:`status`): on a CUDA machine where it is on, ``wait=True`` builds it in the
+    calling thread (or waits for the background build), ``wait=False`` starts the background
+    build. A timing that should not share the CPU with the compiler calls this first."""
+    if ENABLED and torch.cuda.is_available():
+        if wait and _THREAD:
+            _THREAD[0].join()
+        module(wait=wait)
+    return status()
+
+
 def fail(why: str, loud: bool = True) -> None:
-    """Switch the extension off for good (``loud``: with one warning)."""
+    """Switch the extension off for good (``loud``: with one warning): plans that have a native
+    plan stop using it, and no plan gets one."""
+    global ENABLED
+    ENABLED = False
     if not _FAILED and loud:
         warnings.warn(f"structdrop: native DropBlock calls off ({why[:300]}); the Python plan "
                       "serves them", RuntimeWarning, stacklevel=3)
@@ -191,7 +250,7 @@ def slots(compiled, args: tuple, dynamic: tuple) -> tuple:
         elif ty in _FLOATS:
             values.append(int.from_bytes(struct.pack(_FLOATS[ty], value).ljust(8, b"\0"),
                                          "little"))
-        elif ty in _SIZES:
+        elif ty in _SIZES and ty not in ("fp16", "bf16"):
             values.append(int(value) & ((1 << (8 * _SIZES[ty])) - 1))
         else:
             raise ValueError(f"parameter {name} has a type this launcher does not know: {ty}")
@@ -208,6 +267,8 @@ def kernel_spec(compiled, args: tuple, dynamic: tuple, grid: tuple) -> tuple:
     meta = compiled.metadata
     if getattr(meta, "num_ctas", 1) != 1:
         raise ValueError("clusters of CTAs are not launched by this launcher")
+    if getattr(meta, "launch_pdl", False) or getattr(meta, "launch_cooperative_grid", False):
+        raise ValueError("programmatic dependent or cooperative launches are not made here")
     return (int(compiled.function), [int(g) for g in grid], 32 * int(meta.num_warps),
             int(meta.shared), values, where)
 
@@ -226,6 +287,10 @@ def attach(plan, x: torch.Tensor, mask_compiled, prod_compiled) -> None:
         if ENABLED and not _FAILED:  # building in the background: a later call attaches
             plan.pending = (mask_compiled, prod_compiled)
         return
+    if (torch.cuda.current_device() != plan.index
+            or torch.cuda.is_current_stream_capturing()):  # the check launches and waits:
+        plan.pending = (mask_compiled, prod_compiled)      # a planned call (on the plan's
+        return                                             # device, eager) attaches
     try:
         mask = kernel_spec(mask_compiled, (None, None, None, None, None) + tuple(plan.mask_tail)
                            + (False,), (0, 1, 2, 4), plan.mask_grid)
@@ -236,14 +301,13 @@ def attach(plan, x: torch.Tensor, mask_compiled, prod_compiled) -> None:
     except Exception as exc:  # a Triton whose compiled kernels look otherwise
         fail(f"{type(exc).__name__}: {exc}")
         return
-    # the check: a fixed key through both, on ones laid out as x
-    acc, scratch = _triton._row_state(plan.device, plan.scratch, True)
-    ones = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device).fill_(1)
-    key = _triton._mix(0x5EED, 0)
-    words = _prepared.mask_words(plan, key)
-    want = torch.empty_like(ones)
-    _prepared.product(plan, ones, words, want)
-    try:
+    try:  # the check: a fixed key through both, on ones laid out as x
+        acc, scratch = _triton._row_state(plan.device, plan.scratch, True)
+        ones = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device).fill_(1)
+        key = _triton._mix(0x5EED, 0)
+        words = _prepared.mask_words(plan, key)
+        want = torch.empty_like(ones)
+        _prepared.product(plan, ones, words, want)
         got = mod.call_key(native, ones, key, scratch.data_ptr(), acc.data_ptr())
         same = torch.equal(got, want)
     except Exception as exc:
