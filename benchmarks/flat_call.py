@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from host_probe import BLOCK, RATE, SHAPES, loop_us  # noqa: E402
+from host_probe import BLOCK, RATE, SHAPES, interleaved_us  # noqa: E402
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _native, _prepared, _triton  # noqa: E402
@@ -144,14 +143,7 @@ def measure(shape, rounds, n, warmup=20):
         "flattened again": step(lambda t: flat_dropblock(t, RATE, BLOCK)),
         "floor x*mask again": step(lambda t: t * mask),
     }
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in cases}
-    for _ in range(rounds):  # interleaved, so that a busy spell hits every case
-        for name, fn in cases.items():
-            times[name].append(loop_us(fn, "cuda", n))
-    return {name: round(statistics.median(ts), 2) for name, ts in times.items()}, same
+    return interleaved_us(cases, "cuda", rounds, n, warmup), same
 
 
 def main(argv=None):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,20 @@ def loop_us(fn, dev, n):
         fn()
     _sync(dev)
     return (time.perf_counter() - t0) / n * 1e6
+
+
+def interleaved_us(cases, dev, rounds, n, warmup=20):
+    """Case name -> median microseconds per call of ``cases`` (name -> callable): each case
+    warmed up ``warmup`` times, then ``rounds`` rounds that time every case in turn with
+    :func:`loop_us` (interleaved, so that a busy spell of the machine hits every case)."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            times[name].append(loop_us(fn, dev, n))
+    return {name: round(statistics.median(ts), 2) for name, ts in times.items()}
 
 
 def wall_us(fn, dev, n=300, repeats=3):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from host_probe import BLOCK, RATE, SHAPES, loop_us  # noqa: E402
+from host_probe import BLOCK, RATE, SHAPES, interleaved_us  # noqa: E402
 
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _native, _prepared  # noqa: E402
@@ -79,15 +78,10 @@ def measure(shape, rounds, n, warmup=20):
         "dropblock, Python plan again": step(public, False),
         "dropblock, native again": step(public, True),
     }
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in cases}
-    for _ in range(rounds):  # interleaved, so that a busy spell hits every case
-        for name, fn in cases.items():
-            times[name].append(loop_us(fn, "cuda", n))
-    _native.ENABLED = True
-    return {name: round(statistics.median(ts), 2) for name, ts in times.items()}
+    try:
+        return interleaved_us(cases, "cuda", rounds, n, warmup)
+    finally:
+        _native.ENABLED = True
 
 
 def main(argv=None):

@@ -909,6 +909,17 @@ def test_flat_call_refuses_without_cuda_or_plan(capsys):
         flat.flat_dropblock(torch.randn(2, 3, 9, 9), 0.1, 3)
 
 
+def test_native_call_refuses_without_cuda(capsys):
+    """native_call.py times CUDA steps only and says so on a machine without CUDA."""
+    torch = pytest.importorskip("torch")
+    native = _bench_module("native_call")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the script itself")
+    with pytest.raises(SystemExit):
+        native.main([])
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
 def test_ingest_gpu_folds_flat_call_runs(tmp_path):
     """A folder with flat_call.py's runs (and gpu.txt) folds into the JSON of the GPU they name,
     one run per file in order, with the software and the method; other entries kept."""
