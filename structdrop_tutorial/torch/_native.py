@@ -82,6 +82,9 @@ NAME = "structdrop_native"
 STALE_LOCK_S = 300
 #: The longest a build may take (seconds).
 BUILD_TIMEOUT_S = 900
+#: The compiler's flags: frame pointers kept, so that a stack walked by frame pointers (when an
+#: error is raised, say) never reads a register used for data as a frame address.
+CFLAGS = ("-O2", "-fno-omit-frame-pointer")
 
 # The child process that builds the extension: it first waits out a lock that a build in
 # progress holds, removes one left over from a killed build, then builds into PyTorch's cache.
@@ -102,7 +105,7 @@ while True:
             pass
         break
     time.sleep(1)
-load(name=name, sources=[source], extra_cflags=["-O2"], verbose=False)
+load(name=name, sources=[source], extra_cflags=sys.argv[4:], verbose=False)
 """
 
 
@@ -117,8 +120,8 @@ def _load():
     import subprocess
     import sys
     from torch.utils.cpp_extension import _get_build_directory, _import_module_from_library
-    done = subprocess.run([sys.executable, "-c", _CHILD, NAME, str(SOURCE), str(STALE_LOCK_S)],
-                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    done = subprocess.run([sys.executable, "-c", _CHILD, NAME, str(SOURCE), str(STALE_LOCK_S),
+                           *CFLAGS], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     if done.returncode:
         raise RuntimeError(done.stderr.strip()[-1500:] or f"exit status {done.returncode}")
     return _import_module_from_library(NAME, _get_build_directory(NAME, False), True)
