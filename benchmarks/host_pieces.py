@@ -35,26 +35,18 @@ from host_probe import BLOCK, RATE, _planned_step  # noqa: E402
 from structdrop_tutorial import torch as sdt  # noqa: E402
 from structdrop_tutorial.torch import _launch, _native, _prepared, _triton  # noqa: E402
 
-_CTYPES = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "u32": ctypes.c_uint32,
-           "u64": ctypes.c_uint64, "i1": ctypes.c_bool, "fp32": ctypes.c_float,
-           "fp64": ctypes.c_double}
-
 
 def driver_launch(compiled, args, grid, stream):
     """A no-argument function that launches ``compiled`` (a Triton CompiledKernel) with
     ``args`` (every parameter, constexprs included, pointers as ints) through the driver's
-    ``cuLaunchKernel``, its parameter array built once."""
+    ``cuLaunchKernel``, its parameter array built once (:func:`_native.slots`: the slots the
+    package's C++ planned call passes)."""
     lib = ctypes.CDLL("libcuda.so.1")
     launch = lib.cuLaunchKernel
     launch.argtypes = ([ctypes.c_void_p] + [ctypes.c_uint] * 7
                        + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p])
     launch.restype = ctypes.c_int
-    values = []
-    for (name, ty), value in zip(compiled.src.signature.items(), args):
-        if ty == "constexpr":
-            continue
-        values.append(ctypes.c_uint64(value) if ty.startswith("*") else _CTYPES[ty](value))
-    values += [ctypes.c_uint64(0), ctypes.c_uint64(0)]  # global and profile scratch: none
+    values = [ctypes.c_uint64(v) for v in _native.slots(compiled, args, ())[0]]
     params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
     fn = ctypes.c_void_p(compiled.function)
     threads = 32 * compiled.metadata.num_warps

@@ -178,9 +178,7 @@ def native_extension(wait: bool = True) -> str:
     calling thread (or waits for the background build), ``wait=False`` starts the background
     build. A timing that should not share the CPU with the compiler calls this first."""
     if ENABLED and torch.cuda.is_available():
-        if wait and _THREAD:
-            _THREAD[0].join()
-        module(wait=wait)
+        module(wait=wait)  # waiting takes the build's lock, which a background build holds
     return status()
 
 
